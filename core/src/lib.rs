@@ -1,0 +1,20 @@
+//! muster's core: the pipeline file and its validation, the expanded DAG
+//! (`Plan`), the module state machine and the run it drives, and the wire
+//! types with their SignalR JSON framing.
+//!
+//! Invariant: this crate does no I/O. It takes text and instants in and
+//! gives values and errors back, so both roles (hub and worker) and every
+//! test can use it without a runtime.
+
+pub mod outputs;
+pub mod pipeline;
+pub mod plan;
+pub mod protocol;
+pub mod run;
+pub mod signalr;
+pub mod state;
+
+pub use pipeline::{parse_pipeline, PipelineError};
+pub use plan::{ModuleIndex, Plan, PlannedModule};
+pub use run::{Change, Run};
+pub use state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};

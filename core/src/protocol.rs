@@ -1,0 +1,391 @@
+//! The hub's methods as typed values: one enum per direction, converted to
+//! and from SignalR invocations. Field names are camelCase, as JavaScript
+//! and .NET SignalR clients expect. `docs/protocol.md` documents every type.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::signalr::Message;
+
+/// Bumped when a change would break a worker written against an older page
+/// of `docs/protocol.md`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a worker says about itself in `Register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub name: String,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default = "one")]
+    pub slots: u32,
+    #[serde(default)]
+    pub version: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The hub's answer to `Register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Welcome {
+    pub worker_id: String,
+    pub protocol_version: u32,
+    /// How often the hub pings; a worker should ping at least as often.
+    pub ping_interval_ms: u64,
+}
+
+/// One module to run, pushed by the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub module_id: String,
+    pub attempt: u32,
+    /// The script, given to the shell as its last argument.
+    pub command: String,
+    /// Program and leading arguments; the worker runs `shell... command`.
+    pub shell: Vec<String>,
+    /// Working directory, relative to the worker's own work directory.
+    pub cwd: String,
+    /// Environment to add: the module's `env` and `MUSTER_NEEDS_*` outputs.
+    pub env: BTreeMap<String, String>,
+    pub timeout_ms: u64,
+    /// Outputs of the module's needs, by module id.
+    pub needs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// How a module's execution ended, as the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+/// The worker's account of one attempt, sent in `Complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub module_id: String,
+    pub attempt: u32,
+    pub status: ReportStatus,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Which pipe a log batch came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Worker → hub calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerCall {
+    /// Join the run; answered with a [`Welcome`].
+    Register(Registration),
+    /// The worker has spawned the module: from here on it owns the execution.
+    Started { module_id: String, attempt: u32 },
+    /// A batch of output lines.
+    Log {
+        module_id: String,
+        attempt: u32,
+        stream: LogStream,
+        text: String,
+    },
+    /// The attempt ended.
+    Complete(Report),
+}
+
+/// Hub → worker calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubCall {
+    /// Run this module.
+    Assign(Assignment),
+    /// Stop this attempt and report it `cancelled`.
+    Cancel {
+        module_id: String,
+        attempt: u32,
+        reason: String,
+    },
+    /// The run is over: stop everything and disconnect.
+    Shutdown { reason: String },
+}
+
+/// Why an invocation does not match any hub method.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("unknown hub method '{0}'")]
+    UnknownMethod(String),
+    #[error("'{method}' takes {expected} argument(s), got {got}")]
+    Arity {
+        method: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("'{method}' argument {index}: {message}")]
+    Argument {
+        method: &'static str,
+        index: usize,
+        message: String,
+    },
+}
+
+fn arg<T: serde::de::DeserializeOwned>(
+    method: &'static str,
+    args: &mut [Value],
+    index: usize,
+) -> Result<T, CallError> {
+    serde_json::from_value(args[index].take()).map_err(|e| CallError::Argument {
+        method,
+        index,
+        message: e.to_string(),
+    })
+}
+
+fn arity(method: &'static str, args: &[Value], expected: usize) -> Result<(), CallError> {
+    if args.len() == expected {
+        Ok(())
+    } else {
+        Err(CallError::Arity {
+            method,
+            expected,
+            got: args.len(),
+        })
+    }
+}
+
+fn json<T: Serialize>(value: T) -> Value {
+    serde_json::to_value(value).expect("wire types always serialize")
+}
+
+impl WorkerCall {
+    /// Decodes an invocation; method names match case-insensitively, as in
+    /// ASP.NET Core SignalR.
+    pub fn from_invocation(target: &str, mut args: Vec<Value>) -> Result<Self, CallError> {
+        let a = &mut args;
+        match target.to_ascii_lowercase().as_str() {
+            "register" => {
+                arity("Register", a, 1)?;
+                Ok(WorkerCall::Register(arg("Register", a, 0)?))
+            }
+            "started" => {
+                arity("Started", a, 2)?;
+                Ok(WorkerCall::Started {
+                    module_id: arg("Started", a, 0)?,
+                    attempt: arg("Started", a, 1)?,
+                })
+            }
+            "log" => {
+                arity("Log", a, 4)?;
+                Ok(WorkerCall::Log {
+                    module_id: arg("Log", a, 0)?,
+                    attempt: arg("Log", a, 1)?,
+                    stream: arg("Log", a, 2)?,
+                    text: arg("Log", a, 3)?,
+                })
+            }
+            "complete" => {
+                arity("Complete", a, 1)?;
+                Ok(WorkerCall::Complete(arg("Complete", a, 0)?))
+            }
+            _ => Err(CallError::UnknownMethod(target.to_owned())),
+        }
+    }
+
+    /// The method name and arguments of this call.
+    pub fn into_invocation(self) -> (&'static str, Vec<Value>) {
+        match self {
+            WorkerCall::Register(r) => ("Register", vec![json(r)]),
+            WorkerCall::Started { module_id, attempt } => {
+                ("Started", vec![json(module_id), json(attempt)])
+            }
+            WorkerCall::Log {
+                module_id,
+                attempt,
+                stream,
+                text,
+            } => (
+                "Log",
+                vec![json(module_id), json(attempt), json(stream), json(text)],
+            ),
+            WorkerCall::Complete(report) => ("Complete", vec![json(report)]),
+        }
+    }
+
+    /// A SignalR invocation message; `invocation_id` asks for a Completion.
+    pub fn to_message(self, invocation_id: Option<String>) -> Message {
+        let (target, arguments) = self.into_invocation();
+        Message::Invocation {
+            invocation_id,
+            target: target.to_owned(),
+            arguments,
+        }
+    }
+}
+
+impl HubCall {
+    pub fn from_invocation(target: &str, mut args: Vec<Value>) -> Result<Self, CallError> {
+        let a = &mut args;
+        match target.to_ascii_lowercase().as_str() {
+            "assign" => {
+                arity("Assign", a, 1)?;
+                Ok(HubCall::Assign(arg("Assign", a, 0)?))
+            }
+            "cancel" => {
+                arity("Cancel", a, 3)?;
+                Ok(HubCall::Cancel {
+                    module_id: arg("Cancel", a, 0)?,
+                    attempt: arg("Cancel", a, 1)?,
+                    reason: arg("Cancel", a, 2)?,
+                })
+            }
+            "shutdown" => {
+                arity("Shutdown", a, 1)?;
+                Ok(HubCall::Shutdown {
+                    reason: arg("Shutdown", a, 0)?,
+                })
+            }
+            _ => Err(CallError::UnknownMethod(target.to_owned())),
+        }
+    }
+
+    pub fn into_invocation(self) -> (&'static str, Vec<Value>) {
+        match self {
+            HubCall::Assign(a) => ("Assign", vec![json(a)]),
+            HubCall::Cancel {
+                module_id,
+                attempt,
+                reason,
+            } => ("Cancel", vec![json(module_id), json(attempt), json(reason)]),
+            HubCall::Shutdown { reason } => ("Shutdown", vec![json(reason)]),
+        }
+    }
+
+    /// Hub calls are fire-and-forget: no invocation id.
+    pub fn to_message(self) -> Message {
+        let (target, arguments) = self.into_invocation();
+        Message::Invocation {
+            invocation_id: None,
+            target: target.to_owned(),
+            arguments,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn worker_calls_round_trip() {
+        let calls = vec![
+            WorkerCall::Register(Registration {
+                name: "w1".into(),
+                capabilities: vec!["os:linux".into()],
+                slots: 2,
+                version: "0.1.0".into(),
+            }),
+            WorkerCall::Started {
+                module_id: "build".into(),
+                attempt: 1,
+            },
+            WorkerCall::Log {
+                module_id: "build".into(),
+                attempt: 1,
+                stream: LogStream::Stderr,
+                text: "a\nb".into(),
+            },
+            WorkerCall::Complete(Report {
+                module_id: "build".into(),
+                attempt: 1,
+                status: ReportStatus::TimedOut,
+                exit_code: None,
+                outputs: BTreeMap::new(),
+                error: Some("timed out after 1s".into()),
+                duration_ms: 1000,
+            }),
+        ];
+        for call in calls {
+            let (target, args) = call.clone().into_invocation();
+            assert_eq!(WorkerCall::from_invocation(target, args).unwrap(), call);
+        }
+    }
+
+    #[test]
+    fn hub_calls_round_trip() {
+        let call = HubCall::Cancel {
+            module_id: "m".into(),
+            attempt: 2,
+            reason: "fail-fast".into(),
+        };
+        let (target, args) = call.clone().into_invocation();
+        assert_eq!(HubCall::from_invocation(target, args).unwrap(), call);
+    }
+
+    #[test]
+    fn registration_uses_camel_case_and_defaults() {
+        let call = WorkerCall::from_invocation("register", vec![json!({"name": "js"})]).unwrap();
+        assert_eq!(
+            call,
+            WorkerCall::Register(Registration {
+                name: "js".into(),
+                capabilities: vec![],
+                slots: 1,
+                version: String::new(),
+            })
+        );
+        let report = json(Report {
+            module_id: "m".into(),
+            attempt: 1,
+            status: ReportStatus::Succeeded,
+            exit_code: Some(0),
+            outputs: BTreeMap::new(),
+            error: None,
+            duration_ms: 5,
+        });
+        assert_eq!(report["moduleId"], "m");
+        assert_eq!(report["exitCode"], 0);
+        assert_eq!(report["durationMs"], 5);
+    }
+
+    #[test]
+    fn bad_invocations_are_specific_errors() {
+        assert_eq!(
+            WorkerCall::from_invocation("Explode", vec![]),
+            Err(CallError::UnknownMethod("Explode".into()))
+        );
+        assert_eq!(
+            WorkerCall::from_invocation("Started", vec![json!("m")]),
+            Err(CallError::Arity {
+                method: "Started",
+                expected: 2,
+                got: 1
+            })
+        );
+        assert!(matches!(
+            WorkerCall::from_invocation("Started", vec![json!("m"), json!("one")]),
+            Err(CallError::Argument {
+                method: "Started",
+                index: 1,
+                ..
+            })
+        ));
+    }
+}
