@@ -162,9 +162,9 @@ impl Message {
             .ok_or(MessageError::NoType)?;
         let message = match kind {
             1 => Message::Invocation {
-                invocation_id: match text(&mut object, "invocationId", 1) {
-                    Ok(id) => Some(id),
-                    Err(_) => None,
+                invocation_id: match object.contains_key("invocationId") {
+                    true => Some(text(&mut object, "invocationId", 1)?),
+                    false => None,
                 },
                 target: text(&mut object, "target", 1)?,
                 arguments: arguments(&mut object, 1)?,
@@ -420,6 +420,13 @@ mod tests {
             Err(MessageError::Missing {
                 kind: 1,
                 field: "arguments",
+            }),
+        );
+        check(
+            r#"{"type":1,"invocationId":7,"target":"x","arguments":[]}"#,
+            Err(MessageError::Missing {
+                kind: 1,
+                field: "invocationId",
             }),
         );
         check(

@@ -1,1 +1,181 @@
-//! placeholder
+//! The master's hub: an axum server speaking the SignalR JSON hub protocol
+//! to workers, and the scheduler task that owns the run's state.
+//!
+//! Invariants: the scheduler task is the only writer of run state; every
+//! connection talks to it through commands. Input from the network never
+//! panics the hub: each connection ends on its own error and the run goes
+//! on.
+
+mod connection;
+mod events;
+mod scheduler;
+mod server;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_core::Plan;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use events::{ModuleSummary, RunEvent, Summary};
+pub use server::random_id;
+
+use connection::ConnectionSettings;
+use scheduler::{Command, Scheduler, SchedulerSettings};
+
+/// How the hub runs. `Default` gives SignalR's usual timings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The bearer token every worker must present.
+    pub token: String,
+    /// Cancel everything else as soon as one module fails.
+    pub fail_fast: bool,
+    /// How often the hub pings each worker.
+    pub ping_interval: Duration,
+    /// Silence after which a worker counts as lost.
+    pub client_timeout: Duration,
+    /// How long a new connection has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// The largest SignalR record the hub accepts, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            token: random_id(),
+            fail_fast: false,
+            ping_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the scheduler stopped before the run finished")]
+    SchedulerGone,
+    #[error("the hub's server failed: {0}")]
+    Server(#[from] io::Error),
+}
+
+/// A running hub.
+pub struct Hub {
+    url: String,
+    events: Option<mpsc::UnboundedReceiver<RunEvent>>,
+    done: oneshot::Receiver<Summary>,
+    commands: mpsc::Sender<Command>,
+    connected: watch::Receiver<usize>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    server: JoinHandle<io::Result<()>>,
+}
+
+/// Cancels a run from anywhere (a Ctrl-C handler).
+#[derive(Clone)]
+pub struct Canceller(mpsc::Sender<Command>);
+
+impl Canceller {
+    pub async fn cancel(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let _ = self.0.send(Command::Cancel { reason }).await;
+    }
+}
+
+impl Hub {
+    /// Serves `plan` on an already bound listener (bind port 0 in tests).
+    pub async fn start(listener: TcpListener, plan: Plan, config: HubConfig) -> io::Result<Hub> {
+        let addr = listener.local_addr()?;
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let (connected_tx, connected) = watch::channel(0);
+        let settings = SchedulerSettings {
+            fail_fast: config.fail_fast,
+            ping_interval: config.ping_interval,
+        };
+        let scheduler = Scheduler::new(plan, settings, events_tx, done_tx, connected_tx);
+        tokio::spawn(scheduler.run(command_rx));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let state = Arc::new(server::AppState {
+            token_digest: server::digest(&config.token),
+            commands: commands.clone(),
+            settings: ConnectionSettings {
+                handshake_timeout: config.handshake_timeout,
+                client_timeout: config.client_timeout,
+                ping_interval: config.ping_interval,
+                max_message: config.max_message_bytes,
+            },
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            negotiated: Mutex::new(HashMap::new()),
+        });
+        let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Ok(Hub {
+            url: hub_url(addr),
+            events: Some(events),
+            done,
+            commands,
+            connected,
+            shutdown,
+            tracker,
+            server,
+        })
+    }
+
+    /// The URL workers join, e.g. `http://127.0.0.1:7400/hub`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The stream of run events; the first call takes it.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<RunEvent>> {
+        self.events.take()
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.commands.clone())
+    }
+
+    /// Waits for the run to finish, gives workers up to `linger` to leave
+    /// after their Shutdown, then stops the server.
+    pub async fn wait(self, linger: Duration) -> Result<Summary, HubError> {
+        let summary = self.done.await.map_err(|_| HubError::SchedulerGone)?;
+        let mut connected = self.connected;
+        let _ = tokio::time::timeout(linger, connected.wait_for(|&n| n == 0)).await;
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(linger, self.tracker.wait()).await;
+        match tokio::time::timeout(linger, self.server).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) | Err(_) => {}
+        }
+        Ok(summary)
+    }
+}
+
+fn hub_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/hub", addr.port())
+}

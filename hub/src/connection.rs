@@ -1,0 +1,332 @@
+//! One worker connection: the SignalR handshake, then records in, typed
+//! calls to the scheduler, Completions and hub calls out. The socket is
+//! split into a reader (this task) and a writer task fed by an outbox, so
+//! the scheduler never waits on a slow peer. Written over any
+//! `Sink + Stream` of WebSocket messages, so it does not care how the
+//! socket was accepted.
+
+use std::time::Duration;
+
+use axum::extract::ws::Message as WsMessage;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use muster_core::protocol::{CallError, WorkerCall};
+use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
+use muster_core::WorkerId;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::Command;
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A hub-protocol message, framed on the way out.
+    Message(Message),
+    /// An already framed record (the handshake answer).
+    Framed(String),
+    /// Send a Close message with this error, then close the socket.
+    Close(Option<String>),
+}
+
+/// Limits every connection shares.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSettings {
+    pub handshake_timeout: Duration,
+    pub client_timeout: Duration,
+    pub ping_interval: Duration,
+    pub max_message: usize,
+}
+
+/// Serves one connection until it closes, times out or breaks the protocol.
+pub(crate) async fn serve<S>(
+    socket: S,
+    peer: String,
+    commands: mpsc::Sender<Command>,
+    settings: ConnectionSettings,
+    shutdown: CancellationToken,
+) where
+    S: Stream<Item = Result<WsMessage, axum::Error>>
+        + Sink<WsMessage, Error = axum::Error>
+        + Send
+        + 'static,
+{
+    let (sink, stream) = socket.split();
+    let (outbox, outgoing) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(sink, outgoing, settings.ping_interval));
+    let mut reader = Reader {
+        commands: &commands,
+        outbox: &outbox,
+        settings: &settings,
+        decoder: FrameDecoder::new(settings.max_message),
+        worker: None,
+        handshake_done: false,
+    };
+    let end = tokio::select! {
+        end = reader.read(stream) => end,
+        () = shutdown.cancelled() => End::Close(Some("the hub is shutting down".into())),
+    };
+    let worker = reader.worker;
+    let reason = match end {
+        End::PeerClosed(reason) => {
+            tracing::debug!(%peer, "connection closed: {reason}");
+            reason
+        }
+        End::Close(error) => {
+            let reason = error.clone().unwrap_or_else(|| "closed by the hub".into());
+            tracing::warn!(%peer, "closing connection: {reason}");
+            let _ = outbox.send(Outbound::Close(error));
+            reason
+        }
+    };
+    drop(outbox);
+    if let Some(worker) = worker {
+        let _ = commands
+            .send(Command::Disconnected { worker, reason })
+            .await;
+    }
+    // The writer ends once the Close is sent or every outbox is dropped
+    // (the scheduler drops its copy when it handles Disconnected).
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+/// Why the read side ended.
+enum End {
+    /// The peer closed, went silent, or the socket failed.
+    PeerClosed(String),
+    /// The hub closes, with an error for the peer when there is one.
+    Close(Option<String>),
+}
+
+struct Reader<'a> {
+    commands: &'a mpsc::Sender<Command>,
+    outbox: &'a mpsc::UnboundedSender<Outbound>,
+    settings: &'a ConnectionSettings,
+    decoder: FrameDecoder,
+    worker: Option<WorkerId>,
+    handshake_done: bool,
+}
+
+impl Reader<'_> {
+    async fn read<R>(&mut self, mut stream: R) -> End
+    where
+        R: Stream<Item = Result<WsMessage, axum::Error>> + Unpin,
+    {
+        let mut deadline = Instant::now() + self.settings.handshake_timeout;
+        loop {
+            let next = match timeout_at(deadline, stream.next()).await {
+                Ok(next) => next,
+                Err(_) if !self.handshake_done => {
+                    return End::Close(Some(format!(
+                        "no handshake within {:?}",
+                        self.settings.handshake_timeout
+                    )))
+                }
+                Err(_) => {
+                    return End::PeerClosed(format!(
+                        "silent for {:?} (no message or ping)",
+                        self.settings.client_timeout
+                    ))
+                }
+            };
+            let text =
+                match next {
+                    None => return End::PeerClosed("the peer closed the socket".into()),
+                    Some(Err(e)) => return End::PeerClosed(format!("socket error: {e}")),
+                    Some(Ok(WsMessage::Text(text))) => text.to_string(),
+                    Some(Ok(WsMessage::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
+                        Ok(text) => text,
+                        Err(_) => return End::Close(Some(
+                            "binary frames are not supported: this hub speaks the JSON protocol"
+                                .into(),
+                        )),
+                    },
+                    Some(Ok(WsMessage::Close(_))) => {
+                        return End::PeerClosed("the peer sent a WebSocket close".into())
+                    }
+                    Some(Ok(_)) => continue,
+                };
+            if self.handshake_done {
+                deadline = Instant::now() + self.settings.client_timeout;
+            }
+            let records = match self.decoder.push(&text) {
+                Ok(records) => records,
+                Err(e) => return End::Close(Some(e.to_string())),
+            };
+            for record in records {
+                if let Some(end) = self.record(&record).await {
+                    return end;
+                }
+                if self.handshake_done {
+                    deadline = Instant::now() + self.settings.client_timeout;
+                }
+            }
+        }
+    }
+
+    async fn record(&mut self, record: &str) -> Option<End> {
+        if !self.handshake_done {
+            return self.handshake(record);
+        }
+        let message = match Message::parse(record) {
+            Ok(message) => message,
+            Err(e) => return Some(End::Close(Some(format!("{e}; closing")))),
+        };
+        match message {
+            Message::Invocation {
+                invocation_id,
+                target,
+                arguments,
+            } => self.invocation(invocation_id, &target, arguments).await,
+            Message::StreamInvocation { invocation_id, .. } => {
+                self.complete(
+                    Some(invocation_id),
+                    Err("streaming invocations are not supported".into()),
+                );
+                None
+            }
+            Message::Close { error, .. } => Some(End::PeerClosed(match error {
+                Some(e) => format!("the peer closed with error: {e}"),
+                None => "the peer sent Close".into(),
+            })),
+            Message::Ping
+            | Message::Completion { .. }
+            | Message::StreamItem { .. }
+            | Message::CancelInvocation { .. } => None,
+        }
+    }
+
+    fn handshake(&mut self, record: &str) -> Option<End> {
+        let error = match serde_json::from_str::<HandshakeRequest>(record) {
+            Ok(r) if r.protocol == "json" && r.version == 1 => None,
+            Ok(r) => Some(format!(
+                "requested protocol '{}' version {} is not supported; use 'json' version 1",
+                r.protocol, r.version
+            )),
+            Err(e) => Some(format!("malformed handshake: {e}")),
+        };
+        let answer = HandshakeResponse {
+            error: error.clone(),
+        };
+        let json = serde_json::to_string(&answer).expect("handshake answers serialize");
+        let _ = self.outbox.send(Outbound::Framed(frame(&json)));
+        match error {
+            None => {
+                self.handshake_done = true;
+                None
+            }
+            Some(e) => Some(End::Close(Some(e))),
+        }
+    }
+
+    async fn invocation(
+        &mut self,
+        invocation_id: Option<String>,
+        target: &str,
+        arguments: Vec<Value>,
+    ) -> Option<End> {
+        let call = match WorkerCall::from_invocation(target, arguments) {
+            Ok(call) => call,
+            Err(e) => {
+                self.refuse(invocation_id, e);
+                return None;
+            }
+        };
+        let result = match (call, self.worker) {
+            (WorkerCall::Register(registration), None) => {
+                let (reply, registered) = oneshot::channel();
+                let command = Command::Register {
+                    registration,
+                    invocation_id,
+                    outbox: self.outbox.clone(),
+                    reply,
+                };
+                self.commands.send(command).await.ok()?;
+                self.worker = Some(registered.await.ok()?);
+                return None;
+            }
+            (WorkerCall::Register(_), Some(_)) => {
+                Err("this connection is already registered".to_owned())
+            }
+            (_, None) => Err("call Register first".to_owned()),
+            (call, Some(worker)) => {
+                let (reply, answer) = match invocation_id {
+                    Some(_) => {
+                        let (tx, rx) = oneshot::channel();
+                        (Some(tx), Some(rx))
+                    }
+                    None => (None, None),
+                };
+                let command = Command::Call {
+                    worker,
+                    call,
+                    reply,
+                };
+                self.commands.send(command).await.ok()?;
+                match answer {
+                    Some(rx) => rx.await.ok()?.map(|()| Value::Null),
+                    None => Ok(Value::Null),
+                }
+            }
+        };
+        if let Err(e) = &result {
+            if invocation_id.is_none() {
+                tracing::warn!("ignored {target}: {e}");
+            }
+        }
+        self.complete(invocation_id, result);
+        None
+    }
+
+    fn refuse(&self, invocation_id: Option<String>, error: CallError) {
+        tracing::warn!("refused invocation: {error}");
+        self.complete(invocation_id, Err(error.to_string()));
+    }
+
+    /// Answers an invocation that asked for it.
+    fn complete(&self, invocation_id: Option<String>, result: Result<Value, String>) {
+        let Some(invocation_id) = invocation_id else {
+            return;
+        };
+        let (result, error) = match result {
+            Ok(value) => (Some(value), None),
+            Err(error) => (None, Some(error)),
+        };
+        let _ = self.outbox.send(Outbound::Message(Message::Completion {
+            invocation_id,
+            result,
+            error,
+        }));
+    }
+}
+
+async fn write_loop<K>(
+    mut sink: K,
+    mut outgoing: mpsc::UnboundedReceiver<Outbound>,
+    ping_interval: Duration,
+) where
+    K: Sink<WsMessage, Error = axum::Error> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    loop {
+        let text = tokio::select! {
+            next = outgoing.recv() => match next {
+                Some(Outbound::Message(message)) => message.to_frame(),
+                Some(Outbound::Framed(text)) => text,
+                Some(Outbound::Close(error)) => {
+                    let close = Message::Close { error, allow_reconnect: false };
+                    let _ = sink.send(WsMessage::Text(close.to_frame().into())).await;
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping.to_frame(),
+        };
+        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,57 @@
+//! What the hub tells its owner (the CLI): a stream of [`RunEvent`]s while
+//! the run goes, and one [`Summary`] at the end.
+
+use muster_core::protocol::LogStream;
+use muster_core::ModuleState;
+
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    WorkerJoined {
+        name: String,
+        capabilities: Vec<String>,
+        slots: u32,
+    },
+    WorkerLeft {
+        name: String,
+        reason: String,
+    },
+    /// A module changed state; `worker` names the worker holding or having
+    /// run it, `note` says why when the state does not (a retry).
+    Module {
+        module: String,
+        state: ModuleState,
+        worker: Option<String>,
+        note: Option<String>,
+    },
+    /// A batch of log lines from a module's current attempt.
+    Log {
+        module: String,
+        attempt: u32,
+        stream: LogStream,
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleSummary {
+    pub id: String,
+    pub state: ModuleState,
+    /// The worker that ran the last attempt.
+    pub worker: Option<String>,
+}
+
+/// The run's outcome, in plan order.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub modules: Vec<ModuleSummary>,
+    /// The run was cancelled (Ctrl-C or `--fail-fast`).
+    pub cancelled: bool,
+}
+
+impl Summary {
+    pub fn succeeded(&self) -> bool {
+        self.modules
+            .iter()
+            .all(|m| matches!(m.state, ModuleState::Succeeded(_)))
+    }
+}

@@ -1,0 +1,345 @@
+//! Subcommands: `run`, `hub`, `worker` and `validate`. Each returns the
+//! process exit code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use muster_core::{parse_pipeline, Plan};
+use muster_hub::{Hub, HubConfig, Summary};
+use muster_worker::{Exit, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::exit;
+use crate::report::{self, Reporter};
+
+/// Run a CI pipeline, a DAG of shell modules, across many machines.
+///
+/// A master starts an embedded SignalR hub; workers connect over WebSockets,
+/// register their capabilities, and get modules pushed to them.
+#[derive(Parser)]
+#[command(name = "muster", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline here: the master plus local workers on loopback.
+    Run(RunArgs),
+    /// Run the master and print how other machines join it.
+    Hub(HubArgs),
+    /// Join a hub and run the modules it assigns.
+    Worker(WorkerArgs),
+    /// Check a pipeline file and print its modules without running anything.
+    Validate(FileArg),
+}
+
+#[derive(Args)]
+struct FileArg {
+    /// The pipeline file.
+    #[arg(default_value = "muster.toml")]
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    file: FileArg,
+    /// Local workers to start [default: the number of CPUs].
+    #[arg(long, short = 'w')]
+    workers: Option<u32>,
+    /// Cancel everything else as soon as one module fails.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+#[derive(Args)]
+struct HubArgs {
+    #[command(flatten)]
+    file: FileArg,
+    /// Address to listen on; use 0.0.0.0:PORT to accept other machines.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Local workers to start beside the hub.
+    #[arg(long, short = 'w', default_value_t = 0)]
+    workers: u32,
+    /// Token workers must present [default: a random one, printed once].
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Cancel everything else as soon as one module fails.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The hub's URL, as `muster hub` prints it.
+    #[arg(long, env = "MUSTER_HUB")]
+    hub: String,
+    /// The hub's token.
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Extra capability to advertise (repeatable); os:... and arch:... are
+    /// detected.
+    #[arg(long = "capability", short = 'c')]
+    capabilities: Vec<String>,
+    /// Modules this worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Name shown in logs and in MUSTER_WORKER [default: host name and pid].
+    #[arg(long)]
+    name: Option<String>,
+    /// Folder that module cwds are relative to [default: the current folder].
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+pub async fn dispatch(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Hub(args) => hub(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Validate(args) => validate(&args.file),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("muster: error: {e:#}");
+        exit::INFRASTRUCTURE
+    })
+}
+
+/// Reads and checks a pipeline file; on failure prints why and returns the
+/// exit code to use.
+fn load(file: &Path) -> Result<Plan, u8> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "muster: error: cannot read pipeline file {}: {e}",
+                file.display()
+            );
+            if e.kind() == std::io::ErrorKind::NotFound {
+                eprintln!("  = help: pass the path of a pipeline file, or create muster.toml (see examples/)");
+            }
+            return Err(exit::BAD_INPUT);
+        }
+    };
+    parse_pipeline(&file.display().to_string(), &text).map_err(|e| {
+        eprintln!("muster: error: {e}");
+        exit::BAD_INPUT
+    })
+}
+
+fn validate(file: &Path) -> Result<u8> {
+    let plan = match load(file) {
+        Ok(plan) => plan,
+        Err(code) => return Ok(code),
+    };
+    print!("{}", report::describe_plan(&plan));
+    println!(
+        "{}: ok, {} modules, {} needs edges",
+        file.display(),
+        plan.len(),
+        plan.edge_count()
+    );
+    Ok(exit::SUCCESS)
+}
+
+async fn run(args: RunArgs) -> Result<u8> {
+    let plan = match load(&args.file.file) {
+        Ok(plan) => plan,
+        Err(code) => return Ok(code),
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    if workers == 0 {
+        eprintln!("muster: error: --workers must be at least 1 for `muster run`");
+        return Ok(exit::BAD_INPUT);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let config = HubConfig {
+        fail_fast: args.fail_fast,
+        ..HubConfig::default()
+    };
+    let token = config.token.clone();
+    let hub = Hub::start(listener, plan, config).await?;
+    let workdir = pipeline_dir(&args.file.file);
+    let stop = CancellationToken::new();
+    let local = spawn_local_workers(&hub, &token, workers, &workdir, &stop);
+    let summary = supervise(hub).await?;
+    stop.cancel();
+    for worker in local {
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    }
+    Ok(finish(&summary))
+}
+
+async fn hub(args: HubArgs) -> Result<u8> {
+    let plan = match load(&args.file.file) {
+        Ok(plan) => plan,
+        Err(code) => return Ok(code),
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let generated = args.token.is_none();
+    let mut config = HubConfig {
+        fail_fast: args.fail_fast,
+        ..HubConfig::default()
+    };
+    if let Some(token) = args.token {
+        config.token = token;
+    }
+    let token = config.token.clone();
+    let hub = Hub::start(listener, plan, config).await?;
+    println!("hub url: {}", hub.url());
+    if generated {
+        // A token made up for this run only: printing it is the only way
+        // for another terminal to join.
+        println!(
+            "join with: muster worker --hub {} --token {token}",
+            hub.url()
+        );
+    } else {
+        println!(
+            "join with: MUSTER_TOKEN=<your token> muster worker --hub {}",
+            hub.url()
+        );
+    }
+    let workdir = pipeline_dir(&args.file.file);
+    let stop = CancellationToken::new();
+    let local = spawn_local_workers(&hub, &token, args.workers, &workdir, &stop);
+    let summary = supervise(hub).await?;
+    stop.cancel();
+    for worker in local {
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    }
+    Ok(finish(&summary))
+}
+
+async fn worker(args: WorkerArgs) -> Result<u8> {
+    let workdir = match args.workdir {
+        Some(dir) => dir,
+        None => std::env::current_dir().context("cannot read the current folder")?,
+    };
+    let config = WorkerConfig {
+        hub: args.hub,
+        token: args.token,
+        name: args
+            .name
+            .unwrap_or_else(|| format!("{}-{}", muster_worker::host_name(), std::process::id())),
+        capabilities: args.capabilities,
+        slots: args.slots,
+        workdir,
+        connect_timeout: Duration::from_secs(15),
+    };
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.cancel();
+        }
+    });
+    match muster_worker::run(config, stop).await {
+        Ok(Exit::Shutdown(reason)) => {
+            eprintln!("muster: worker done: {reason}");
+            Ok(exit::SUCCESS)
+        }
+        Ok(Exit::Stopped) => Ok(exit::CANCELLED),
+        Err(e) => {
+            eprintln!("muster: error: {e}");
+            Ok(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+/// Module cwds are relative to the pipeline file's folder.
+fn pipeline_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    dir.canonicalize().unwrap_or(dir)
+}
+
+fn spawn_local_workers(
+    hub: &Hub,
+    token: &str,
+    count: u32,
+    workdir: &Path,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (1..=count)
+        .map(|i| {
+            let config = WorkerConfig {
+                hub: hub.url().to_owned(),
+                token: token.to_owned(),
+                name: format!("local-{i}"),
+                capabilities: Vec::new(),
+                slots: 1,
+                workdir: workdir.to_owned(),
+                connect_timeout: Duration::from_secs(15),
+            };
+            let stop = stop.child_token();
+            tokio::spawn(async move {
+                if let Err(e) = muster_worker::run(config, stop).await {
+                    eprintln!("muster: local worker {i}: {e}");
+                }
+            })
+        })
+        .collect()
+}
+
+/// Prints the run as it goes, cancels it on Ctrl-C, and returns its summary.
+async fn supervise(mut hub: Hub) -> Result<Summary> {
+    let events = hub.take_events().expect("events are taken once");
+    let printer = tokio::spawn(Reporter::new().print(events));
+    let canceller = hub.canceller();
+    let interrupt = tokio::spawn(async move {
+        wait_for_interrupt().await;
+        eprintln!("muster: cancelling the run (press Ctrl-C again to exit at once)");
+        canceller.cancel("cancelled by the user").await;
+        wait_for_interrupt().await;
+        std::process::exit(i32::from(exit::CANCELLED));
+    });
+    let summary = hub.wait(Duration::from_secs(5)).await?;
+    interrupt.abort();
+    let _ = printer.await;
+    print!("{}", report::summary_table(&summary));
+    Ok(summary)
+}
+
+async fn wait_for_interrupt() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn finish(summary: &Summary) -> u8 {
+    if summary.succeeded() {
+        exit::SUCCESS
+    } else if summary.cancelled && !summary.modules.iter().any(|m| failed(&m.state)) {
+        exit::CANCELLED
+    } else {
+        exit::RUN_FAILED
+    }
+}
+
+fn failed(state: &muster_core::ModuleState) -> bool {
+    use muster_core::ModuleState as S;
+    matches!(state, S::Failed(_) | S::TimedOut(_))
+}

@@ -1,0 +1,198 @@
+//! What a person reads: module log lines prefixed with the module's name
+//! (coloured on a terminal), state changes as they happen, the plan for
+//! `validate`, and the final table.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use muster_core::{ModuleState, Plan};
+use muster_hub::{RunEvent, Summary};
+use tokio::sync::mpsc;
+
+const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 31];
+
+pub struct Reporter {
+    colour: bool,
+    colours: HashMap<String, u8>,
+}
+
+impl Reporter {
+    /// Colours only on a terminal, and never with `NO_COLOR` set.
+    pub fn new() -> Reporter {
+        Reporter {
+            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            colours: HashMap::new(),
+        }
+    }
+
+    pub async fn print(mut self, mut events: mpsc::UnboundedReceiver<RunEvent>) {
+        while let Some(event) = events.recv().await {
+            let text = self.render(event);
+            if !text.is_empty() {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        }
+    }
+
+    fn render(&mut self, event: RunEvent) -> String {
+        let mut out = String::new();
+        match event {
+            RunEvent::WorkerJoined {
+                name,
+                capabilities,
+                slots,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "muster: worker {name} joined ({}; {slots} slot{})",
+                    capabilities.join(", "),
+                    if slots == 1 { "" } else { "s" }
+                );
+            }
+            RunEvent::WorkerLeft { name, reason } => {
+                let _ = writeln!(out, "muster: worker {name} left: {reason}");
+            }
+            RunEvent::Log { module, text, .. } => {
+                let prefix = self.prefix(&module);
+                for line in text.lines() {
+                    let _ = writeln!(out, "{prefix} {line}");
+                }
+            }
+            RunEvent::Module {
+                module,
+                state,
+                worker,
+                note,
+            } => {
+                let on = worker.map(|w| format!(" on {w}")).unwrap_or_default();
+                let line = match &state {
+                    ModuleState::Running { attempt, .. } if *attempt > 1 => {
+                        format!("started{on} (attempt {attempt})")
+                    }
+                    ModuleState::Running { .. } => format!("started{on}"),
+                    ModuleState::Ready { attempt } if *attempt > 1 => {
+                        format!("will retry: {}", note.unwrap_or_default())
+                    }
+                    ModuleState::Succeeded(e) => format!("succeeded{on}{}", took(e.duration)),
+                    ModuleState::Failed(e) | ModuleState::TimedOut(e) => format!(
+                        "{}{on}{}: {}",
+                        state.name(),
+                        took(e.duration),
+                        e.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                    ModuleState::Cancelled(e) => {
+                        format!("cancelled: {}", e.reason.as_deref().unwrap_or("cancelled"))
+                    }
+                    ModuleState::Skipped { reason } => format!("skipped: {reason}"),
+                    _ => return out,
+                };
+                let prefix = self.prefix(&module);
+                let _ = writeln!(out, "{prefix} ** {line}");
+            }
+        }
+        out
+    }
+
+    fn prefix(&mut self, module: &str) -> String {
+        if !self.colour {
+            return format!("[{module}]");
+        }
+        let next = PALETTE[self.colours.len() % PALETTE.len()];
+        let colour = *self.colours.entry(module.to_owned()).or_insert(next);
+        format!("\x1b[{colour}m[{module}]\x1b[0m")
+    }
+}
+
+fn took(duration: Option<Duration>) -> String {
+    duration
+        .map(|d| format!(" in {}", seconds(d)))
+        .unwrap_or_default()
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// The plan as `muster validate` prints it: one module a line, in the order
+/// they can run.
+pub fn describe_plan(plan: &Plan) -> String {
+    let mut out = String::new();
+    for module in &plan.modules {
+        let _ = write!(out, "{}", module.id);
+        if !module.needs.is_empty() {
+            let needs: Vec<&str> = module
+                .needs
+                .iter()
+                .map(|&n| plan.modules[n].id.as_str())
+                .collect();
+            let _ = write!(out, "  needs: {}", needs.join(", "));
+        }
+        if !module.requires.is_empty() {
+            let _ = write!(out, "  requires: {}", module.requires.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "  timeout: {}",
+            humantime::format_duration(module.timeout)
+        );
+    }
+    out
+}
+
+/// The table printed when the run ends.
+pub fn summary_table(summary: &Summary) -> String {
+    let rows: Vec<[String; 4]> = summary
+        .modules
+        .iter()
+        .map(|m| {
+            let ended = m.state.ended();
+            [
+                m.id.clone(),
+                m.state.name().to_owned(),
+                ended
+                    .and_then(|e| e.duration)
+                    .map(seconds)
+                    .unwrap_or_else(|| "-".into()),
+                m.worker.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["MODULE", "STATUS", "TIME", "WORKER"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::from("\n");
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let succeeded = summary
+        .modules
+        .iter()
+        .filter(|m| matches!(m.state, ModuleState::Succeeded(_)))
+        .count();
+    let verdict = if summary.succeeded() {
+        "run succeeded"
+    } else if summary.cancelled {
+        "run cancelled"
+    } else {
+        "run failed"
+    };
+    let _ = writeln!(
+        out,
+        "\n{verdict}: {succeeded} of {} modules succeeded",
+        summary.modules.len()
+    );
+    out
+}

@@ -1,0 +1,189 @@
+//! The worker's SignalR client: connect over tokio-tungstenite with the
+//! token, do the JSON handshake, then send and receive typed messages. The
+//! socket is split so the worker loop can wait on the hub and on its own
+//! executions at once.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use muster_core::signalr::{FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The largest record the worker accepts from the hub.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("hub URL {0:?} must start with http://, https://, ws:// or wss://")]
+    BadUrl(String),
+    #[error("could not connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the hub at {url} refused the token (HTTP 401): check --token or MUSTER_TOKEN")]
+    Unauthorized { url: String },
+    #[error("no answer from {url} within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("the hub refused the handshake: {0}")]
+    Handshake(String),
+    #[error("connection to the hub failed: {0}")]
+    Socket(String),
+    #[error("the hub sent something this worker does not understand: {0}")]
+    Protocol(String),
+}
+
+/// The sending half.
+pub struct Sender {
+    sink: SplitSink<Socket, WsMessage>,
+}
+
+/// The receiving half: yields whole messages, `None` on a clean close.
+pub struct Receiver {
+    stream: SplitStream<Socket>,
+    decoder: FrameDecoder,
+    ready: VecDeque<String>,
+}
+
+/// Turns the hub's http(s) URL into its ws(s) URL.
+pub fn websocket_url(hub: &str) -> Result<String, ClientError> {
+    for (from, to) in [("http://", "ws://"), ("https://", "wss://")] {
+        if let Some(rest) = hub.strip_prefix(from) {
+            return Ok(format!("{to}{rest}"));
+        }
+    }
+    if hub.starts_with("ws://") || hub.starts_with("wss://") {
+        Ok(hub.to_owned())
+    } else {
+        Err(ClientError::BadUrl(hub.to_owned()))
+    }
+}
+
+/// Connects, authenticates with a bearer header and does the handshake.
+pub async fn connect(
+    hub: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(Sender, Receiver), ClientError> {
+    let url = websocket_url(hub)?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|_| ClientError::BadUrl(hub.to_owned()))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ClientError::Handshake("the token holds characters a header cannot".into()))?;
+    request.headers_mut().insert("Authorization", bearer);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let (socket, _) = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => {
+            return Err(ClientError::Timeout {
+                url: hub.to_owned(),
+                timeout,
+            })
+        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response)))
+            if response.status() == 401 =>
+        {
+            return Err(ClientError::Unauthorized {
+                url: hub.to_owned(),
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(ClientError::Connect {
+                url: hub.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Ok(Ok(connected)) => connected,
+    };
+    let (sink, stream) = socket.split();
+    let mut sender = Sender { sink };
+    let mut receiver = Receiver {
+        stream,
+        decoder: FrameDecoder::new(MAX_MESSAGE),
+        ready: VecDeque::new(),
+    };
+    let handshake = serde_json::to_string(&HandshakeRequest::json()).expect("serializes");
+    sender
+        .send_text(muster_core::signalr::frame(&handshake))
+        .await?;
+    let answer = match tokio::time::timeout(timeout, receiver.record()).await {
+        Err(_) => {
+            return Err(ClientError::Timeout {
+                url: hub.to_owned(),
+                timeout,
+            })
+        }
+        Ok(answer) => {
+            answer?.ok_or_else(|| ClientError::Handshake("closed during handshake".into()))?
+        }
+    };
+    let answer: HandshakeResponse =
+        serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Some(error) = answer.error {
+        return Err(ClientError::Handshake(error));
+    }
+    Ok((sender, receiver))
+}
+
+impl Sender {
+    pub async fn send(&mut self, message: &Message) -> Result<(), ClientError> {
+        self.send_text(message.to_frame()).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+        self.sink
+            .send(WsMessage::Text(text.into()))
+            .await
+            .map_err(|e| ClientError::Socket(e.to_string()))
+    }
+
+    /// Sends a WebSocket close; errors are moot at that point.
+    pub async fn close(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+impl Receiver {
+    /// The next message, or `None` once the hub closed the socket.
+    /// Cancel-safe: records already read stay queued.
+    pub async fn recv(&mut self) -> Result<Option<Message>, ClientError> {
+        match self.record().await? {
+            None => Ok(None),
+            Some(record) => Message::parse(&record)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    async fn record(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            if let Some(record) = self.ready.pop_front() {
+                return Ok(Some(record));
+            }
+            let text = match self.stream.next().await {
+                None | Some(Ok(WsMessage::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Socket(e.to_string())),
+                Some(Ok(WsMessage::Text(text))) => text.to_string(),
+                Some(Ok(WsMessage::Binary(_))) => {
+                    return Err(ClientError::Protocol("unexpected binary frame".into()))
+                }
+                Some(Ok(_)) => continue,
+            };
+            let records = self
+                .decoder
+                .push(&text)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            self.ready.extend(records);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Runs one assigned module as a process: its own process group, the
+//! given shell, cwd and env, stdout and stderr streamed as batched `Log`
+//! calls, the timeout and cancellation enforced on the whole group, and the
+//! outcome reported with outputs and timing.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use muster_core::outputs::parse_outputs;
+use muster_core::protocol::{Assignment, LogStream, Report, ReportStatus, WorkerCall};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+use tokio_util::sync::CancellationToken;
+
+/// How long a batch of log lines may wait before it is sent.
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+/// A batch is sent at once when it reaches this size.
+const LOG_BATCH: usize = 32 * 1024;
+/// A line longer than this is cut and sent in pieces.
+const LOG_LINE: usize = 16 * 1024;
+/// Time between SIGTERM and SIGKILL when a module is stopped.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the pipes to drain after the process ended.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Who is running the module, for its environment.
+pub(crate) struct Context<'a> {
+    pub worker_name: &'a str,
+    pub workdir: &'a Path,
+}
+
+/// Runs the assignment to its end and sends `Started`, `Log`s and the
+/// `Complete` report through `out`.
+pub(crate) async fn execute(
+    assignment: Assignment,
+    context: Context<'_>,
+    out: mpsc::UnboundedSender<WorkerCall>,
+    cancel: CancellationToken,
+) {
+    let begun = Instant::now();
+    let report = |status, exit_code, error: Option<String>, outputs| {
+        WorkerCall::Complete(Report {
+            module_id: assignment.module_id.clone(),
+            attempt: assignment.attempt,
+            status,
+            exit_code,
+            outputs,
+            error,
+            duration_ms: begun.elapsed().as_millis() as u64,
+        })
+    };
+    let output_file = match tempfile::Builder::new().prefix("muster-output-").tempfile() {
+        Ok(file) => file,
+        Err(e) => {
+            let error = format!("could not create the $MUSTER_OUTPUT file: {e}");
+            let _ = out.send(report(
+                ReportStatus::Failed,
+                None,
+                Some(error),
+                Default::default(),
+            ));
+            return;
+        }
+    };
+    let cwd = context.workdir.join(&assignment.cwd);
+    let mut child = match spawn(&assignment, &context, &cwd, output_file.path()) {
+        Ok(child) => child,
+        Err(e) => {
+            let error = format!(
+                "could not start {:?} in {}: {e}",
+                assignment.shell.first().map(String::as_str).unwrap_or(""),
+                cwd.display()
+            );
+            let _ = out.send(report(
+                ReportStatus::Failed,
+                None,
+                Some(error),
+                Default::default(),
+            ));
+            return;
+        }
+    };
+    let group = child.id().map(|id| Pid::from_raw(id as i32));
+    let _ = out.send(WorkerCall::Started {
+        module_id: assignment.module_id.clone(),
+        attempt: assignment.attempt,
+    });
+    let pumps = [
+        child
+            .stdout
+            .take()
+            .map(|pipe| spawn_pump(pipe, LogStream::Stdout, &assignment, &out)),
+        child
+            .stderr
+            .take()
+            .map(|pipe| spawn_pump(pipe, LogStream::Stderr, &assignment, &out)),
+    ];
+    let timeout = Duration::from_millis(assignment.timeout_ms);
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status),
+        () = tokio::time::sleep(timeout) => Ended::TimedOut,
+        () = cancel.cancelled() => Ended::Cancelled,
+    };
+    if !matches!(ended, Ended::Exited(_)) {
+        stop_group(&mut child, group).await;
+    }
+    // Whatever the module left running in its group goes with it.
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    for pump in pumps.into_iter().flatten() {
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN, pump).await.is_err() {
+            abort.abort();
+        }
+    }
+    let outputs = std::fs::read(output_file.path()).unwrap_or_default();
+    let call = match ended {
+        Ended::TimedOut => report(
+            ReportStatus::TimedOut,
+            None,
+            Some(format!("timed out after {}", humanize(timeout))),
+            Default::default(),
+        ),
+        Ended::Cancelled => report(
+            ReportStatus::Cancelled,
+            None,
+            Some("cancelled".into()),
+            Default::default(),
+        ),
+        Ended::Exited(Err(e)) => report(
+            ReportStatus::Failed,
+            None,
+            Some(format!("lost the process: {e}")),
+            Default::default(),
+        ),
+        Ended::Exited(Ok(status)) => match (status.success(), parse_outputs(&outputs)) {
+            (true, Ok(outputs)) => report(ReportStatus::Succeeded, Some(0), None, outputs),
+            (true, Err(e)) => report(
+                ReportStatus::Failed,
+                Some(0),
+                Some(e.to_string()),
+                Default::default(),
+            ),
+            (false, _) => report(
+                ReportStatus::Failed,
+                status.code(),
+                Some(describe(status)),
+                Default::default(),
+            ),
+        },
+    };
+    let _ = out.send(call);
+}
+
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+fn spawn(
+    assignment: &Assignment,
+    context: &Context<'_>,
+    cwd: &Path,
+    output: &Path,
+) -> std::io::Result<Child> {
+    let (program, args) = assignment
+        .shell
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("the assignment names no shell"))?;
+    Command::new(program)
+        .args(args)
+        .arg(&assignment.command)
+        .current_dir(cwd)
+        .envs(&assignment.env)
+        .env("MUSTER_MODULE", &assignment.module_id)
+        .env("MUSTER_ATTEMPT", assignment.attempt.to_string())
+        .env("MUSTER_WORKER", context.worker_name)
+        .env("MUSTER_OUTPUT", output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// SIGTERM to the whole group, then SIGKILL if it has not ended in time.
+async fn stop_group(child: &mut Child, group: Option<Pid>) {
+    let Some(group) = group else {
+        return;
+    };
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended without an exit code".into(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_millis() != 0 || secs == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn spawn_pump(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    stream: LogStream,
+    assignment: &Assignment,
+    out: &mpsc::UnboundedSender<WorkerCall>,
+) -> tokio::task::JoinHandle<()> {
+    let module_id = assignment.module_id.clone();
+    let attempt = assignment.attempt;
+    let out = out.clone();
+    let send = move |text: String| {
+        let _ = out.send(WorkerCall::Log {
+            module_id: module_id.clone(),
+            attempt,
+            stream,
+            text,
+        });
+    };
+    tokio::spawn(pump(pipe, send))
+}
+
+/// Reads a pipe to its end, cutting it into lines and sending them in
+/// batches: at most [`LOG_FLUSH`] late, at most [`LOG_BATCH`] large.
+async fn pump(mut pipe: impl AsyncRead + Unpin, send: impl Fn(String)) {
+    let mut buf = vec![0u8; 8192];
+    let mut partial: Vec<u8> = Vec::new();
+    let mut batch = LineBatch::default();
+    let mut deadline = None;
+    loop {
+        let read = match deadline {
+            Some(at) => match timeout_at(at, pipe.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    batch.flush(&send);
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => pipe.read(&mut buf).await,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        partial.extend_from_slice(&buf[..n]);
+        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=end).collect();
+            batch.push(&line[..line.len() - 1]);
+        }
+        if partial.len() > LOG_LINE {
+            batch.push(&std::mem::take(&mut partial));
+        }
+        if batch.len() >= LOG_BATCH {
+            batch.flush(&send);
+            deadline = None;
+        } else if !batch.is_empty() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + LOG_FLUSH);
+        }
+    }
+    if !partial.is_empty() {
+        batch.push(&partial);
+    }
+    batch.flush(&send);
+}
+
+/// Lines joined by `\n`, without a trailing newline.
+#[derive(Default)]
+struct LineBatch(String);
+
+impl LineBatch {
+    fn push(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !self.0.is_empty() {
+            self.0.push('\n');
+        }
+        self.0.push_str(&String::from_utf8_lossy(line));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn flush(&mut self, send: &impl Fn(String)) {
+        if !self.0.is_empty() {
+            send(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn pump_batches_lines_and_keeps_the_last_partial_line() {
+        let input: &[u8] = b"one\r\ntwo\nthree";
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let sink = sent.clone();
+        pump(input, move |text| sink.lock().unwrap().push(text)).await;
+        assert_eq!(*sent.lock().unwrap(), ["one\ntwo\nthree"]);
+    }
+
+    #[tokio::test]
+    async fn pump_cuts_huge_lines() {
+        let input = vec![b'x'; LOG_LINE * 3];
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let sink = sent.clone();
+        pump(&input[..], move |text| sink.lock().unwrap().push(text)).await;
+        let total: usize = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.replace('\n', "").len())
+            .sum();
+        assert_eq!(total, LOG_LINE * 3);
+    }
+}
