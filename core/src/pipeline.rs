@@ -92,8 +92,11 @@ struct RawModule {
     requires: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
-    matrix: Option<Spanned<BTreeMap<String, Spanned<Vec<MatrixValue>>>>>,
+    matrix: Option<Spanned<RawMatrix>>,
 }
+
+/// `matrix = { key = [values...] }`, each part with its place in the file.
+type RawMatrix = BTreeMap<String, Spanned<Vec<MatrixValue>>>;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -494,7 +497,7 @@ fn cwd(source: &Source, text: &Spanned<String>) -> Result<String, PipelineError>
 fn combinations(
     source: &Source,
     name: &str,
-    matrix: Option<&Spanned<BTreeMap<String, Spanned<Vec<MatrixValue>>>>>,
+    matrix: Option<&Spanned<RawMatrix>>,
 ) -> Result<Vec<Combination>, PipelineError> {
     let Some(matrix) = matrix else {
         return Ok(vec![Combination::new()]);

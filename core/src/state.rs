@@ -373,7 +373,8 @@ mod tests {
             },
             Ok(Step::Unchanged),
         );
-        let outcomes: [(Outcome, fn(Ended) -> ModuleState); 4] = [
+        type Terminal = fn(Ended) -> ModuleState;
+        let outcomes: [(Outcome, Terminal); 4] = [
             (Outcome::Succeeded, ModuleState::Succeeded),
             (Outcome::Failed, ModuleState::Failed),
             (Outcome::TimedOut, ModuleState::TimedOut),

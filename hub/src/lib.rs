@@ -162,9 +162,8 @@ impl Hub {
         self.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(linger, self.tracker.wait()).await;
-        match tokio::time::timeout(linger, self.server).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) | Err(_) => {}
+        if let Ok(Ok(result)) = tokio::time::timeout(linger, self.server).await {
+            result?;
         }
         Ok(summary)
     }

@@ -1,0 +1,179 @@
+//! Helpers for end-to-end tests of the built `muster` binary: write a
+//! pipeline into a temporary folder, run commands with a time bound, and
+//! start a hub whose URL is read from its output.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_muster");
+
+/// Upper bound for any one command in these tests; a hang fails the test.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// The final table's row for `module`, split into cells.
+    pub fn row(&self, module: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .rev()
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .find(|cells| cells.first().map(String::as_str) == Some(module) && cells.len() == 4)
+            .unwrap_or_else(|| panic!("no table row for {module} in:\n{}", self.stdout))
+    }
+
+    pub fn status_of(&self, module: &str) -> String {
+        let row = self.row(module);
+        row[1].clone()
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// A folder holding `muster.toml` with `text`.
+pub fn pipeline(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("muster.toml");
+    std::fs::write(&file, text).expect("write pipeline");
+    (dir, file)
+}
+
+pub fn muster(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env("NO_COLOR", "1").stdin(Stdio::null());
+    command
+}
+
+/// Runs to completion within [`LIMIT`], capturing output.
+pub fn run(mut command: Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn muster");
+    wait(child, LIMIT)
+}
+
+/// Waits for a child with piped output, killing it if it outlives `limit`.
+pub fn wait(mut child: Child, limit: Duration) -> Output {
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait after kill");
+            let out = Output {
+                status,
+                stdout: stdout.recv().unwrap_or_default(),
+                stderr: stderr.recv().unwrap_or_default(),
+            };
+            panic!("command did not finish within {limit:?}:\n{out}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.recv().unwrap_or_default(),
+        stderr: stderr.recv().unwrap_or_default(),
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        let _ = tx.send(text);
+    });
+    rx
+}
+
+/// A `muster hub` process whose first line (the URL) has been read.
+pub struct HubProcess {
+    pub child: Child,
+    pub url: String,
+    rest: mpsc::Receiver<String>,
+}
+
+impl HubProcess {
+    /// Starts `muster hub FILE --token TOKEN` plus `extra` arguments.
+    pub fn start(file: &Path, token: &str, extra: &[&str]) -> HubProcess {
+        let mut command = muster(&["hub", file.to_str().unwrap(), "--token", token]);
+        command
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn hub");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("hub prints its URL");
+        let url = first
+            .trim()
+            .strip_prefix("hub url: ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        let (tx, rest) = mpsc::channel();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        HubProcess { child, url, rest }
+    }
+
+    /// Waits for the hub to exit and returns all it printed after the URL.
+    pub fn finish(mut self) -> Output {
+        let stderr = drain(self.child.stderr.take());
+        let out = wait(self.child, LIMIT);
+        Output {
+            status: out.status,
+            stdout: self.rest.recv().unwrap_or_default(),
+            stderr: stderr.recv().unwrap_or_default(),
+        }
+    }
+}
+
+/// True while a process with this pid exists.
+pub fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}

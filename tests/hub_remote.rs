@@ -1,0 +1,197 @@
+//! `muster hub` and `muster worker` as separate processes: joining by URL
+//! and token, routing by capability, and a hub that survives bad input
+//! from the network while it serves a real run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{muster, pipeline, HubProcess};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn worker(url: &str, token: &str, name: &str, capability: &str) -> std::process::Child {
+    muster(&[
+        "worker",
+        "--hub",
+        url,
+        "--name",
+        name,
+        "--capability",
+        capability,
+    ])
+    .env("MUSTER_TOKEN", token)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn worker")
+}
+
+#[test]
+fn modules_go_to_workers_with_the_required_capabilities() {
+    let (_dir, file) = pipeline(
+        r#"
+[modules.gpu-train]
+requires = ["gpu"]
+run = "echo training on $MUSTER_WORKER"
+[modules.docker-build]
+requires = ["docker"]
+run = "echo building on $MUSTER_WORKER"
+[modules.anywhere]
+needs = ["gpu-train", "docker-build"]
+requires = ["os:linux"]
+run = "echo done"
+"#,
+    );
+    let hub = HubProcess::start(&file, "s3cret-token", &[]);
+    let gpu = worker(&hub.url, "s3cret-token", "gpu-box", "gpu");
+    let docker = worker(&hub.url, "s3cret-token", "docker-box", "docker");
+    let out = hub.finish();
+    assert_eq!(out.code(), 0, "{out}");
+    assert_eq!(out.row("gpu-train")[3], "gpu-box", "{out}");
+    assert_eq!(out.row("docker-build")[3], "docker-box", "{out}");
+    assert!(
+        out.stdout.contains("[gpu-train] training on gpu-box"),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains("s3cret-token"),
+        "the token leaked: {out}"
+    );
+    for child in [gpu, docker] {
+        let result = common::wait(child, common::LIMIT);
+        assert_eq!(result.code(), 0, "workers exit 0 after Shutdown: {result}");
+        assert!(
+            result.stderr.contains("worker done: the run has finished"),
+            "{result}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_token_is_refused_before_the_upgrade() {
+    let (_dir, file) = pipeline("[modules.a]\nrun = \"true\"\n");
+    let hub = HubProcess::start(&file, "right-token", &["--workers", "1"]);
+    let wrong = common::run(muster(&[
+        "worker",
+        "--hub",
+        &hub.url,
+        "--token",
+        "Zq9-bogus",
+    ]));
+    assert_eq!(wrong.code(), 3, "{wrong}");
+    assert!(
+        wrong.stderr.contains("refused the token (HTTP 401)"),
+        "{wrong}"
+    );
+    assert!(
+        !wrong.stderr.contains("Zq9-bogus"),
+        "the token leaked: {wrong}"
+    );
+    let out = hub.finish();
+    assert_eq!(out.code(), 0, "{out}");
+}
+
+/// Sends one raw HTTP request and returns the status line.
+fn http_status(url: &str, request: &str) -> String {
+    let addr = url.trim_start_matches("http://").trim_end_matches("/hub");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(request.replace("HOST", addr).as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_the_real_run_goes_on() {
+    let (_dir, file) = pipeline(
+        r#"
+[modules.steady]
+run = "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"
+"#,
+    );
+    let token = "flood-token";
+    let hub = HubProcess::start(&file, token, &["--workers", "1"]);
+    let url = hub.url.clone();
+
+    assert!(http_status(&url, "POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: HOST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").contains("401"));
+    assert!(http_status(&url, &format!("POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).contains("200"));
+    assert!(http_status(
+        &url,
+        "GET /hub?id=nope HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"
+    )
+    .contains("401"));
+    assert!(http_status(&url, &format!("GET /hub?id=nope&access_token={token} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n")).contains("404"));
+
+    // Each case: what the raw client sends after a good handshake, and a
+    // piece of what the hub must answer.
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json\u{1e}".into(), "malformed JSON"),
+        ("{\"type\":42}\u{1e}".into(), "unknown message type 42"),
+        (format!("{}\u{1e}", "x".repeat(1_200_000)), "exceeds the 1048576-byte cap"),
+        ("{\"type\":1,\"invocationId\":\"1\",\"target\":\"Explode\",\"arguments\":[]}\u{1e}".into(), "unknown hub method 'Explode'"),
+        ("{\"type\":1,\"invocationId\":\"2\",\"target\":\"Started\",\"arguments\":[\"steady\",1]}\u{1e}".into(), "call Register first"),
+        ("{\"type\":1,\"invocationId\":\"3\",\"target\":\"Register\",\"arguments\":[{\"name\":7}]}\u{1e}".into(), "'Register' argument 0"),
+    ];
+    for (payload, expected) in cases {
+        let ws_url = format!("{}?access_token={token}", url.replace("http://", "ws://"));
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(ws_url.into_client_request().unwrap())
+                .await
+                .expect("connect");
+        socket
+            .send(WsMessage::Text(
+                "{\"protocol\":\"json\",\"version\":1}\u{1e}".into(),
+            ))
+            .await
+            .unwrap();
+        let handshake = socket.next().await.unwrap().unwrap();
+        assert_eq!(handshake.to_text().unwrap(), "{}\u{1e}");
+        socket.send(WsMessage::Text(payload.into())).await.unwrap();
+        let mut answer = String::new();
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+        {
+            if let WsMessage::Text(text) = message {
+                if !text.contains("\"type\":6") {
+                    answer = text.to_string();
+                    break;
+                }
+            }
+        }
+        assert!(
+            answer.contains(expected),
+            "sent a bad frame, expected {expected:?}, got {answer:?}"
+        );
+    }
+
+    // A wrong protocol in the handshake is refused with a reason.
+    let ws_url = format!("{}?access_token={token}", url.replace("http://", "ws://"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    socket
+        .send(WsMessage::Text(
+            "{\"protocol\":\"messagepack\",\"version\":1}\u{1e}".into(),
+        ))
+        .await
+        .unwrap();
+    let answer = socket.next().await.unwrap().unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("not supported"),
+        "{answer:?}"
+    );
+
+    let out = tokio::task::spawn_blocking(move || hub.finish())
+        .await
+        .unwrap();
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(out.stdout.contains("[steady] tick 5"), "{out}");
+}
