@@ -252,3 +252,64 @@ fn missing_pipeline_file_is_named() {
         "{out}"
     );
 }
+
+#[test]
+fn sigterm_cancels_the_run_and_kills_every_module() {
+    let (dir, file) = pipeline(
+        r#"
+[modules.one]
+run = "sleep 60 & echo $! > one.pid; wait"
+[modules.two]
+run = "sleep 60 & echo $! > two.pid; wait"
+[modules.three]
+run = "sleep 60 & echo $! > three.pid; wait"
+[modules.after]
+needs = ["one"]
+run = "echo never"
+"#,
+    );
+    let child = muster(&["run", file.to_str().unwrap(), "--workers", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid_files = ["one.pid", "two.pid", "three.pid"].map(|f| dir.path().join(f));
+    let deadline = std::time::Instant::now() + common::LIMIT;
+    while !pid_files
+        .iter()
+        .all(|f| std::fs::read_to_string(f).is_ok_and(|t| t.ends_with('\n')))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "modules never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = common::wait(child, common::LIMIT);
+    assert_eq!(out.code(), 130, "{out}");
+    for module in ["one", "two", "three", "after"] {
+        assert_eq!(out.status_of(module), "cancelled", "{out}");
+    }
+    for file in pid_files {
+        let pid: i32 = std::fs::read_to_string(&file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !common::alive(pid),
+            "{} survived the cancel",
+            file.display()
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("run cancelled: 0 of 4 modules succeeded"),
+        "{out}"
+    );
+}

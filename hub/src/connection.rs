@@ -309,11 +309,17 @@ async fn write_loop<K>(
     K: Sink<WsMessage, Error = axum::Error> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    // No pings before the handshake answer: the first record a client gets
+    // must be that answer.
+    let mut handshake_sent = false;
     loop {
         let text = tokio::select! {
             next = outgoing.recv() => match next {
                 Some(Outbound::Message(message)) => message.to_frame(),
-                Some(Outbound::Framed(text)) => text,
+                Some(Outbound::Framed(text)) => {
+                    handshake_sent = true;
+                    text
+                }
                 Some(Outbound::Close(error)) => {
                     let close = Message::Close { error, allow_reconnect: false };
                     let _ = sink.send(WsMessage::Text(close.to_frame().into())).await;
@@ -322,7 +328,7 @@ async fn write_loop<K>(
                 }
                 None => break,
             },
-            _ = ping.tick() => Message::Ping.to_frame(),
+            _ = ping.tick(), if handshake_sent => Message::Ping.to_frame(),
         };
         if sink.send(WsMessage::Text(text.into())).await.is_err() {
             break;

@@ -1,0 +1,260 @@
+//! The hub over real loopback sockets, driven by raw SignalR clients with
+//! shortened timeouts: handshake deadline, a silent worker counted as lost
+//! and its module handed to another worker, stale reports ignored.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use muster_core::parse_pipeline;
+use muster_core::signalr::{FrameDecoder, Message};
+use muster_hub::{Hub, HubConfig};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+const TOKEN: &str = "liveness-token";
+
+async fn hub(pipeline: &str) -> Hub {
+    let plan = parse_pipeline("t.toml", pipeline).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = HubConfig {
+        token: TOKEN.into(),
+        ping_interval: Duration::from_millis(100),
+        client_timeout: Duration::from_millis(600),
+        handshake_timeout: Duration::from_millis(300),
+        ..HubConfig::default()
+    };
+    Hub::start(listener, plan, config).await.unwrap()
+}
+
+/// The run's summary; a run that does not end within 20 s fails the test.
+async fn finished(hub: Hub) -> muster_hub::Summary {
+    tokio::time::timeout(Duration::from_secs(20), hub.wait(Duration::from_secs(1)))
+        .await
+        .expect("the run did not finish")
+        .unwrap()
+}
+
+/// A raw SignalR client: the test decides every frame it sends.
+struct Raw {
+    socket: Socket,
+    decoder: FrameDecoder,
+    queued: Vec<Message>,
+    /// Answer each hub ping with one, as live clients do.
+    answer_pings: bool,
+}
+
+impl Raw {
+    async fn connect(hub: &Hub) -> Raw {
+        let url = format!(
+            "{}?access_token={TOKEN}",
+            hub.url().replace("http://", "ws://")
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Raw {
+            socket,
+            decoder: FrameDecoder::new(1 << 20),
+            queued: Vec::new(),
+            answer_pings: true,
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.socket
+            .send(WsMessage::Text(text.into()))
+            .await
+            .unwrap();
+    }
+
+    async fn handshake(&mut self) {
+        self.send("{\"protocol\":\"json\",\"version\":1}\u{1e}")
+            .await;
+        let answer = self.socket.next().await.unwrap().unwrap();
+        assert_eq!(answer.to_text().unwrap(), "{}\u{1e}");
+    }
+
+    async fn invoke(&mut self, id: Option<&str>, target: &str, args: Value) {
+        let mut message = json!({"type": 1, "target": target, "arguments": args});
+        if let Some(id) = id {
+            message["invocationId"] = id.into();
+        }
+        self.send(&format!("{message}\u{1e}")).await;
+    }
+
+    async fn register(&mut self, name: &str) {
+        self.handshake().await;
+        self.invoke(Some("r"), "Register", json!([{"name": name}]))
+            .await;
+        match self.next_non_ping().await {
+            Some(Message::Completion {
+                result: Some(r), ..
+            }) => assert!(r["workerId"].is_string()),
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+
+    /// The next message that is not a ping, or `None` when the socket ends
+    /// or nothing comes for 5 s.
+    async fn next_non_ping(&mut self) -> Option<Message> {
+        loop {
+            if !self.queued.is_empty() {
+                return Some(self.queued.remove(0));
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.socket.next()).await;
+            let text = match frame {
+                Ok(Some(Ok(WsMessage::Text(text)))) => text.to_string(),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            };
+            for record in self.decoder.push(&text).unwrap() {
+                let message = Message::parse(&record).unwrap();
+                if message != Message::Ping {
+                    self.queued.push(message);
+                } else if self.answer_pings {
+                    self.send(&Message::Ping.to_frame()).await;
+                }
+            }
+        }
+    }
+
+    async fn expect_assign(&mut self) -> (String, u64) {
+        match self.next_non_ping().await {
+            Some(Message::Invocation {
+                target, arguments, ..
+            }) if target == "Assign" => (
+                arguments[0]["moduleId"].as_str().unwrap().to_owned(),
+                arguments[0]["attempt"].as_u64().unwrap(),
+            ),
+            other => panic!("expected Assign, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_handshake_is_closed_with_a_reason() {
+    let hub = hub("[modules.a]\nrun = \"true\"\n").await;
+    let mut raw = Raw::connect(&hub).await;
+    raw.answer_pings = false;
+    match raw.next_non_ping().await {
+        Some(Message::Close { error: Some(e), .. }) => assert!(e.contains("no handshake"), "{e}"),
+        other => panic!("expected a Close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_lost_and_its_module_runs_elsewhere() {
+    let hub = hub("[modules.a]\nrun = \"true\"\n").await;
+    let mut silent = Raw::connect(&hub).await;
+    silent.answer_pings = false;
+    silent.register("silent").await;
+    let (module, attempt) = silent.expect_assign().await;
+    assert_eq!((module.as_str(), attempt), ("a", 1));
+    silent.invoke(None, "Started", json!(["a", 1])).await;
+    // From here `silent` says nothing; a second worker joins and must get
+    // attempt 2 once the hub gives up on the first.
+    let mut healthy = Raw::connect(&hub).await;
+    healthy.register("healthy").await;
+    let keepalive = tokio::spawn(async move {
+        let (module, attempt) = healthy.expect_assign().await;
+        assert_eq!((module.as_str(), attempt), ("a", 2));
+        healthy.invoke(Some("s"), "Started", json!(["a", 2])).await;
+        healthy
+            .invoke(
+                Some("c"),
+                "Complete",
+                json!([{"moduleId": "a", "attempt": 2, "status": "succeeded"}]),
+            )
+            .await;
+        healthy
+    });
+    let mut healthy = keepalive.await.unwrap();
+    assert!(closed_by_hub(&mut silent).await);
+    let summary = finished(hub).await;
+    assert!(summary.succeeded(), "{summary:?}");
+    assert_eq!(summary.modules[0].worker.as_deref(), Some("healthy"));
+    assert!(
+        matches!(
+            healthy.next_non_ping().await,
+            Some(Message::Completion { .. })
+        ),
+        "Started is answered"
+    );
+}
+
+/// True once the hub has closed this client's connection.
+async fn closed_by_hub(client: &mut Raw) -> bool {
+    loop {
+        match client.next_non_ping().await {
+            Some(Message::Close { .. }) | None => return true,
+            Some(_) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn stale_and_duplicate_reports_never_overwrite_the_current_attempt() {
+    let hub = hub("[modules.a]\nrun = \"true\"\nretries = 1\n").await;
+    let mut w = Raw::connect(&hub).await;
+    w.register("w").await;
+    assert_eq!(w.expect_assign().await, ("a".into(), 1));
+    w.invoke(Some("1"), "Started", json!(["a", 1])).await;
+    w.invoke(Some("2"), "Started", json!(["a", 1])).await;
+    w.invoke(
+        Some("3"),
+        "Complete",
+        json!([{"moduleId": "a", "attempt": 1, "status": "failed", "error": "boom"}]),
+    )
+    .await;
+    let mut completions = Vec::new();
+    let mut assigned = None;
+    while completions.len() < 3 || assigned.is_none() {
+        match w.next_non_ping().await {
+            Some(Message::Completion {
+                invocation_id,
+                error,
+                ..
+            }) => completions.push((invocation_id, error)),
+            Some(Message::Invocation {
+                target, arguments, ..
+            }) if target == "Assign" => assigned = Some(arguments[0]["attempt"].as_u64().unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        completions.iter().all(|(_, e)| e.is_none()),
+        "duplicate Started is fine: {completions:?}"
+    );
+    assert_eq!(assigned, Some(2), "the retry is attempt 2");
+    // A second report for attempt 1 is stale now.
+    w.invoke(
+        Some("4"),
+        "Complete",
+        json!([{"moduleId": "a", "attempt": 1, "status": "succeeded"}]),
+    )
+    .await;
+    match w.next_non_ping().await {
+        Some(Message::Completion { error: Some(e), .. }) => assert!(e.contains("stale"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    w.invoke(Some("5"), "Started", json!(["a", 2])).await;
+    w.invoke(
+        Some("6"),
+        "Complete",
+        json!([{"moduleId": "a", "attempt": 2, "status": "succeeded"}]),
+    )
+    .await;
+    w.invoke(
+        Some("7"),
+        "Complete",
+        json!([{"moduleId": "a", "attempt": 2, "status": "failed"}]),
+    )
+    .await;
+    let summary = finished(hub).await;
+    assert!(
+        summary.succeeded(),
+        "the duplicate 'failed' report did not overwrite: {summary:?}"
+    );
+}
