@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use muster_core::{parse_pipeline, Plan};
 use muster_hub::{Hub, HubConfig, Summary};
-use muster_worker::{Exit, WorkerConfig};
+use muster_worker::{ClientError, Exit, WorkerConfig, WorkerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -169,11 +169,12 @@ async fn run(args: RunArgs) -> Result<u8> {
         ..HubConfig::default()
     };
     let token = config.token.clone();
+    let modules = plan.len();
     let hub = Hub::start(listener, plan, config).await?;
     let workdir = pipeline_dir(&args.file.file);
     let stop = CancellationToken::new();
     let local = spawn_local_workers(&hub, &token, workers, &workdir, &stop);
-    let summary = supervise(hub).await?;
+    let summary = supervise(hub, modules).await?;
     stop.cancel();
     for worker in local {
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
@@ -198,6 +199,7 @@ async fn hub(args: HubArgs) -> Result<u8> {
         config.token = token;
     }
     let token = config.token.clone();
+    let modules = plan.len();
     let hub = Hub::start(listener, plan, config).await?;
     println!("hub url: {}", hub.url());
     if generated {
@@ -216,7 +218,7 @@ async fn hub(args: HubArgs) -> Result<u8> {
     let workdir = pipeline_dir(&args.file.file);
     let stop = CancellationToken::new();
     let local = spawn_local_workers(&hub, &token, args.workers, &workdir, &stop);
-    let summary = supervise(hub).await?;
+    let summary = supervise(hub, modules).await?;
     stop.cancel();
     for worker in local {
         let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
@@ -253,6 +255,10 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
         Ok(Exit::Stopped) => Ok(exit::CANCELLED),
+        Err(e @ WorkerError::Client(ClientError::BadUrl(_))) => {
+            eprintln!("muster: error: {e}");
+            Ok(exit::BAD_INPUT)
+        }
         Err(e) => {
             eprintln!("muster: error: {e}");
             Ok(exit::INFRASTRUCTURE)
@@ -296,9 +302,9 @@ fn spawn_local_workers(
 }
 
 /// Prints the run as it goes, cancels it on Ctrl-C, and returns its summary.
-async fn supervise(mut hub: Hub) -> Result<Summary> {
+async fn supervise(mut hub: Hub, modules: usize) -> Result<Summary> {
     let events = hub.take_events().expect("events are taken once");
-    let printer = tokio::spawn(Reporter::new().print(events));
+    let printer = tokio::spawn(Reporter::new(modules).print(events));
     let canceller = hub.canceller();
     let interrupt = tokio::spawn(async move {
         wait_for_interrupt().await;

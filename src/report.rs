@@ -2,11 +2,12 @@
 //! (coloured on a terminal), state changes as they happen, the plan for
 //! `validate`, and the final table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use muster_core::{ModuleState, Plan};
 use muster_hub::{RunEvent, Summary};
 use tokio::sync::mpsc;
@@ -16,26 +17,68 @@ const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 31];
 pub struct Reporter {
     colour: bool,
     colours: HashMap<String, u8>,
+    /// A progress line on stderr, only when stderr is a terminal.
+    progress: Option<ProgressBar>,
+    running: HashSet<String>,
 }
 
 impl Reporter {
     /// Colours only on a terminal, and never with `NO_COLOR` set.
-    pub fn new() -> Reporter {
+    pub fn new(modules: usize) -> Reporter {
+        let progress = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(modules as u64);
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} modules done {msg}",
+            )
+            .expect("the template is valid");
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
         Reporter {
             colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             colours: HashMap::new(),
+            progress,
+            running: HashSet::new(),
         }
     }
 
     pub async fn print(mut self, mut events: mpsc::UnboundedReceiver<RunEvent>) {
         while let Some(event) = events.recv().await {
+            self.track(&event);
             let text = self.render(event);
-            if !text.is_empty() {
+            if text.is_empty() {
+                continue;
+            }
+            let write = || {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
+            };
+            match &self.progress {
+                Some(bar) => bar.suspend(write),
+                None => write(),
             }
         }
+        if let Some(bar) = self.progress {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Keeps the progress line's counts.
+    fn track(&mut self, event: &RunEvent) {
+        let (Some(bar), RunEvent::Module { module, state, .. }) = (&self.progress, event) else {
+            return;
+        };
+        if matches!(state, ModuleState::Running { .. }) {
+            self.running.insert(module.clone());
+        } else {
+            self.running.remove(module);
+        }
+        if state.is_terminal() {
+            bar.inc(1);
+        }
+        bar.set_message(format!("{} running", self.running.len()));
     }
 
     fn render(&mut self, event: RunEvent) -> String {

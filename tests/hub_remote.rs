@@ -195,3 +195,33 @@ run = "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"
     assert_eq!(out.code(), 0, "{out}");
     assert!(out.stdout.contains("[steady] tick 5"), "{out}");
 }
+
+#[test]
+fn an_unreachable_hub_is_named_in_one_clear_line() {
+    // Bind and drop a listener to get a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hub");
+    let out = common::run(muster(&["worker", "--hub", &url, "--token", "t"]));
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(
+        out.stderr.contains(&format!("could not connect to {url}")),
+        "{out}"
+    );
+    let bad = common::run(muster(&[
+        "worker",
+        "--hub",
+        "ftp://example/hub",
+        "--token",
+        "t",
+    ]));
+    assert_eq!(bad.code(), 2, "{bad}");
+    assert!(
+        bad.stderr
+            .contains("must start with http://, https://, ws:// or wss://"),
+        "{bad}"
+    );
+}

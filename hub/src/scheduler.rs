@@ -187,10 +187,13 @@ impl Scheduler {
                 };
                 self.connected.send_replace(self.workers.len());
                 tracing::info!(worker = %worker, name = %gone.name, "worker left: {reason}");
-                let _ = self.events.send(RunEvent::WorkerLeft {
-                    name: gone.name,
-                    reason,
-                });
+                if !self.run.is_finished() {
+                    // After the run, leaving is what workers are told to do.
+                    let _ = self.events.send(RunEvent::WorkerLeft {
+                        name: gone.name,
+                        reason,
+                    });
+                }
                 let changes = self.run.worker_lost(worker);
                 self.record(changes);
                 if let Some(reason) = &self.cancelling {
