@@ -161,6 +161,10 @@ async fn run(args: RunArgs) -> Result<u8> {
         eprintln!("muster: error: --workers must be at least 1 for `muster run`");
         return Ok(exit::BAD_INPUT);
     }
+    if let Err(message) = check_local_capabilities(&plan) {
+        eprintln!("muster: error: {message}");
+        return Ok(exit::BAD_INPUT);
+    }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
@@ -264,6 +268,30 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
             Ok(exit::INFRASTRUCTURE)
         }
     }
+}
+
+/// Local workers have only the detected capabilities: a module requiring
+/// more could never run, so say so before starting instead of waiting.
+fn check_local_capabilities(plan: &Plan) -> Result<(), String> {
+    let local = muster_worker::detected_capabilities();
+    for module in &plan.modules {
+        let missing: Vec<&str> = module
+            .requires
+            .iter()
+            .filter(|r| !local.contains(r))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "module '{}' requires {}, which local workers do not have (they have {})\n  \
+                 = help: run it with `muster hub` and a `muster worker --capability ...` that has it",
+                module.id,
+                missing.join(", "),
+                local.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Module cwds are relative to the pipeline file's folder.

@@ -313,3 +313,17 @@ run = "echo never"
         "{out}"
     );
 }
+
+#[test]
+fn a_capability_no_local_worker_has_is_refused_up_front() {
+    let (out, _dir) = muster_run(
+        "[modules.gpu]\nrun = \"train\"\nrequires = [\"gpu\", \"os:linux\"]\n",
+        &["--workers", "1"],
+    );
+    assert_eq!(out.code(), 2, "{out}");
+    assert!(
+        out.stderr
+            .contains("module 'gpu' requires gpu, which local workers do not have"),
+        "{out}"
+    );
+}
