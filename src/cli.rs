@@ -343,7 +343,8 @@ async fn supervise(mut hub: Hub, modules: usize) -> Result<Summary> {
     });
     let summary = hub.wait(Duration::from_secs(5)).await?;
     interrupt.abort();
-    let _ = printer.await;
+    // The event stream ends when the scheduler does; bound the wait anyway.
+    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
     print!("{}", report::summary_table(&summary));
     Ok(summary)
 }

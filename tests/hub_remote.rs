@@ -75,7 +75,7 @@ run = "echo done"
 #[test]
 fn a_wrong_token_is_refused_before_the_upgrade() {
     let (_dir, file) = pipeline("[modules.a]\nrun = \"true\"\n");
-    let hub = HubProcess::start(&file, "right-token", &["--workers", "1"]);
+    let hub = HubProcess::start(&file, "right-token", &[]);
     let wrong = common::run(muster(&[
         "worker",
         "--hub",
@@ -92,8 +92,11 @@ fn a_wrong_token_is_refused_before_the_upgrade() {
         !wrong.stderr.contains("Zq9-bogus"),
         "the token leaked: {wrong}"
     );
+    // The hub is unharmed: the right token joins and the run completes.
+    let right = worker(&hub.url, "right-token", "right", "any");
     let out = hub.finish();
     assert_eq!(out.code(), 0, "{out}");
+    assert_eq!(common::wait(right, common::LIMIT).code(), 0);
 }
 
 /// Sends one raw HTTP request and returns the status line.
@@ -113,10 +116,11 @@ fn http_status(url: &str, request: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_errors_and_the_real_run_goes_on() {
-    let (_dir, file) = pipeline(
+    let (dir, file) = pipeline(
         r#"
 [modules.steady]
-run = "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"
+timeout = "50s"
+run = "i=0; until [ -f flood-done ]; do i=$((i+1)); echo tick $i; sleep 0.1; done; echo steady to the end"
 "#,
     );
     let token = "flood-token";
@@ -189,11 +193,14 @@ run = "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"
         "{answer:?}"
     );
 
+    // The real run went on during the flood and ends once it is over.
+    std::fs::write(dir.path().join("flood-done"), "").unwrap();
     let out = tokio::task::spawn_blocking(move || hub.finish())
         .await
         .unwrap();
     assert_eq!(out.code(), 0, "{out}");
-    assert!(out.stdout.contains("[steady] tick 5"), "{out}");
+    assert!(out.stdout.contains("[steady] tick 1"), "{out}");
+    assert!(out.stdout.contains("[steady] steady to the end"), "{out}");
 }
 
 #[test]
