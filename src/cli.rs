@@ -175,15 +175,7 @@ async fn run(args: RunArgs) -> Result<u8> {
     let token = config.token.clone();
     let modules = plan.len();
     let hub = Hub::start(listener, plan, config).await?;
-    let workdir = pipeline_dir(&args.file.file);
-    let stop = CancellationToken::new();
-    let local = spawn_local_workers(&hub, &token, workers, &workdir, &stop);
-    let summary = supervise(hub, modules).await?;
-    stop.cancel();
-    for worker in local {
-        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
-    }
-    Ok(finish(&summary))
+    master(hub, &token, workers, &args.file.file, modules).await
 }
 
 async fn hub(args: HubArgs) -> Result<u8> {
@@ -219,9 +211,15 @@ async fn hub(args: HubArgs) -> Result<u8> {
             hub.url()
         );
     }
-    let workdir = pipeline_dir(&args.file.file);
+    master(hub, &token, args.workers, &args.file.file, modules).await
+}
+
+/// Runs a started hub with `workers` local workers to the end of the run
+/// and returns the exit code.
+async fn master(hub: Hub, token: &str, workers: u32, file: &Path, modules: usize) -> Result<u8> {
+    let workdir = pipeline_dir(file);
     let stop = CancellationToken::new();
-    let local = spawn_local_workers(&hub, &token, args.workers, &workdir, &stop);
+    let local = spawn_local_workers(&hub, token, workers, &workdir, &stop);
     let summary = supervise(hub, modules).await?;
     stop.cancel();
     for worker in local {

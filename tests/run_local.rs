@@ -12,6 +12,17 @@ fn muster_run(text: &str, extra: &[&str]) -> (common::Output, tempfile::TempDir)
     (run(muster(&args)), dir)
 }
 
+/// The process whose pid a module wrote to `file` no longer exists.
+fn assert_gone(file: &std::path::Path) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let pid: i32 = text.trim().parse().unwrap();
+    assert!(
+        !common::alive(pid),
+        "process {pid} from {} survived",
+        file.display()
+    );
+}
+
 #[test]
 fn diamond_runs_in_dependency_order() {
     let (out, dir) = muster_run(
@@ -95,15 +106,7 @@ run = "echo quick"
     assert_eq!(out.status_of("slow"), "timed out", "{out}");
     assert!(out.stdout.contains("timed out after 1s"), "{out}");
     assert_eq!(out.status_of("fast"), "succeeded");
-    let pid: i32 = std::fs::read_to_string(dir.path().join("child.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !common::alive(pid),
-        "the module's background child {pid} survived"
-    );
+    assert_gone(&dir.path().join("child.pid"));
 }
 
 #[test]
@@ -191,15 +194,7 @@ needs = ["long"]
         out.stdout.contains("--fail-fast: 'boom' did not succeed"),
         "{out}"
     );
-    let pid: i32 = std::fs::read_to_string(dir.path().join("long.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !common::alive(pid),
-        "the cancelled module's child {pid} survived"
-    );
+    assert_gone(&dir.path().join("long.pid"));
 }
 
 #[test]
@@ -296,16 +291,7 @@ run = "echo never"
         assert_eq!(out.status_of(module), "cancelled", "{out}");
     }
     for file in pid_files {
-        let pid: i32 = std::fs::read_to_string(&file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert!(
-            !common::alive(pid),
-            "{} survived the cancel",
-            file.display()
-        );
+        assert_gone(&file);
     }
     assert!(
         out.stdout

@@ -294,7 +294,7 @@ impl Scheduler {
             let before = self.holder[change.module];
             if before != now {
                 if let Some(w) = before.and_then(|w| self.workers.get_mut(&w)) {
-                    w.held -= 1;
+                    w.held = w.held.saturating_sub(1);
                 }
                 if let Some(w) = now.and_then(|w| self.workers.get_mut(&w)) {
                     w.held += 1;
