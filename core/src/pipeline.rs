@@ -72,14 +72,17 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     timeout: Option<Spanned<String>>,
-    retries: Option<u32>,
+    retries: Option<Spanned<u32>>,
     shell: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of module settings, such as [modules.build] with run = \"make\""
+)]
 struct RawModule {
     run: Spanned<String>,
     shell: Option<Spanned<String>>,
@@ -91,7 +94,7 @@ struct RawModule {
     #[serde(default)]
     requires: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
-    retries: Option<u32>,
+    retries: Option<Spanned<u32>>,
     matrix: Option<Spanned<RawMatrix>>,
 }
 
@@ -99,7 +102,7 @@ struct RawModule {
 type RawMatrix = BTreeMap<String, Spanned<Vec<MatrixValue>>>;
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string, an integer or a boolean")]
 enum MatrixValue {
     Text(String),
     Integer(i64),
@@ -209,7 +212,10 @@ impl Defaults {
                 Some(t) => duration(source, t)?,
                 None => DEFAULT_TIMEOUT,
             },
-            retries: raw.retries.unwrap_or(0),
+            retries: match &raw.retries {
+                Some(r) => retries(source, r)?,
+                None => 0,
+            },
             shell: match &raw.shell {
                 Some(s) => shell(source, s)?,
                 None => vec![DEFAULT_SHELL.into(), "-c".into()],
@@ -223,8 +229,37 @@ impl Defaults {
     }
 }
 
+/// The longest timeout accepted; anything longer is surely a typo.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The most retries a module may ask for.
+pub const MAX_RETRIES: u32 = 100;
+/// The most instances one module's matrix may expand into.
+pub const MAX_MATRIX: usize = 10_000;
+
+fn retries(source: &Source, value: &Spanned<u32>) -> Result<u32, PipelineError> {
+    if *value.get_ref() <= MAX_RETRIES {
+        Ok(*value.get_ref())
+    } else {
+        Err(source
+            .error(
+                value.span(),
+                format!(
+                    "{} retries is more than the {MAX_RETRIES} allowed",
+                    value.get_ref()
+                ),
+            )
+            .help("a command that fails this often needs fixing, not retrying"))
+    }
+}
+
 fn duration(source: &Source, text: &Spanned<String>) -> Result<Duration, PipelineError> {
     match humantime::parse_duration(text.get_ref()) {
+        Ok(d) if d > MAX_TIMEOUT => Err(source
+            .error(
+                text.span(),
+                format!("timeout {:?} is longer than 30 days", text.get_ref()),
+            )
+            .help("write a duration such as \"90s\", \"10m\" or \"1h 30m\"")),
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(source
             .error(text.span(), "a timeout of zero would fail every module")
@@ -438,6 +473,10 @@ fn expand(
             Some(s) => shell(source, s)?,
             None => defaults.shell.clone(),
         };
+        let retries = match &raw.retries {
+            Some(r) => retries(source, r)?,
+            None => defaults.retries,
+        };
         let cwd = match &raw.cwd {
             Some(c) => cwd(source, c)?,
             None => ".".to_owned(),
@@ -469,7 +508,7 @@ fn expand(
                 needs: needs.clone(),
                 requires,
                 timeout,
-                retries: raw.retries.unwrap_or(defaults.retries),
+                retries,
                 matrix: combination,
             });
         }
@@ -507,8 +546,32 @@ fn combinations(
             .error(matrix.span(), format!("module '{name}' has an empty matrix"))
             .help("give each matrix key a list of values, e.g. matrix = { shard = [\"1\", \"2\"] }, or remove it"));
     }
+    let size = matrix
+        .get_ref()
+        .values()
+        .try_fold(1usize, |n, values| n.checked_mul(values.get_ref().len()))
+        .unwrap_or(usize::MAX);
+    if size > MAX_MATRIX {
+        return Err(source
+            .error(matrix.span(), format!("the matrix of '{name}' expands into {size} instances, more than the {MAX_MATRIX} allowed"))
+            .help("split the module, or list fewer values"));
+    }
     let mut all = vec![Combination::new()];
     for (key, values) in matrix.get_ref() {
+        let bad = |message: String| {
+            source
+                .error(values.span(), message)
+                .help("matrix keys and values become part of instance names like test[os=linux,shard=1]: use each value once, without ',', '=', '[' or ']'")
+        };
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || key.is_empty()
+        {
+            return Err(bad(format!(
+                "matrix key {key:?} of module '{name}' may only hold letters, digits, '_' and '-'"
+            )));
+        }
         if values.get_ref().is_empty() {
             return Err(source
                 .error(
@@ -518,6 +581,18 @@ fn combinations(
                 .help("list at least one value, or remove the key"));
         }
         let values: Vec<String> = values.get_ref().iter().map(MatrixValue::to_text).collect();
+        for (i, value) in values.iter().enumerate() {
+            if value.is_empty() || value.contains([',', '=', '[', ']']) {
+                return Err(bad(format!(
+                    "matrix value {value:?} of key '{key}' cannot be part of an instance name"
+                )));
+            }
+            if values[..i].contains(value) {
+                return Err(bad(format!(
+                    "matrix key '{key}' of module '{name}' lists {value:?} twice"
+                )));
+            }
+        }
         all = all
             .into_iter()
             .flat_map(|combination| {
@@ -726,6 +801,43 @@ needs = ["a"]
         check_error("[project]\nname = 1\n", 1, 2, "unknown field `project`");
         check_error("# nothing\n", 1, 1, "no modules");
         check_error("[modules.a\n", 1, 11, "");
+        check_error(
+            "[modules.a]\nrun = \"x\"\nmatrix = { n = [1, \"1\"] }\n",
+            3,
+            16,
+            "lists \"1\" twice",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nmatrix = { n = [\"a,b\"] }\n",
+            3,
+            16,
+            "cannot be part of an instance name",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nmatrix = { a = [1,2,3,4,5,6,7,8,9,10], b = [1,2,3,4,5,6,7,8,9,10], c = [1,2,3,4,5,6,7,8,9,10], d = [1,2,3,4,5,6,7,8,9,10], e = [1,2] }\n",
+            3,
+            10,
+            "expands into 20000 instances",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\ntimeout = \"18446744073709552s\"\n",
+            3,
+            11,
+            "longer than 30 days",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nretries = 1000\n",
+            3,
+            11,
+            "more than the 100 allowed",
+        );
+        check_error("[modules]\na = 5\n", 2, 5, "a table of module settings");
+        check_error(
+            "[modules.a]\nrun = \"x\"\nmatrix = { n = [1.5] }\n",
+            3,
+            16,
+            "a string, an integer or a boolean",
+        );
     }
 
     #[test]

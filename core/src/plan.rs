@@ -49,7 +49,8 @@ impl Plan {
                 assert!(need < index, "plan is not in topological order");
                 dependents[need].push(index);
             }
-            by_id.insert(module.id.clone(), index);
+            let earlier = by_id.insert(module.id.clone(), index);
+            assert!(earlier.is_none(), "module id {} appears twice", module.id);
         }
         Plan {
             modules,

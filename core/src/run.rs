@@ -32,6 +32,9 @@ pub struct Run {
     unfinished: usize,
     lost: Vec<u32>,
     lost_worker_retries: u32,
+    /// Set by `cancel_all`: from then on nothing is retried, and a module
+    /// handed back by a lost worker is cancelled instead of made ready.
+    cancelled: Option<String>,
 }
 
 impl Run {
@@ -45,6 +48,7 @@ impl Run {
             unfinished: n,
             lost: vec![0; n],
             lost_worker_retries: DEFAULT_LOST_WORKER_RETRIES,
+            cancelled: None,
             plan,
         };
         let mut changes = Vec::new();
@@ -128,7 +132,15 @@ impl Run {
     }
 
     fn may_retry(&self, module: ModuleIndex, ended: &Ended) -> bool {
-        ended.attempt <= self.plan.modules[module].retries + self.lost[module]
+        let budget = self.plan.modules[module]
+            .retries
+            .saturating_add(self.lost[module]);
+        self.cancelled.is_none() && ended.attempt <= budget
+    }
+
+    /// True once `cancel_all` was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.is_some()
     }
 
     /// Hands back every module `worker` held: each runs again elsewhere
@@ -164,6 +176,12 @@ impl Run {
             };
             self.apply(module, event, &mut changes)
                 .expect("a held module can be retried or failed");
+            if let Some(reason) = self.cancelled.clone() {
+                if matches!(self.states[module], ModuleState::Ready { .. }) {
+                    self.apply(module, Event::Cancel { reason }, &mut changes)
+                        .expect("a ready module can be cancelled");
+                }
+            }
         }
         changes
     }
@@ -171,6 +189,7 @@ impl Run {
     /// Cancels every module the master still owns, and returns the
     /// running ones, whose workers must be told.
     pub fn cancel_all(&mut self, reason: &str) -> (Vec<Change>, Vec<(ModuleIndex, WorkerId, u32)>) {
+        self.cancelled = Some(reason.to_owned());
         let mut changes = Vec::new();
         let mut running = Vec::new();
         for module in 0..self.states.len() {
@@ -435,6 +454,38 @@ run = "e"
             },
         )
         .unwrap();
+        assert!(run.is_finished());
+    }
+
+    #[test]
+    fn nothing_is_retried_once_the_run_is_cancelled() {
+        let mut run = diamond();
+        run_to_end(&mut run, 0, W1, Outcome::Succeeded);
+        for (m, w) in [(1, W1), (2, W2)] {
+            run.handle(m, Event::Assign { worker: w }).unwrap();
+            let start = Event::Start {
+                worker: w,
+                attempt: 1,
+                at: Instant::now(),
+            };
+            run.handle(m, start).unwrap();
+        }
+        run.cancel_all("fail-fast");
+        // b has retries left, but a failure during a cancel is final.
+        let ended = Ended {
+            attempt: 1,
+            ..Ended::default()
+        };
+        let failed = Event::Finish {
+            worker: W1,
+            outcome: Outcome::Failed,
+            ended,
+        };
+        run.handle(1, failed).unwrap();
+        assert_eq!(run.state(1).name(), "failed");
+        // A module handed back by a lost worker is cancelled, not re-queued.
+        run.worker_lost(W2);
+        assert_eq!(run.state(2).name(), "cancelled");
         assert!(run.is_finished());
     }
 }

@@ -71,8 +71,6 @@ pub(crate) struct Scheduler {
     holder: Vec<Option<WorkerId>>,
     next_worker: u64,
     fail_fast: bool,
-    /// Set once the run is being cancelled, with the reason.
-    cancelling: Option<String>,
     ping_interval: Duration,
     events: mpsc::UnboundedSender<RunEvent>,
     done: Option<oneshot::Sender<Summary>>,
@@ -101,7 +99,6 @@ impl Scheduler {
             holder: vec![None; n],
             next_worker: 1,
             fail_fast: settings.fail_fast,
-            cancelling: None,
             ping_interval: settings.ping_interval,
             events,
             done: Some(done),
@@ -196,12 +193,6 @@ impl Scheduler {
                 }
                 let changes = self.run.worker_lost(worker);
                 self.record(changes);
-                if let Some(reason) = &self.cancelling {
-                    // Modules handed back by the lost worker must not wait
-                    // for a dispatch that a cancelled run never makes.
-                    let (changes, _) = self.run.cancel_all(reason);
-                    self.record(changes);
-                }
             }
             Command::Cancel { reason } => self.cancel(&reason),
         }
@@ -327,10 +318,9 @@ impl Scheduler {
     }
 
     fn cancel(&mut self, reason: &str) {
-        if self.cancelling.is_some() {
+        if self.run.is_cancelled() {
             return;
         }
-        self.cancelling = Some(reason.to_owned());
         let (changes, running) = self.run.cancel_all(reason);
         self.record(changes);
         for (module, worker, attempt) in running {
@@ -347,7 +337,7 @@ impl Scheduler {
     /// Pushes ready modules to workers that can take them, spreading load
     /// to the worker with the most free slots.
     fn dispatch(&mut self) {
-        if self.cancelling.is_some() || !self.run.has_ready() {
+        if self.run.is_cancelled() || !self.run.has_ready() {
             return;
         }
         let mut free: u32 = self
@@ -439,7 +429,7 @@ impl Scheduler {
             .collect();
         let _ = done.send(Summary {
             modules,
-            cancelled: self.cancelling.is_some(),
+            cancelled: self.run.is_cancelled(),
         });
     }
 }
