@@ -247,9 +247,9 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            ctrl_c.cancel();
-        }
+        wait_for_interrupt().await;
+        eprintln!("muster: worker stopping; the hub will run its modules elsewhere");
+        ctrl_c.cancel();
     });
     match muster_worker::run(config, stop).await {
         Ok(Exit::Shutdown(reason)) => {

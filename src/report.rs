@@ -225,9 +225,13 @@ pub fn summary_table(summary: &Summary) -> String {
         .iter()
         .filter(|m| matches!(m.state, ModuleState::Succeeded(_)))
         .count();
+    let failed = summary
+        .modules
+        .iter()
+        .any(|m| matches!(m.state, ModuleState::Failed(_) | ModuleState::TimedOut(_)));
     let verdict = if summary.succeeded() {
         "run succeeded"
-    } else if summary.cancelled {
+    } else if summary.cancelled && !failed {
         "run cancelled"
     } else {
         "run failed"

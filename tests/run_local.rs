@@ -143,7 +143,10 @@ run = 'head -c 70000 /dev/zero | tr "\0" "a" | sed "s/^/k=/" >> "$MUSTER_OUTPUT"
     );
     assert_eq!(out.code(), 1, "{out}");
     assert_eq!(out.status_of("big"), "failed");
-    assert!(out.stdout.contains("above the 65536-byte cap"), "{out}");
+    assert!(
+        out.stdout.contains("larger than the 65536-byte cap"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -312,4 +315,44 @@ fn a_capability_no_local_worker_has_is_refused_up_front() {
             .contains("module 'gpu' requires gpu, which local workers do not have"),
         "{out}"
     );
+}
+
+#[test]
+fn fail_fast_with_retries_left_still_ends() {
+    let (out, _dir) = muster_run(
+        r#"
+[defaults]
+retries = 1
+[modules.a]
+run = "sleep 0.3; exit 1"
+[modules.b]
+run = "sleep 0.3; exit 1"
+[modules.c]
+needs = ["a"]
+run = "echo never"
+"#,
+        &["--workers", "2", "--fail-fast"],
+    );
+    assert_eq!(out.code(), 1, "{out}");
+    // Whether c is skipped (a failed for good first) or cancelled (b did)
+    // depends on timing; either way it never ran and the run ended.
+    assert!(
+        ["skipped", "cancelled"].contains(&out.status_of("c").as_str()),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("[c] never"), "{out}");
+    assert!(out.stdout.contains("run failed"), "{out}");
+}
+
+#[test]
+fn an_output_file_replaced_by_a_fifo_fails_the_module_without_hanging() {
+    let (out, _dir) = muster_run(
+        r#"
+[modules.sneaky]
+run = 'rm "$MUSTER_OUTPUT" && mkfifo "$MUSTER_OUTPUT"'
+"#,
+        &["--workers", "1"],
+    );
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stdout.contains("not a regular file"), "{out}");
 }

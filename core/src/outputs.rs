@@ -10,8 +10,8 @@ pub const OUTPUT_CAP: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OutputError {
-    #[error("$MUSTER_OUTPUT holds {size} bytes, above the {cap}-byte cap for outputs; move large data through files instead")]
-    TooLarge { size: usize, cap: usize },
+    #[error("$MUSTER_OUTPUT is larger than the {cap}-byte cap for outputs; move large data through files instead")]
+    TooLarge { cap: usize },
     #[error("$MUSTER_OUTPUT line {line}: expected key=value, got {text:?}")]
     NotKeyValue { line: usize, text: String },
     #[error(
@@ -20,14 +20,12 @@ pub enum OutputError {
     BadKey { line: usize, key: String },
 }
 
-/// Parses the output file. Blank lines are skipped; a later value for the
+/// Parses the output file (its first `OUTPUT_CAP + 1` bytes are enough to
+/// tell it is too large). Blank lines are skipped; a later value for the
 /// same key wins, as with `$GITHUB_OUTPUT`.
 pub fn parse_outputs(bytes: &[u8]) -> Result<BTreeMap<String, String>, OutputError> {
     if bytes.len() > OUTPUT_CAP {
-        return Err(OutputError::TooLarge {
-            size: bytes.len(),
-            cap: OUTPUT_CAP,
-        });
+        return Err(OutputError::TooLarge { cap: OUTPUT_CAP });
     }
     let text = String::from_utf8_lossy(bytes);
     let mut outputs = BTreeMap::new();

@@ -162,8 +162,13 @@ impl Hub {
         self.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(linger, self.tracker.wait()).await;
-        if let Ok(Ok(result)) = tokio::time::timeout(linger, self.server).await {
-            result?;
+        // A client that never finishes its request must not keep the
+        // master alive: after the linger the server task is aborted.
+        let abort = self.server.abort_handle();
+        match tokio::time::timeout(linger, self.server).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {}
+            Err(_) => abort.abort(),
         }
         Ok(summary)
     }

@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::connection::Outbound;
 use crate::events::{ModuleSummary, RunEvent, Summary};
 
+/// The most slots one worker may claim; more is taken as this many.
+pub(crate) const MAX_SLOTS: u32 = 1024;
+
 /// What connections and the hub's owner ask of the scheduler.
 pub(crate) enum Command {
     /// A connection finished its handshake and sent `Register`.
@@ -72,7 +75,8 @@ pub(crate) struct Scheduler {
     next_worker: u64,
     fail_fast: bool,
     ping_interval: Duration,
-    events: mpsc::UnboundedSender<RunEvent>,
+    /// Dropped with the summary, so the owner's event stream ends then.
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
     done: Option<oneshot::Sender<Summary>>,
     connected: watch::Sender<usize>,
 }
@@ -100,7 +104,7 @@ impl Scheduler {
             next_worker: 1,
             fail_fast: settings.fail_fast,
             ping_interval: settings.ping_interval,
-            events,
+            events: Some(events),
             done: Some(done),
             connected,
         };
@@ -144,7 +148,7 @@ impl Scheduler {
                     }));
                 }
                 tracing::info!(worker = %id, name = %registration.name, capabilities = ?registration.capabilities, slots = registration.slots, "worker joined");
-                let _ = self.events.send(RunEvent::WorkerJoined {
+                self.emit(RunEvent::WorkerJoined {
                     name: registration.name.clone(),
                     capabilities: registration.capabilities.clone(),
                     slots: registration.slots,
@@ -153,7 +157,7 @@ impl Scheduler {
                 let worker = Worker {
                     name: registration.name,
                     capabilities: registration.capabilities.into_iter().collect(),
-                    slots: registration.slots.max(1),
+                    slots: registration.slots.clamp(1, MAX_SLOTS),
                     held: 0,
                     outbox,
                 };
@@ -186,7 +190,7 @@ impl Scheduler {
                 tracing::info!(worker = %worker, name = %gone.name, "worker left: {reason}");
                 if !self.run.is_finished() {
                     // After the run, leaving is what workers are told to do.
-                    let _ = self.events.send(RunEvent::WorkerLeft {
+                    self.emit(RunEvent::WorkerLeft {
                         name: gone.name,
                         reason,
                     });
@@ -195,6 +199,12 @@ impl Scheduler {
                 self.record(changes);
             }
             Command::Cancel { reason } => self.cancel(&reason),
+        }
+    }
+
+    fn emit(&self, event: RunEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
         }
     }
 
@@ -260,7 +270,7 @@ impl Scheduler {
                 "log for module '{module_id}' attempt {attempt}, which this worker does not hold"
             ));
         }
-        let _ = self.events.send(RunEvent::Log {
+        self.emit(RunEvent::Log {
             module: module_id,
             attempt,
             stream,
@@ -304,7 +314,7 @@ impl Scheduler {
                 .holder()
                 .or_else(|| change.state.ended().and_then(|e| e.worker))
                 .and_then(|w| self.names.get(&w).cloned());
-            let _ = self.events.send(RunEvent::Module {
+            self.emit(RunEvent::Module {
                 module: module.id.clone(),
                 state: change.state,
                 worker,
@@ -340,10 +350,10 @@ impl Scheduler {
         if self.run.is_cancelled() || !self.run.has_ready() {
             return;
         }
-        let mut free: u32 = self
+        let mut free: u64 = self
             .workers
             .values()
-            .map(|w| w.slots.saturating_sub(w.held))
+            .map(|w| u64::from(w.slots.saturating_sub(w.held)))
             .sum();
         let ready: Vec<ModuleIndex> = self.run.ready().collect();
         for module in ready {
@@ -431,6 +441,7 @@ impl Scheduler {
             modules,
             cancelled: self.run.is_cancelled(),
         });
+        self.events = None;
     }
 }
 

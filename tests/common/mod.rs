@@ -125,9 +125,10 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
     rx
 }
 
-/// A `muster hub` process whose first line (the URL) has been read.
+/// A `muster hub` process whose first line (the URL) has been read. It is
+/// killed if the test ends without `finish`.
 pub struct HubProcess {
-    pub child: Child,
+    child: Option<Child>,
     pub url: String,
     rest: mpsc::Receiver<String>,
 }
@@ -141,31 +142,50 @@ impl HubProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn hub");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        stdout.read_line(&mut first).expect("hub prints its URL");
-        let url = first
+        let stdout = child.stdout.take().unwrap();
+        let (first_tx, first) = mpsc::channel();
+        let (rest_tx, rest) = mpsc::channel();
+        thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = first_tx.send(line);
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            let _ = rest_tx.send(text);
+        });
+        let mut hub = HubProcess {
+            child: Some(child),
+            url: String::new(),
+            rest,
+        };
+        let first = first.recv_timeout(LIMIT).expect("the hub prints its URL");
+        hub.url = first
             .trim()
             .strip_prefix("hub url: ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_owned();
-        let (tx, rest) = mpsc::channel();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
-            let _ = tx.send(text);
-        });
-        HubProcess { child, url, rest }
+        hub
     }
 
     /// Waits for the hub to exit and returns all it printed after the URL.
     pub fn finish(mut self) -> Output {
-        let stderr = drain(self.child.stderr.take());
-        let out = wait(self.child, LIMIT);
+        let mut child = self.child.take().expect("finish is called once");
+        let stderr = drain(child.stderr.take());
+        let out = wait(child, LIMIT);
         Output {
             status: out.status,
             stdout: self.rest.recv().unwrap_or_default(),
             stderr: stderr.recv().unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use muster_core::outputs::parse_outputs;
+use muster_core::outputs::{parse_outputs, OUTPUT_CAP};
 use muster_core::protocol::{Assignment, LogStream, Report, ReportStatus, WorkerCall};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -39,7 +39,7 @@ pub(crate) struct Context<'a> {
 pub(crate) async fn execute(
     assignment: Assignment,
     context: Context<'_>,
-    out: mpsc::UnboundedSender<WorkerCall>,
+    out: mpsc::Sender<WorkerCall>,
     cancel: CancellationToken,
 ) {
     let begun = Instant::now();
@@ -54,16 +54,22 @@ pub(crate) async fn execute(
             duration_ms: begun.elapsed().as_millis() as u64,
         })
     };
+    let fail = |status, error: String| report(status, None, Some(error), Default::default());
+    if cancel.is_cancelled() {
+        // Cancelled before it was spawned: nothing to start or to kill.
+        let _ = out
+            .send(fail(
+                ReportStatus::Cancelled,
+                "cancelled before it started".into(),
+            ))
+            .await;
+        return;
+    }
     let output_file = match tempfile::Builder::new().prefix("muster-output-").tempfile() {
         Ok(file) => file,
         Err(e) => {
             let error = format!("could not create the $MUSTER_OUTPUT file: {e}");
-            let _ = out.send(report(
-                ReportStatus::Failed,
-                None,
-                Some(error),
-                Default::default(),
-            ));
+            let _ = out.send(fail(ReportStatus::Failed, error)).await;
             return;
         }
     };
@@ -71,25 +77,18 @@ pub(crate) async fn execute(
     let mut child = match spawn(&assignment, &context, &cwd, output_file.path()) {
         Ok(child) => child,
         Err(e) => {
-            let error = format!(
-                "could not start {:?} in {}: {e}",
-                assignment.shell.first().map(String::as_str).unwrap_or(""),
-                cwd.display()
-            );
-            let _ = out.send(report(
-                ReportStatus::Failed,
-                None,
-                Some(error),
-                Default::default(),
-            ));
+            let shell = assignment.shell.first().map(String::as_str).unwrap_or("");
+            let error = format!("could not start {shell:?} in {}: {e}", cwd.display());
+            let _ = out.send(fail(ReportStatus::Failed, error)).await;
             return;
         }
     };
-    let group = child.id().map(|id| Pid::from_raw(id as i32));
-    let _ = out.send(WorkerCall::Started {
+    let group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    let started = WorkerCall::Started {
         module_id: assignment.module_id.clone(),
         attempt: assignment.attempt,
-    });
+    };
+    let _ = out.send(started).await;
     let pumps = [
         child
             .stdout
@@ -107,55 +106,75 @@ pub(crate) async fn execute(
         () = cancel.cancelled() => Ended::Cancelled,
     };
     if !matches!(ended, Ended::Exited(_)) {
-        stop_group(&mut child, group).await;
+        stop_group(&mut child, group.0).await;
     }
     // Whatever the module left running in its group goes with it.
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
-    }
+    drop(group);
     for pump in pumps.into_iter().flatten() {
         let abort = pump.abort_handle();
         if tokio::time::timeout(DRAIN, pump).await.is_err() {
             abort.abort();
         }
     }
-    let outputs = std::fs::read(output_file.path()).unwrap_or_default();
+    let path = output_file.path().to_owned();
+    let outputs = tokio::task::spawn_blocking(move || read_outputs(&path))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+        .and_then(|bytes| parse_outputs(&bytes).map_err(|e| e.to_string()));
     let call = match ended {
-        Ended::TimedOut => report(
+        Ended::TimedOut => fail(
             ReportStatus::TimedOut,
-            None,
-            Some(format!("timed out after {}", humanize(timeout))),
-            Default::default(),
+            format!("timed out after {}", humanize(timeout)),
         ),
-        Ended::Cancelled => report(
-            ReportStatus::Cancelled,
-            None,
-            Some("cancelled".into()),
-            Default::default(),
-        ),
-        Ended::Exited(Err(e)) => report(
+        Ended::Cancelled => fail(ReportStatus::Cancelled, "cancelled".into()),
+        Ended::Exited(Err(e)) => fail(ReportStatus::Failed, format!("lost the process: {e}")),
+        Ended::Exited(Ok(status)) if !status.success() => report(
             ReportStatus::Failed,
-            None,
-            Some(format!("lost the process: {e}")),
+            status.code(),
+            Some(describe(status)),
             Default::default(),
         ),
-        Ended::Exited(Ok(status)) => match (status.success(), parse_outputs(&outputs)) {
-            (true, Ok(outputs)) => report(ReportStatus::Succeeded, Some(0), None, outputs),
-            (true, Err(e)) => report(
-                ReportStatus::Failed,
-                Some(0),
-                Some(e.to_string()),
-                Default::default(),
-            ),
-            (false, _) => report(
-                ReportStatus::Failed,
-                status.code(),
-                Some(describe(status)),
-                Default::default(),
-            ),
+        Ended::Exited(Ok(_)) => match outputs {
+            Ok(outputs) => report(ReportStatus::Succeeded, Some(0), None, outputs),
+            Err(e) => report(ReportStatus::Failed, Some(0), Some(e), Default::default()),
         },
     };
-    let _ = out.send(call);
+    let _ = out.send(call).await;
+}
+
+/// Kills the module's whole process group when dropped, so nothing it
+/// started outlives it, even if the execution task itself is dropped.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads at most one byte past the cap of `$MUSTER_OUTPUT`, refusing
+/// anything the module put in the file's place that is not a regular file
+/// (a FIFO would block, a link to /dev/zero would never end).
+fn read_outputs(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let unreadable = |e: std::io::Error| format!("cannot read $MUSTER_OUTPUT: {e}");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(unreadable)?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err("$MUSTER_OUTPUT was replaced by something that is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(OUTPUT_CAP as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    Ok(bytes)
 }
 
 enum Ended {
@@ -228,25 +247,35 @@ fn spawn_pump(
     pipe: impl AsyncRead + Unpin + Send + 'static,
     stream: LogStream,
     assignment: &Assignment,
-    out: &mpsc::UnboundedSender<WorkerCall>,
+    out: &mpsc::Sender<WorkerCall>,
 ) -> tokio::task::JoinHandle<()> {
     let module_id = assignment.module_id.clone();
     let attempt = assignment.attempt;
+    let (batches, mut texts) = mpsc::channel::<String>(1);
     let out = out.clone();
-    let send = move |text: String| {
-        let _ = out.send(WorkerCall::Log {
-            module_id: module_id.clone(),
-            attempt,
-            stream,
-            text,
-        });
-    };
-    tokio::spawn(pump(pipe, send))
+    tokio::spawn(async move {
+        let forward = async {
+            while let Some(text) = texts.recv().await {
+                let log = WorkerCall::Log {
+                    module_id: module_id.clone(),
+                    attempt,
+                    stream,
+                    text,
+                };
+                if out.send(log).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(pump(pipe, batches), forward);
+    })
 }
 
 /// Reads a pipe to its end, cutting it into lines and sending them in
-/// batches: at most [`LOG_FLUSH`] late, at most [`LOG_BATCH`] large.
-async fn pump(mut pipe: impl AsyncRead + Unpin, send: impl Fn(String)) {
+/// batches: at most [`LOG_FLUSH`] late, at most [`LOG_BATCH`] large. The
+/// channels are bounded, so a slow connection slows the module's output
+/// instead of filling memory.
+async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>) {
     let mut buf = vec![0u8; 8192];
     let mut partial: Vec<u8> = Vec::new();
     let mut batch = LineBatch::default();
@@ -256,7 +285,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: impl Fn(String)) {
             Some(at) => match timeout_at(at, pipe.read(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    batch.flush(&send);
+                    batch.flush(&send).await;
                     deadline = None;
                     continue;
                 }
@@ -276,7 +305,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: impl Fn(String)) {
             batch.push(&std::mem::take(&mut partial));
         }
         if batch.len() >= LOG_BATCH {
-            batch.flush(&send);
+            batch.flush(&send).await;
             deadline = None;
         } else if !batch.is_empty() && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + LOG_FLUSH);
@@ -285,7 +314,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: impl Fn(String)) {
     if !partial.is_empty() {
         batch.push(&partial);
     }
-    batch.flush(&send);
+    batch.flush(&send).await;
 }
 
 /// Lines joined by `\n`, without a trailing newline.
@@ -309,9 +338,9 @@ impl LineBatch {
         self.0.is_empty()
     }
 
-    fn flush(&mut self, send: &impl Fn(String)) {
+    async fn flush(&mut self, send: &mpsc::Sender<String>) {
         if !self.0.is_empty() {
-            send(std::mem::take(&mut self.0));
+            let _ = send.send(std::mem::take(&mut self.0)).await;
         }
     }
 }
@@ -319,29 +348,46 @@ impl LineBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+
+    /// Everything `pump` sends for `input`.
+    async fn batches(input: &[u8]) -> Vec<String> {
+        let (tx, mut rx) = mpsc::channel(1);
+        let collect = async {
+            let mut sent = Vec::new();
+            while let Some(text) = rx.recv().await {
+                sent.push(text);
+            }
+            sent
+        };
+        let ((), sent) = tokio::join!(pump(input, tx), collect);
+        sent
+    }
 
     #[tokio::test]
     async fn pump_batches_lines_and_keeps_the_last_partial_line() {
-        let input: &[u8] = b"one\r\ntwo\nthree";
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let sink = sent.clone();
-        pump(input, move |text| sink.lock().unwrap().push(text)).await;
-        assert_eq!(*sent.lock().unwrap(), ["one\ntwo\nthree"]);
+        assert_eq!(batches(b"one\r\ntwo\nthree").await, ["one\ntwo\nthree"]);
     }
 
     #[tokio::test]
     async fn pump_cuts_huge_lines() {
-        let input = vec![b'x'; LOG_LINE * 3];
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let sink = sent.clone();
-        pump(&input[..], move |text| sink.lock().unwrap().push(text)).await;
-        let total: usize = sent
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|t| t.replace('\n', "").len())
-            .sum();
+        let sent = batches(&vec![b'x'; LOG_LINE * 3]).await;
+        let total: usize = sent.iter().map(|t| t.replace('\n', "").len()).sum();
         assert_eq!(total, LOG_LINE * 3);
+    }
+
+    #[test]
+    fn outputs_must_stay_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_outputs(&fifo)
+            .unwrap_err()
+            .contains("not a regular file"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_outputs(&link).unwrap_err().contains("cannot read"));
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; OUTPUT_CAP * 2]).unwrap();
+        assert_eq!(read_outputs(&big).unwrap().len(), OUTPUT_CAP + 1);
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use muster_core::protocol::{HubCall, Registration, Welcome, WorkerCall};
 use muster_core::signalr::Message;
 use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -44,6 +45,8 @@ pub enum WorkerError {
     HubClosed(Option<String>),
     #[error("the hub did not answer Register: {0}")]
     Register(String),
+    #[error("the hub has been silent for {0:?}; giving up on it")]
+    HubSilent(Duration),
 }
 
 /// Why a worker stopped without an error.
@@ -94,44 +97,57 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
     let welcome = await_welcome(&mut receiver, config.connect_timeout).await?;
     tracing::info!(worker = %welcome.worker_id, hub = %config.hub, "registered");
     let ping_every = Duration::from_millis(welcome.ping_interval_ms.max(100));
+    // The hub pings every `ping_every`; twice that in silence means it is
+    // gone, even if the TCP connection does not say so.
+    let silence = ping_every * 2;
     let mut ping = tokio::time::interval(ping_every);
-    let (out, mut calls) = mpsc::unbounded_channel::<WorkerCall>();
+    let (out, mut calls) = mpsc::channel::<WorkerCall>(256);
     let tracker = TaskTracker::new();
     let mut running: HashMap<(String, u32), CancellationToken> = HashMap::new();
     let mut next_invocation = 1u64;
+    let mut deadline = Instant::now() + silence;
     let exit = loop {
         tokio::select! {
-            message = receiver.recv() => match message? {
-                None => break Err(WorkerError::HubClosed(None)),
-                Some(Message::Close { error, .. }) => break Err(WorkerError::HubClosed(error)),
-                Some(Message::Invocation { target, arguments, .. }) => {
-                    match HubCall::from_invocation(&target, arguments) {
-                        Ok(HubCall::Assign(assignment)) => {
-                            let token = stop.child_token();
-                            running.insert((assignment.module_id.clone(), assignment.attempt), token.clone());
-                            let out = out.clone();
-                            let name = config.name.clone();
-                            let workdir = config.workdir.clone();
-                            tracker.spawn(async move {
-                                let context = exec::Context { worker_name: &name, workdir: &workdir };
-                                exec::execute(assignment, context, out, token).await;
-                            });
-                        }
-                        Ok(HubCall::Cancel { module_id, attempt, reason }) => {
-                            tracing::info!(module = %module_id, attempt, "cancel: {reason}");
-                            if let Some(token) = running.get(&(module_id, attempt)) {
-                                token.cancel();
+            message = timeout_at(deadline, receiver.recv()) => {
+                let message = match message {
+                    Err(_) => break Err(WorkerError::HubSilent(silence)),
+                    Ok(Err(e)) => break Err(e.into()),
+                    Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
+                    Ok(Ok(Some(message))) => message,
+                };
+                deadline = Instant::now() + silence;
+                match message {
+                    Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
+                    Message::Invocation { target, arguments, .. } => {
+                        match HubCall::from_invocation(&target, arguments) {
+                            Ok(HubCall::Assign(assignment)) => {
+                                let token = stop.child_token();
+                                let key = (assignment.module_id.clone(), assignment.attempt);
+                                running.insert(key, token.clone());
+                                let out = out.clone();
+                                let name = config.name.clone();
+                                let workdir = config.workdir.clone();
+                                tracker.spawn(async move {
+                                    let context = exec::Context { worker_name: &name, workdir: &workdir };
+                                    exec::execute(assignment, context, out, token).await;
+                                });
                             }
+                            Ok(HubCall::Cancel { module_id, attempt, reason }) => {
+                                tracing::info!(module = %module_id, attempt, "cancel: {reason}");
+                                if let Some(token) = running.get(&(module_id, attempt)) {
+                                    token.cancel();
+                                }
+                            }
+                            Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
+                            Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
                         }
-                        Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
-                        Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
                     }
+                    Message::Completion { error: Some(error), .. } => {
+                        tracing::warn!("the hub refused a report: {error}");
+                    }
+                    _ => {}
                 }
-                Some(Message::Completion { error: Some(error), .. }) => {
-                    tracing::warn!("the hub refused a report: {error}");
-                }
-                Some(_) => {}
-            },
+            }
             Some(call) = calls.recv() => {
                 let id = match &call {
                     WorkerCall::Complete(report) => {
@@ -141,27 +157,26 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
                     }
                     _ => None,
                 };
-                sender.send(&call.to_message(id)).await?;
+                if let Err(e) = sender.send(&call.to_message(id)).await {
+                    break Err(e.into());
+                }
             }
-            _ = ping.tick() => sender.send(&Message::Ping).await?,
+            _ = ping.tick() => {
+                if let Err(e) = sender.send(&Message::Ping).await {
+                    break Err(e.into());
+                }
+            }
             () = stop.cancelled() => break Ok(Exit::Stopped),
         }
     };
-    // Stop what still runs and pass on its last reports while the socket
-    // may still be open; the executions end within their kill grace.
+    // Whatever still runs is stopped and not reported: the hub sees this
+    // worker leave and runs those modules again elsewhere.
     for token in running.values() {
         token.cancel();
     }
     tracker.close();
-    drop(out);
-    let drain = async {
-        while let Some(call) = calls.recv().await {
-            if sender.send(&call.to_message(None)).await.is_err() {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    drop(calls);
+    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     sender.close().await;
     exit
 }
