@@ -21,7 +21,20 @@ use crate::report::{self, Reporter};
 /// A master starts an embedded SignalR hub; workers connect over WebSockets,
 /// register their capabilities, and get modules pushed to them.
 #[derive(Parser)]
-#[command(name = "muster", version, propagate_version = true)]
+#[command(
+    name = "muster",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  muster run                          run ./muster.toml with one local worker per CPU
+  muster validate ci/muster.toml      check a file and print its modules
+  muster hub --listen 0.0.0.0:7400    run the master for workers on other machines
+  muster worker --hub http://10.0.0.5:7400/hub -c docker   join it (token from MUSTER_TOKEN)
+
+Exit codes: 0 every module succeeded, 1 a module failed, timed out or was skipped,
+2 bad pipeline file or arguments, 3 muster could not work (network, hub), 130 cancelled.
+MUSTER_LOG=info shows muster's own logs on stderr."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -164,8 +164,14 @@ fn seconds(d: Duration) -> String {
 /// they can run.
 pub fn describe_plan(plan: &Plan) -> String {
     let mut out = String::new();
+    let width = plan
+        .modules
+        .iter()
+        .map(|m| m.id.chars().count())
+        .max()
+        .unwrap_or(0);
     for module in &plan.modules {
-        let _ = write!(out, "{}", module.id);
+        let _ = write!(out, "{:width$}", module.id);
         if !module.needs.is_empty() {
             let needs: Vec<&str> = module
                 .needs
