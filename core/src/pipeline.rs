@@ -189,7 +189,14 @@ pub fn parse_pipeline(file: &str, text: &str) -> Result<Plan, PipelineError> {
 }
 
 fn toml_help(message: &str) -> Option<String> {
-    if message.starts_with("unknown field") {
+    if message.ends_with("expected a string") {
+        Some(
+            "write this value as a string in quotes, e.g. timeout = \"30s\" or run = \"make test\""
+                .into(),
+        )
+    } else if message.ends_with("expected a sequence") {
+        Some("write a list in brackets, e.g. needs = [\"build\"]".into())
+    } else if message.starts_with("unknown field") {
         Some("check the spelling; the pipeline file reference in README.md lists every key".into())
     } else if message.contains("missing field `run`") {
         Some("every module needs a command: run = \"...\"".into())
@@ -838,6 +845,25 @@ needs = ["a"]
             16,
             "a string, an integer or a boolean",
         );
+    }
+
+    #[test]
+    fn wrong_types_say_what_to_write() {
+        check_error(
+            "[modules.a]\nrun = \"x\"\ntimeout = 30\n",
+            3,
+            11,
+            "expected a string",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nneeds = \"b\"\n",
+            3,
+            9,
+            "expected a sequence",
+        );
+        let error =
+            parse_pipeline("m.toml", "[modules.a]\nrun = \"x\"\ntimeout = 30\n").unwrap_err();
+        assert!(error.help.unwrap().contains("timeout = \"30s\""));
     }
 
     #[test]
