@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::connection::{self, ConnectionSettings};
 use crate::scheduler::Command;
@@ -163,16 +164,9 @@ async fn upgrade(
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
     Ok(ws.on_upgrade(move |socket| async move {
-        tracker
-            .spawn(connection::serve(
-                socket,
-                peer.to_string(),
-                commands,
-                settings,
-                shutdown,
-            ))
-            .await
-            .ok();
+        let span = tracing::info_span!("connection", %peer);
+        let serve = connection::serve(socket, peer.to_string(), commands, settings, shutdown);
+        tracker.spawn(serve.instrument(span)).await.ok();
     }))
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use client::{websocket_url, ClientError};
 
@@ -108,66 +109,70 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
     let mut deadline = Instant::now() + silence;
     let exit = loop {
         tokio::select! {
-            message = timeout_at(deadline, receiver.recv()) => {
-                let message = match message {
-                    Err(_) => break Err(WorkerError::HubSilent(silence)),
-                    Ok(Err(e)) => break Err(e.into()),
-                    Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
-                    Ok(Ok(Some(message))) => message,
-                };
-                deadline = Instant::now() + silence;
-                match message {
-                    Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
-                    Message::Invocation { target, arguments, .. } => {
-                        match HubCall::from_invocation(&target, arguments) {
-                            Ok(HubCall::Assign(assignment)) => {
-                                let token = stop.child_token();
-                                let key = (assignment.module_id.clone(), assignment.attempt);
-                                running.insert(key, token.clone());
-                                let out = out.clone();
-                                let name = config.name.clone();
-                                let workdir = config.workdir.clone();
-                                tracker.spawn(async move {
-                                    let context = exec::Context { worker_name: &name, workdir: &workdir };
-                                    exec::execute(assignment, context, out, token).await;
-                                });
-                            }
-                            Ok(HubCall::Cancel { module_id, attempt, reason }) => {
-                                tracing::info!(module = %module_id, attempt, "cancel: {reason}");
-                                if let Some(token) = running.get(&(module_id, attempt)) {
-                                    token.cancel();
+                    message = timeout_at(deadline, receiver.recv()) => {
+                        let message = match message {
+                            Err(_) => break Err(WorkerError::HubSilent(silence)),
+                            Ok(Err(e)) => break Err(e.into()),
+                            Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
+                            Ok(Ok(Some(message))) => message,
+                        };
+                        deadline = Instant::now() + silence;
+                        match message {
+                            Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
+                            Message::Invocation { target, arguments, .. } => {
+                                match HubCall::from_invocation(&target, arguments) {
+                                    Ok(HubCall::Assign(assignment)) => {
+                                        let token = stop.child_token();
+                                        let key = (assignment.module_id.clone(), assignment.attempt);
+                                        running.insert(key, token.clone());
+                                        let span = tracing::info_span!("module", id = %assignment.module_id, attempt = assignment.attempt);
+                                        let out = out.clone();
+                                        let name = config.name.clone();
+                                        let workdir = config.workdir.clone();
+        tracker.spawn(
+                                            async move {
+                                                let context = exec::Context { worker_name: &name, workdir: &workdir };
+                                                exec::execute(assignment, context, out, token).await;
+                                            }
+                                            .instrument(span),
+                                        );
+                                    }
+                                    Ok(HubCall::Cancel { module_id, attempt, reason }) => {
+                                        tracing::info!(module = %module_id, attempt, "cancel: {reason}");
+                                        if let Some(token) = running.get(&(module_id, attempt)) {
+                                            token.cancel();
+                                        }
+                                    }
+                                    Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
+                                    Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
                                 }
                             }
-                            Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
-                            Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
+                            Message::Completion { error: Some(error), .. } => {
+                                tracing::warn!("the hub refused a report: {error}");
+                            }
+                            _ => {}
                         }
                     }
-                    Message::Completion { error: Some(error), .. } => {
-                        tracing::warn!("the hub refused a report: {error}");
+                    Some(call) = calls.recv() => {
+                        let id = match &call {
+                            WorkerCall::Complete(report) => {
+                                running.remove(&(report.module_id.clone(), report.attempt));
+                                next_invocation += 1;
+                                Some(next_invocation.to_string())
+                            }
+                            _ => None,
+                        };
+                        if let Err(e) = sender.send(&call.to_message(id)).await {
+                            break Err(e.into());
+                        }
                     }
-                    _ => {}
-                }
-            }
-            Some(call) = calls.recv() => {
-                let id = match &call {
-                    WorkerCall::Complete(report) => {
-                        running.remove(&(report.module_id.clone(), report.attempt));
-                        next_invocation += 1;
-                        Some(next_invocation.to_string())
+                    _ = ping.tick() => {
+                        if let Err(e) = sender.send(&Message::Ping).await {
+                            break Err(e.into());
+                        }
                     }
-                    _ => None,
-                };
-                if let Err(e) = sender.send(&call.to_message(id)).await {
-                    break Err(e.into());
+                    () = stop.cancelled() => break Ok(Exit::Stopped),
                 }
-            }
-            _ = ping.tick() => {
-                if let Err(e) = sender.send(&Message::Ping).await {
-                    break Err(e.into());
-                }
-            }
-            () = stop.cancelled() => break Ok(Exit::Stopped),
-        }
     };
     // Whatever still runs is stopped and not reported: the hub sees this
     // worker leave and runs those modules again elsewhere.
