@@ -17,4 +17,13 @@ fi
 
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
-cargo test --workspace --locked "$@"
+# Run every test, then close with one line that totals all test binaries,
+# so the last line speaks for the whole run (doc-test runners print 0).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
