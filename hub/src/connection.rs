@@ -336,3 +336,139 @@ async fn write_loop<K>(
     }
     let _ = sink.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Both ends of a socket as channels, so the connection runs without
+    /// any network.
+    struct Duplex {
+        incoming: mpsc::UnboundedReceiver<WsMessage>,
+        outgoing: mpsc::UnboundedSender<WsMessage>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<WsMessage, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<WsMessage> for Duplex {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
+            self.outgoing.send(item).map_err(axum::Error::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Peer {
+        send: mpsc::UnboundedSender<WsMessage>,
+        recv: mpsc::UnboundedReceiver<WsMessage>,
+        commands: mpsc::Receiver<Command>,
+    }
+
+    impl Peer {
+        fn start() -> Peer {
+            let (send, incoming) = mpsc::unbounded_channel();
+            let (outgoing, recv) = mpsc::unbounded_channel();
+            let (commands_tx, commands) = mpsc::channel(8);
+            let settings = ConnectionSettings {
+                handshake_timeout: Duration::from_secs(5),
+                client_timeout: Duration::from_secs(5),
+                ping_interval: Duration::from_secs(60),
+                max_message: 1024,
+            };
+            let socket = Duplex { incoming, outgoing };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(serve(
+                socket,
+                "test".into(),
+                commands_tx,
+                settings,
+                shutdown,
+            ));
+            Peer {
+                send,
+                recv,
+                commands,
+            }
+        }
+
+        fn say(&self, text: &str) {
+            self.send.send(WsMessage::Text(text.into())).unwrap();
+        }
+
+        async fn hear(&mut self) -> String {
+            match self.recv.recv().await {
+                Some(WsMessage::Text(text)) => text.to_string(),
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_register_and_a_bad_record() {
+        let mut peer = Peer::start();
+        // Handshake and a first invocation arrive in one frame.
+        peer.say(concat!(
+            "{\"protocol\":\"json\",\"version\":1}\u{1e}",
+            "{\"type\":1,\"invocationId\":\"1\",\"target\":\"Register\",\"arguments\":[{\"name\":\"w\",\"slots\":2}]}\u{1e}"
+        ));
+        assert_eq!(peer.hear().await, "{}\u{1e}");
+        let Some(Command::Register {
+            registration,
+            invocation_id,
+            reply,
+            ..
+        }) = peer.commands.recv().await
+        else {
+            panic!("the scheduler is asked to register the worker");
+        };
+        assert_eq!((registration.name.as_str(), registration.slots), ("w", 2));
+        assert_eq!(invocation_id.as_deref(), Some("1"));
+        reply.send(WorkerId(7)).unwrap();
+        // Once registered, calls carry the worker's id to the scheduler.
+        peer.say("{\"type\":1,\"target\":\"Started\",\"arguments\":[\"m\",1]}\u{1e}");
+        match peer.commands.recv().await {
+            Some(Command::Call {
+                worker,
+                call,
+                reply: None,
+            }) => {
+                assert_eq!(worker, WorkerId(7));
+                assert_eq!(
+                    call,
+                    WorkerCall::Started {
+                        module_id: "m".into(),
+                        attempt: 1
+                    }
+                );
+            }
+            _ => panic!("expected a Started call"),
+        }
+        peer.say("{\"type\":1,\"invocationId\":\"2\",\"target\":\"Register\",\"arguments\":[{\"name\":\"again\"}]}\u{1e}");
+        assert!(peer.hear().await.contains("already registered"));
+        peer.say("{oops\u{1e}");
+        let close = peer.hear().await;
+        assert!(
+            close.contains("\"type\":7") && close.contains("malformed JSON"),
+            "{close}"
+        );
+        match peer.commands.recv().await {
+            Some(Command::Disconnected { worker, .. }) => assert_eq!(worker, WorkerId(7)),
+            _ => panic!("the scheduler hears that the worker left"),
+        }
+    }
+}
