@@ -23,7 +23,7 @@ async fn hub(pipeline: &str) -> Hub {
     let config = HubConfig {
         token: TOKEN.into(),
         ping_interval: Duration::from_millis(100),
-        client_timeout: Duration::from_millis(600),
+        client_timeout: Duration::from_millis(1000),
         handshake_timeout: Duration::from_millis(300),
         ..HubConfig::default()
     };
