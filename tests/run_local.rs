@@ -181,7 +181,7 @@ fn fail_fast_cancels_the_rest() {
     let (out, dir) = muster_run(
         r#"
 [modules.boom]
-run = "until [ -f long.pid ]; do sleep 0.05; done; exit 1"
+run = "until [ -s long.pid ]; do sleep 0.05; done; exit 1"
 [modules.long]
 run = "sleep 20 & echo $! > long.pid; wait"
 [modules.queued]
