@@ -309,11 +309,7 @@ impl Scheduler {
                 failed = Some(change.module);
             }
             let module = &self.run.plan().modules[change.module];
-            let worker = change
-                .state
-                .holder()
-                .or_else(|| change.state.ended().and_then(|e| e.worker))
-                .and_then(|w| self.names.get(&w).cloned());
+            let worker = self.worker_name(&change.state);
             self.emit(RunEvent::Module {
                 module: module.id.clone(),
                 state: change.state,
@@ -325,6 +321,14 @@ impl Scheduler {
             let id = self.run.plan().modules[module].id.clone();
             self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
         }
+    }
+
+    /// The name of the worker holding the module, or that ran it last.
+    fn worker_name(&self, state: &ModuleState) -> Option<String> {
+        let worker = state
+            .holder()
+            .or_else(|| state.ended().and_then(|e| e.worker));
+        worker.and_then(|w| self.names.get(&w).cloned())
     }
 
     fn cancel(&mut self, reason: &str) {
@@ -430,10 +434,7 @@ impl Scheduler {
             .zip(self.run.states())
             .map(|(m, state)| ModuleSummary {
                 id: m.id.clone(),
-                worker: state
-                    .ended()
-                    .and_then(|e| e.worker)
-                    .and_then(|w| self.names.get(&w).cloned()),
+                worker: self.worker_name(state),
                 state: state.clone(),
             })
             .collect();
@@ -455,9 +456,10 @@ fn finish_event(worker: WorkerId, report: Report) -> Event {
     Event::Finish {
         worker,
         outcome,
+        // The transition records the worker that held the attempt.
         ended: Ended {
             attempt: report.attempt,
-            worker: Some(worker),
+            worker: None,
             duration: Some(Duration::from_millis(report.duration_ms)),
             exit_code: report.exit_code,
             reason: report.error,

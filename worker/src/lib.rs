@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_core::protocol::{HubCall, Registration, Welcome, WorkerCall};
+use muster_core::protocol::{Assignment, HubCall, Registration, Welcome, WorkerCall};
 use muster_core::signalr::Message;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -103,87 +103,142 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
     let silence = ping_every * 2;
     let mut ping = tokio::time::interval(ping_every);
     let (out, mut calls) = mpsc::channel::<WorkerCall>(256);
-    let tracker = TaskTracker::new();
-    let mut running: HashMap<(String, u32), CancellationToken> = HashMap::new();
+    let mut executions = Executions::new(&config, &stop, out);
     let mut next_invocation = 1u64;
     let mut deadline = Instant::now() + silence;
     let exit = loop {
         tokio::select! {
-                    message = timeout_at(deadline, receiver.recv()) => {
-                        let message = match message {
-                            Err(_) => break Err(WorkerError::HubSilent(silence)),
-                            Ok(Err(e)) => break Err(e.into()),
-                            Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
-                            Ok(Ok(Some(message))) => message,
-                        };
-                        deadline = Instant::now() + silence;
-                        match message {
-                            Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
-                            Message::Invocation { target, arguments, .. } => {
-                                match HubCall::from_invocation(&target, arguments) {
-                                    Ok(HubCall::Assign(assignment)) => {
-                                        let token = stop.child_token();
-                                        let key = (assignment.module_id.clone(), assignment.attempt);
-                                        running.insert(key, token.clone());
-                                        let span = tracing::info_span!("module", id = %assignment.module_id, attempt = assignment.attempt);
-                                        let out = out.clone();
-                                        let name = config.name.clone();
-                                        let workdir = config.workdir.clone();
-        tracker.spawn(
-                                            async move {
-                                                let context = exec::Context { worker_name: &name, workdir: &workdir };
-                                                exec::execute(assignment, context, out, token).await;
-                                            }
-                                            .instrument(span),
-                                        );
-                                    }
-                                    Ok(HubCall::Cancel { module_id, attempt, reason }) => {
-                                        tracing::info!(module = %module_id, attempt, "cancel: {reason}");
-                                        if let Some(token) = running.get(&(module_id, attempt)) {
-                                            token.cancel();
-                                        }
-                                    }
-                                    Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
-                                    Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
-                                }
-                            }
-                            Message::Completion { error: Some(error), .. } => {
-                                tracing::warn!("the hub refused a report: {error}");
-                            }
-                            _ => {}
+            message = timeout_at(deadline, receiver.recv()) => {
+                let message = match message {
+                    Err(_) => break Err(WorkerError::HubSilent(silence)),
+                    Ok(Err(e)) => break Err(e.into()),
+                    Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
+                    Ok(Ok(Some(message))) => message,
+                };
+                deadline = Instant::now() + silence;
+                match message {
+                    Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
+                    Message::Invocation { target, arguments, .. } => {
+                        match HubCall::from_invocation(&target, arguments) {
+                            Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
+                            Ok(call) => executions.obey(call),
+                            Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
                         }
                     }
-                    Some(call) = calls.recv() => {
-                        let id = match &call {
-                            WorkerCall::Complete(report) => {
-                                running.remove(&(report.module_id.clone(), report.attempt));
-                                next_invocation += 1;
-                                Some(next_invocation.to_string())
-                            }
-                            _ => None,
-                        };
-                        if let Err(e) = sender.send(&call.to_message(id)).await {
-                            break Err(e.into());
-                        }
+                    Message::Completion { error: Some(error), .. } => {
+                        tracing::warn!("the hub refused a report: {error}");
                     }
-                    _ = ping.tick() => {
-                        if let Err(e) = sender.send(&Message::Ping).await {
-                            break Err(e.into());
-                        }
-                    }
-                    () = stop.cancelled() => break Ok(Exit::Stopped),
+                    _ => {}
                 }
+            }
+            Some(call) = calls.recv() => {
+                let id = match &call {
+                    WorkerCall::Complete(report) => {
+                        executions.ended(&report.module_id, report.attempt);
+                        next_invocation += 1;
+                        Some(next_invocation.to_string())
+                    }
+                    _ => None,
+                };
+                if let Err(e) = sender.send(&call.to_message(id)).await {
+                    break Err(e.into());
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(e) = sender.send(&Message::Ping).await {
+                    break Err(e.into());
+                }
+            }
+            () = stop.cancelled() => break Ok(Exit::Stopped),
+        }
     };
     // Whatever still runs is stopped and not reported: the hub sees this
     // worker leave and runs those modules again elsewhere.
-    for token in running.values() {
-        token.cancel();
-    }
-    tracker.close();
     drop(calls);
-    let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    executions.stop_all(Duration::from_secs(10)).await;
     sender.close().await;
     exit
+}
+
+/// The modules this worker is running, each a task with its own cancel
+/// token; their calls go to the hub through `out`.
+struct Executions {
+    name: String,
+    workdir: PathBuf,
+    stop: CancellationToken,
+    out: mpsc::Sender<WorkerCall>,
+    tracker: TaskTracker,
+    running: HashMap<(String, u32), CancellationToken>,
+}
+
+impl Executions {
+    fn new(config: &WorkerConfig, stop: &CancellationToken, out: mpsc::Sender<WorkerCall>) -> Self {
+        Executions {
+            name: config.name.clone(),
+            workdir: config.workdir.clone(),
+            stop: stop.clone(),
+            out,
+            tracker: TaskTracker::new(),
+            running: HashMap::new(),
+        }
+    }
+
+    /// Starts an `Assign`ed module or cancels one (`Shutdown` ends the loop
+    /// before it gets here).
+    fn obey(&mut self, call: HubCall) {
+        match call {
+            HubCall::Assign(assignment) => self.start(assignment),
+            HubCall::Cancel {
+                module_id,
+                attempt,
+                reason,
+            } => {
+                tracing::info!(module = %module_id, attempt, "cancel: {reason}");
+                if let Some(token) = self.running.get(&(module_id, attempt)) {
+                    token.cancel();
+                }
+            }
+            HubCall::Shutdown { .. } => {}
+        }
+    }
+
+    fn start(&mut self, assignment: Assignment) {
+        let token = self.stop.child_token();
+        let key = (assignment.module_id.clone(), assignment.attempt);
+        self.running.insert(key, token.clone());
+        let span = tracing::info_span!(
+            "module",
+            id = %assignment.module_id,
+            attempt = assignment.attempt
+        );
+        let out = self.out.clone();
+        let name = self.name.clone();
+        let workdir = self.workdir.clone();
+        let execution = async move {
+            let context = exec::Context {
+                worker_name: &name,
+                workdir: &workdir,
+            };
+            exec::execute(assignment, context, out, token).await;
+        };
+        self.tracker.spawn(execution.instrument(span));
+    }
+
+    /// The attempt reported its end.
+    fn ended(&mut self, module_id: &str, attempt: u32) {
+        self.running.remove(&(module_id.to_owned(), attempt));
+    }
+
+    /// Cancels everything still running and waits, at most `limit`, for the
+    /// executions to kill their process groups.
+    async fn stop_all(self, limit: Duration) {
+        for token in self.running.values() {
+            token.cancel();
+        }
+        self.tracker.close();
+        drop(self.out);
+        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+    }
 }
 
 async fn await_welcome(
