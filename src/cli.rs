@@ -1,5 +1,5 @@
-//! Subcommands: `run`, `hub`, `worker` and `validate`. Each returns the
-//! process exit code.
+//! Subcommands: `run`, `hub`, `worker`, `cancel` and `validate`. Each
+//! returns the process exit code.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use muster_core::{parse_pipeline, Plan};
 use muster_hub::{Hub, HubConfig, Summary};
+use muster_worker::websocket_url;
 use muster_worker::{ClientError, Exit, WorkerConfig, WorkerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,7 @@ use crate::report::{self, Reporter};
   muster validate ci/muster.toml      check a file and print its modules
   muster hub --listen 0.0.0.0:7400    run the master for workers on other machines
   muster worker --hub http://10.0.0.5:7400/hub -c docker   join it (token from MUSTER_TOKEN)
+  muster cancel --hub http://10.0.0.5:7400/hub               cancel that run from anywhere
 
 Exit codes: 0 every module succeeded, 1 a module failed, timed out or was skipped,
 2 bad pipeline file or arguments, 3 muster could not work (network, hub), 130 cancelled.
@@ -48,6 +50,8 @@ enum Command {
     Hub(HubArgs),
     /// Join a hub and run the modules it assigns.
     Worker(WorkerArgs),
+    /// Cancel a running hub's run, as Ctrl-C on the master would.
+    Cancel(CancelArgs),
     /// Check a pipeline file and print its modules without running anything.
     Validate(FileArg),
 }
@@ -69,6 +73,58 @@ struct RunArgs {
     /// Cancel everything else as soon as one module fails.
     #[arg(long)]
     fail_fast: bool,
+    #[command(flatten)]
+    limits: HubLimits,
+}
+
+/// The hub's timeouts and limits; README.md ("Timeouts") explains them.
+#[derive(Args)]
+struct HubLimits {
+    /// How often the hub pings each worker (workers ping back as often).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    ping_interval: Duration,
+    /// A worker silent this long is lost and its modules run elsewhere; a
+    /// worker whose socket drops may reconnect and keep them until then.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    client_timeout: Duration,
+    /// How long a new connection has to finish the SignalR handshake.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    handshake_timeout: Duration,
+    /// How long a ready module waits for a worker with the capabilities it
+    /// requires before it fails.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    capability_timeout: Duration,
+    /// After a cancel, how long workers have to confirm their modules
+    /// stopped before the master gives up on them.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    cancel_grace: Duration,
+    /// A module whose worker is lost this many times fails as a poison
+    /// module instead of running again.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Timeouts")]
+    max_worker_losses: u32,
+}
+
+impl HubLimits {
+    fn config(&self, fail_fast: bool) -> Result<HubConfig, String> {
+        if self.client_timeout <= self.ping_interval {
+            return Err(format!(
+                "--client-timeout ({}) must be longer than --ping-interval ({}): a worker is heard at least once per ping interval\n  \
+                 = help: keep the client timeout about twice the ping interval, as SignalR does",
+                humantime::format_duration(self.client_timeout),
+                humantime::format_duration(self.ping_interval)
+            ));
+        }
+        Ok(HubConfig {
+            fail_fast,
+            ping_interval: self.ping_interval,
+            client_timeout: self.client_timeout,
+            handshake_timeout: self.handshake_timeout,
+            capability_timeout: self.capability_timeout,
+            cancel_grace: self.cancel_grace,
+            max_worker_losses: self.max_worker_losses,
+            ..HubConfig::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -87,6 +143,8 @@ struct HubArgs {
     /// Cancel everything else as soon as one module fails.
     #[arg(long)]
     fail_fast: bool,
+    #[command(flatten)]
+    limits: HubLimits,
 }
 
 #[derive(Args)]
@@ -110,6 +168,26 @@ struct WorkerArgs {
     /// Folder that module cwds are relative to [default: the current folder].
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// How long to keep trying to reach the hub (at start, and after the
+    /// connection drops) before exiting with code 3.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    reconnect_timeout: Duration,
+    /// Bound on one connection attempt and its handshake.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+}
+
+#[derive(Args)]
+struct CancelArgs {
+    /// The hub's URL, as `muster hub` prints it.
+    #[arg(long, env = "MUSTER_HUB")]
+    hub: String,
+    /// The hub's token.
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Why, shown in the master's output and summary.
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 pub async fn dispatch(cli: Cli) -> u8 {
@@ -117,6 +195,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Run(args) => run(args).await,
         Command::Hub(args) => hub(args).await,
         Command::Worker(args) => worker(args).await,
+        Command::Cancel(args) => cancel(args).await,
         Command::Validate(args) => validate(&args.file),
     };
     result.unwrap_or_else(|e| {
@@ -181,9 +260,12 @@ async fn run(args: RunArgs) -> Result<u8> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    let config = HubConfig {
-        fail_fast: args.fail_fast,
-        ..HubConfig::default()
+    let config = match args.limits.config(args.fail_fast) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("muster: error: {message}");
+            return Ok(exit::BAD_INPUT);
+        }
     };
     let token = config.token.clone();
     let modules = plan.len();
@@ -200,9 +282,12 @@ async fn hub(args: HubArgs) -> Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let generated = args.token.is_none();
-    let mut config = HubConfig {
-        fail_fast: args.fail_fast,
-        ..HubConfig::default()
+    let mut config = match args.limits.config(args.fail_fast) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("muster: error: {message}");
+            return Ok(exit::BAD_INPUT);
+        }
     };
     if let Some(token) = args.token {
         config.token = token;
@@ -255,7 +340,8 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         capabilities: args.capabilities,
         slots: args.slots,
         workdir,
-        connect_timeout: Duration::from_secs(15),
+        connect_timeout: args.connect_timeout,
+        reconnect_timeout: args.reconnect_timeout,
     };
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
@@ -276,6 +362,59 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         }
         Err(e) => {
             eprintln!("muster: error: {e}");
+            Ok(exit::INFRASTRUCTURE)
+        }
+    }
+}
+
+/// `POST {hub}/cancel` with the token; prints what the hub answered.
+async fn cancel(args: CancelArgs) -> Result<u8> {
+    if let Err(e) = websocket_url(&args.hub) {
+        eprintln!("muster: error: {e}");
+        return Ok(exit::BAD_INPUT);
+    }
+    let url = format!("{}/cancel", args.hub.trim_end_matches('/'));
+    let url = url
+        .replacen("ws://", "http://", 1)
+        .replacen("wss://", "https://", 1);
+    let mut body = serde_json::Map::new();
+    if let Some(reason) = args.reason {
+        body.insert("reason".into(), reason.into());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot set up an HTTP client")?;
+    let response = client
+        .post(&url)
+        .bearer_auth(&args.token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("could not reach the hub at {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let reason = answer["reason"].as_str().unwrap_or(&text).trim();
+    match status.as_u16() {
+        202 => {
+            println!("muster: the run is being cancelled ({reason})");
+            Ok(exit::SUCCESS)
+        }
+        200 => {
+            println!("muster: the run was already being cancelled ({reason})");
+            Ok(exit::SUCCESS)
+        }
+        409 => {
+            eprintln!("muster: nothing to cancel: {reason}");
+            Ok(exit::RUN_FAILED)
+        }
+        401 => {
+            eprintln!("muster: error: the hub at {url} refused the token (HTTP 401): check --token or MUSTER_TOKEN");
+            Ok(exit::BAD_INPUT)
+        }
+        code => {
+            eprintln!("muster: error: the hub at {url} answered HTTP {code}: {reason}");
             Ok(exit::INFRASTRUCTURE)
         }
     }
@@ -329,6 +468,7 @@ fn spawn_local_workers(
                 slots: 1,
                 workdir: workdir.to_owned(),
                 connect_timeout: Duration::from_secs(15),
+                reconnect_timeout: Duration::from_secs(15),
             };
             let stop = stop.child_token();
             tokio::spawn(async move {
@@ -378,7 +518,7 @@ async fn wait_for_interrupt() {
 fn finish(summary: &Summary) -> u8 {
     if summary.succeeded() {
         exit::SUCCESS
-    } else if summary.cancelled && !summary.modules.iter().any(|m| failed(&m.state)) {
+    } else if summary.cancelled.is_some() && !summary.modules.iter().any(|m| failed(&m.state)) {
         exit::CANCELLED
     } else {
         exit::RUN_FAILED

@@ -99,6 +99,26 @@ impl Reporter {
             RunEvent::WorkerLeft { name, reason } => {
                 let _ = writeln!(out, "muster: worker {name} left: {reason}");
             }
+            RunEvent::WorkerAway {
+                name,
+                reason,
+                held,
+                within,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "muster: worker {name} dropped ({reason}); keeping its {held} module{} for {} while it reconnects",
+                    if held == 1 { "" } else { "s" },
+                    humantime::format_duration(round_to_ms(within))
+                );
+            }
+            RunEvent::WorkerBack { name, kept } => {
+                let _ = writeln!(
+                    out,
+                    "muster: worker {name} reconnected and kept {kept} module{}",
+                    if kept == 1 { "" } else { "s" }
+                );
+            }
             RunEvent::Log { module, text, .. } => {
                 let prefix = self.prefix(&module);
                 for line in text.lines() {
@@ -237,7 +257,7 @@ pub fn summary_table(summary: &Summary) -> String {
         .any(|m| matches!(m.state, ModuleState::Failed(_) | ModuleState::TimedOut(_)));
     let verdict = if summary.succeeded() {
         "run succeeded"
-    } else if summary.cancelled && !failed {
+    } else if summary.cancelled.is_some() && !failed {
         "run cancelled"
     } else {
         "run failed"
@@ -247,5 +267,13 @@ pub fn summary_table(summary: &Summary) -> String {
         "\n{verdict}: {succeeded} of {} modules succeeded",
         summary.modules.len()
     );
+    if let Some(reason) = &summary.cancelled {
+        let _ = writeln!(out, "cancelled: {reason}");
+    }
     out
+}
+
+/// Durations in messages read better without nanoseconds.
+fn round_to_ms(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(d.as_millis() as u64)
 }

@@ -212,10 +212,22 @@ fn an_unreachable_hub_is_named_in_one_clear_line() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/hub");
-    let out = common::run(muster(&["worker", "--hub", &url, "--token", "t"]));
+    let out = common::run(muster(&[
+        "worker",
+        "--hub",
+        &url,
+        "--token",
+        "t",
+        "--reconnect-timeout",
+        "2s",
+    ]));
     assert_eq!(out.code(), 3, "{out}");
+    // It says once that it keeps trying, then gives up with the reason.
+    assert!(out.stderr.contains("retrying for up to 2s"), "{out}");
+    let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        out.stderr.contains(&format!("could not connect to {url}")),
+        last.starts_with("muster: error: gave up on the hub after trying for ")
+            && last.contains(&format!("could not connect to {url}")),
         "{out}"
     );
     let bad = common::run(muster(&[

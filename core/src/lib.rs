@@ -16,5 +16,5 @@ pub mod state;
 
 pub use pipeline::{parse_pipeline, PipelineError};
 pub use plan::{ModuleIndex, Plan, PlannedModule};
-pub use run::{Change, Run};
+pub use run::{Change, Limits, Run};
 pub use state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};

@@ -24,6 +24,30 @@ pub struct Registration {
     pub slots: u32,
     #[serde(default)]
     pub version: String,
+    /// Set when reconnecting: who this worker was and what it still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// A reconnecting worker's claim to its earlier registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resume {
+    /// The `workerId` of the earlier [`Welcome`].
+    pub worker_id: String,
+    /// The `resumeKey` of the earlier [`Welcome`]: proves the claim.
+    pub key: String,
+    /// Every attempt it still runs or has not had acknowledged.
+    #[serde(default)]
+    pub holding: Vec<Held>,
+}
+
+/// One attempt of one module.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Held {
+    pub module_id: String,
+    pub attempt: u32,
 }
 
 fn one() -> u32 {
@@ -38,6 +62,16 @@ pub struct Welcome {
     pub protocol_version: u32,
     /// How often the hub pings; a worker should ping at least as often.
     pub ping_interval_ms: u64,
+    /// Secret to present in [`Resume`] when reconnecting.
+    #[serde(default)]
+    pub resume_key: String,
+    /// True when the hub took the worker back under its earlier id.
+    #[serde(default)]
+    pub resumed: bool,
+    /// On a resume: the held attempts the hub still counts as this
+    /// worker's. The worker keeps running these and stops every other one.
+    #[serde(default)]
+    pub keep: Vec<Held>,
 }
 
 /// One module to run, pushed by the hub.
@@ -301,6 +335,21 @@ mod tests {
                 capabilities: vec!["os:linux".into()],
                 slots: 2,
                 version: "0.1.0".into(),
+                resume: None,
+            }),
+            WorkerCall::Register(Registration {
+                name: "w1".into(),
+                capabilities: vec![],
+                slots: 1,
+                version: "0.1.0".into(),
+                resume: Some(Resume {
+                    worker_id: "w3".into(),
+                    key: "k".into(),
+                    holding: vec![Held {
+                        module_id: "build".into(),
+                        attempt: 2,
+                    }],
+                }),
             }),
             WorkerCall::Started {
                 module_id: "build".into(),
@@ -349,8 +398,15 @@ mod tests {
                 capabilities: vec![],
                 slots: 1,
                 version: String::new(),
+                resume: None,
             })
         );
+        // A Welcome from an older hub still parses.
+        let welcome: Welcome = serde_json::from_value(
+            json!({"workerId": "w1", "protocolVersion": 1, "pingIntervalMs": 15000}),
+        )
+        .unwrap();
+        assert!(!welcome.resumed && welcome.keep.is_empty());
         let report = json(Report {
             module_id: "m".into(),
             attempt: 1,

@@ -9,9 +9,23 @@ use std::collections::BTreeSet;
 use crate::plan::{ModuleIndex, Plan};
 use crate::state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};
 
-/// How many times a module may lose its worker before it fails: a budget
-/// apart from `retries`, which is for a command that fails.
-pub const DEFAULT_LOST_WORKER_RETRIES: u32 = 2;
+/// Bounds a run applies on top of each module's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A module whose worker is lost this many times fails as a poison
+    /// module (one that may be what kills its workers); before that each
+    /// loss runs it again. A budget apart from `retries`, which is for a
+    /// command that fails.
+    pub max_worker_losses: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_worker_losses: 3,
+        }
+    }
+}
 
 /// A module that moved, and where to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +44,9 @@ pub struct Run {
     waiting: Vec<usize>,
     ready: BTreeSet<ModuleIndex>,
     unfinished: usize,
-    lost: Vec<u32>,
-    lost_worker_retries: u32,
+    /// The workers each module lost, by name, oldest first.
+    lost: Vec<Vec<String>>,
+    limits: Limits,
     /// Set by `cancel_all`: from then on nothing is retried, and a module
     /// handed back by a lost worker is cancelled instead of made ready.
     cancelled: Option<String>,
@@ -39,15 +54,15 @@ pub struct Run {
 
 impl Run {
     /// Starts a run: modules without needs become ready at once.
-    pub fn new(plan: Plan) -> (Run, Vec<Change>) {
+    pub fn new(plan: Plan, limits: Limits) -> (Run, Vec<Change>) {
         let n = plan.len();
         let mut run = Run {
             waiting: plan.modules.iter().map(|m| m.needs.len()).collect(),
             states: vec![ModuleState::Pending; n],
             ready: BTreeSet::new(),
             unfinished: n,
-            lost: vec![0; n],
-            lost_worker_retries: DEFAULT_LOST_WORKER_RETRIES,
+            lost: vec![Vec::new(); n],
+            limits,
             cancelled: None,
             plan,
         };
@@ -134,7 +149,7 @@ impl Run {
     fn may_retry(&self, module: ModuleIndex, ended: &Ended) -> bool {
         let budget = self.plan.modules[module]
             .retries
-            .saturating_add(self.lost[module]);
+            .saturating_add(self.lost[module].len() as u32);
         self.cancelled.is_none() && ended.attempt <= budget
     }
 
@@ -143,44 +158,106 @@ impl Run {
         self.cancelled.is_some()
     }
 
-    /// Hands back every module `worker` held: each runs again elsewhere
-    /// while its lost-worker budget lasts, and fails after that.
-    pub fn worker_lost(&mut self, worker: WorkerId) -> Vec<Change> {
-        let mut changes = Vec::new();
-        let held: Vec<ModuleIndex> = (0..self.states.len())
+    /// Why the run was cancelled, once it was.
+    pub fn cancel_reason(&self) -> Option<&str> {
+        self.cancelled.as_deref()
+    }
+
+    /// The modules `worker` holds, with their attempts.
+    pub fn held_by(&self, worker: WorkerId) -> Vec<(ModuleIndex, u32)> {
+        (0..self.states.len())
             .filter(|&i| self.states[i].holder() == Some(worker))
-            .collect();
-        for module in held {
-            let attempt = self.states[module]
-                .attempt()
-                .expect("a held module has an attempt");
-            let event = if self.lost[module] < self.lost_worker_retries {
-                self.lost[module] += 1;
-                Event::Retry {
+            .map(|i| (i, self.states[i].attempt().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Hands back every module `worker` (called `name` in messages) held.
+    pub fn worker_lost(&mut self, worker: WorkerId, name: &str) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (module, _) in self.held_by(worker) {
+            self.lose(module, worker, name, &mut changes);
+        }
+        changes
+    }
+
+    /// Hands back one module its worker no longer has: it runs again
+    /// elsewhere, or fails as a poison module once it has lost
+    /// `max_worker_losses` workers.
+    pub fn module_lost(
+        &mut self,
+        module: ModuleIndex,
+        worker: WorkerId,
+        name: &str,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if self.states[module].holder() == Some(worker) {
+            self.lose(module, worker, name, &mut changes);
+        }
+        changes
+    }
+
+    fn lose(
+        &mut self,
+        module: ModuleIndex,
+        worker: WorkerId,
+        name: &str,
+        changes: &mut Vec<Change>,
+    ) {
+        let attempt = self.states[module]
+            .attempt()
+            .expect("a held module has an attempt");
+        self.lost[module].push(name.to_owned());
+        let lost = &self.lost[module];
+        let event = if (lost.len() as u32) < self.limits.max_worker_losses {
+            Event::Retry {
+                attempt,
+                reason: format!("worker {name} was lost during attempt {attempt}"),
+            }
+        } else {
+            Event::Finish {
+                worker,
+                outcome: Outcome::Failed,
+                ended: Ended {
                     attempt,
-                    reason: format!("worker {worker} was lost during attempt {attempt}"),
-                }
-            } else {
-                Event::Finish {
-                    worker,
-                    outcome: Outcome::Failed,
-                    ended: Ended {
-                        attempt,
-                        reason: Some(format!(
-                            "lost its worker {} times; not retrying",
-                            self.lost[module] + 1
-                        )),
-                        ..Ended::default()
-                    },
-                }
-            };
-            self.apply(module, event, &mut changes)
-                .expect("a held module can be retried or failed");
-            if let Some(reason) = self.cancelled.clone() {
-                if matches!(self.states[module], ModuleState::Ready { .. }) {
-                    self.apply(module, Event::Cancel { reason }, &mut changes)
-                        .expect("a ready module can be cancelled");
-                }
+                    reason: Some(format!(
+                        "lost its worker {} times ({}): it may be what kills them \
+                         (memory, disk, a crash); not retrying",
+                        lost.len(),
+                        lost.join(", ")
+                    )),
+                    ..Ended::default()
+                },
+            }
+        };
+        self.apply(module, event, changes)
+            .expect("a held module can be retried or failed");
+        if let Some(reason) = self.cancelled.clone() {
+            if matches!(self.states[module], ModuleState::Ready { .. }) {
+                self.apply(module, Event::Cancel { reason }, changes)
+                    .expect("a ready module can be cancelled");
+            }
+        }
+    }
+
+    /// Fails a ready module that no worker can take.
+    pub fn no_worker(&mut self, module: ModuleIndex, reason: String) -> Vec<Change> {
+        let mut changes = Vec::new();
+        self.apply(module, Event::NoWorker { reason }, &mut changes)
+            .expect("only ready modules lack a worker");
+        changes
+    }
+
+    /// After a cancel: every module still held by a worker that did not
+    /// confirm in time is called cancelled.
+    pub fn give_up_on_workers(&mut self, reason: &str) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for module in 0..self.states.len() {
+            if self.states[module].holder().is_some() {
+                let event = Event::Unanswered {
+                    reason: reason.to_owned(),
+                };
+                self.apply(module, event, &mut changes)
+                    .expect("a held module can be given up");
             }
         }
         changes
@@ -294,7 +371,7 @@ run = "e"
 "#,
         )
         .unwrap();
-        Run::new(plan).0
+        Run::new(plan, Limits::default()).0
     }
 
     fn run_to_end(
@@ -395,7 +472,7 @@ run = "e"
             },
         )
         .unwrap();
-        let changes = run.worker_lost(W1);
+        let changes = run.worker_lost(W1, "one");
         assert_eq!(changes[0].state, ModuleState::Ready { attempt: 2 });
         // The lost worker's late report for attempt 1 is stale.
         let late = Event::Finish {
@@ -411,15 +488,56 @@ run = "e"
             Err(TransitionError::Stale { current: 2, got: 1 })
         ));
         run.handle(0, Event::Assign { worker: W2 }).unwrap();
-        run.worker_lost(W2);
+        run.worker_lost(W2, "two");
         run.handle(0, Event::Assign { worker: W1 }).unwrap();
-        let changes = run.worker_lost(W1);
+        let changes = run.worker_lost(W1, "one");
         assert_eq!(run.state(0).name(), "failed");
+        let reason = run.state(0).ended().unwrap().reason.clone().unwrap();
+        assert!(
+            reason.starts_with("lost its worker 3 times (one, two, one)"),
+            "{reason}"
+        );
         assert_eq!(
             changes.len(),
             4,
             "a fails; b, c and then d are skipped: {changes:?}"
         );
+    }
+
+    #[test]
+    fn the_worker_loss_limit_is_configurable_and_single_modules_can_be_lost() {
+        let plan = parse_pipeline("t.toml", "[modules.a]\nrun = \"a\"\n").unwrap();
+        let limits = Limits {
+            max_worker_losses: 1,
+        };
+        let mut run = Run::new(plan, limits).0;
+        run.handle(0, Event::Assign { worker: W1 }).unwrap();
+        // Another worker losing it changes nothing.
+        assert!(run.module_lost(0, W2, "two").is_empty());
+        assert_eq!(run.held_by(W1), [(0, 1)]);
+        run.module_lost(0, W1, "one");
+        assert_eq!(run.state(0).name(), "failed");
+        assert!(run.is_finished());
+    }
+
+    #[test]
+    fn unplaceable_and_unanswered_modules_end_with_their_reason() {
+        let mut run = diamond();
+        run.handle(0, Event::Assign { worker: W1 }).unwrap();
+        let start = Event::Start {
+            worker: W1,
+            attempt: 1,
+            at: Instant::now(),
+        };
+        run.handle(0, start).unwrap();
+        let changes = run.no_worker(4, "no worker has gpu".into());
+        assert_eq!(changes.len(), 1);
+        assert_eq!(run.state(4).name(), "failed");
+        run.cancel_all("stop");
+        let changes = run.give_up_on_workers("no answer");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(run.state(0).name(), "cancelled");
+        assert!(run.is_finished());
     }
 
     #[test]
@@ -484,7 +602,7 @@ run = "e"
         run.handle(1, failed).unwrap();
         assert_eq!(run.state(1).name(), "failed");
         // A module handed back by a lost worker is cancelled, not re-queued.
-        run.worker_lost(W2);
+        run.worker_lost(W2, "two");
         assert_eq!(run.state(2).name(), "cancelled");
         assert!(run.is_finished());
     }

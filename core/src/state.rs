@@ -95,6 +95,12 @@ pub enum Event {
     Retry { attempt: u32, reason: String },
     /// Cancelled by the master before the worker took it over.
     Cancel { reason: String },
+    /// No connected worker can ever take the ready module (a capability
+    /// nobody has, waited for past its bound): it fails without running.
+    NoWorker { reason: String },
+    /// The run was cancelled and the holding worker did not confirm within
+    /// the grace period: the master stops waiting and calls it cancelled.
+    Unanswered { reason: String },
 }
 
 /// Why an event was not applied.
@@ -201,6 +207,23 @@ impl ModuleState {
                     ..Ended::default()
                 }))
             }
+            (S::Ready { attempt }, Event::NoWorker { reason }) => moved(S::Failed(Ended {
+                attempt: *attempt,
+                reason: Some(reason.clone()),
+                ..Ended::default()
+            })),
+            (
+                S::Assigned { worker, attempt }
+                | S::Running {
+                    worker, attempt, ..
+                },
+                Event::Unanswered { reason },
+            ) => moved(S::Cancelled(Ended {
+                attempt: *attempt,
+                worker: Some(*worker),
+                reason: Some(reason.clone()),
+                ..Ended::default()
+            })),
             // A repeated Complete for the attempt that already ended.
             (terminal, Event::Finish { worker, ended, .. })
                 if terminal
@@ -437,11 +460,31 @@ mod tests {
             cancelled(0, None),
         );
         check(
-            assigned,
+            assigned.clone(),
             Event::Cancel {
                 reason: "stop".into(),
             },
             cancelled(1, Some(W1)),
+        );
+        for held in [assigned, running] {
+            check(
+                held,
+                Event::Unanswered {
+                    reason: "stop".into(),
+                },
+                cancelled(1, Some(W1)),
+            );
+        }
+        check(
+            ModuleState::Ready { attempt: 3 },
+            Event::NoWorker {
+                reason: "nobody has gpu".into(),
+            },
+            moved(ModuleState::Failed(Ended {
+                attempt: 3,
+                reason: Some("nobody has gpu".into()),
+                ..Ended::default()
+            })),
         );
     }
 
@@ -502,6 +545,18 @@ mod tests {
         check(
             ModuleState::Ready { attempt: 1 },
             Event::NeedsMet,
+            Err("Illegal"),
+        );
+        // Only a ready module can lack a worker; only a held one can leave
+        // a cancel unanswered.
+        check(
+            ModuleState::Pending,
+            Event::NoWorker { reason: "x".into() },
+            Err("Illegal"),
+        );
+        check(
+            ModuleState::Ready { attempt: 1 },
+            Event::Unanswered { reason: "x".into() },
             Err("Illegal"),
         );
         check(

@@ -11,13 +11,12 @@ use axum::extract::ws::Message as WsMessage;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use muster_core::protocol::{CallError, WorkerCall};
 use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
-use muster_core::WorkerId;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::Command;
+use crate::scheduler::{Command, Registered};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -62,29 +61,42 @@ pub(crate) async fn serve<S>(
         decoder: FrameDecoder::new(settings.max_message),
         worker: None,
         handshake_done: false,
+        last_heard: Instant::now(),
     };
     let end = tokio::select! {
         end = reader.read(stream) => end,
         () = shutdown.cancelled() => End::Close(Some("the hub is shutting down".into())),
     };
-    let worker = reader.worker;
-    let reason = match end {
+    let registered = reader.worker;
+    // A socket that just dropped may be a network blip: the worker may
+    // reconnect until it could have been heard again. A goodbye, silence
+    // or the hub's own close ends it at once.
+    let may_return_by = reader.last_heard + settings.client_timeout;
+    let (reason, return_by) = match end {
         End::PeerClosed(reason) => {
             tracing::debug!(%peer, "connection closed: {reason}");
-            reason
+            (reason, None)
+        }
+        End::Dropped(reason) => {
+            tracing::info!(%peer, "connection dropped: {reason}");
+            (reason, Some(may_return_by))
         }
         End::Close(error) => {
             let reason = error.clone().unwrap_or_else(|| "closed by the hub".into());
             tracing::warn!(%peer, "closing connection: {reason}");
             let _ = outbox.send(Outbound::Close(error));
-            reason
+            (reason, None)
         }
     };
     drop(outbox);
-    if let Some(worker) = worker {
-        let _ = commands
-            .send(Command::Disconnected { worker, reason })
-            .await;
+    if let Some(Registered { worker, session }) = registered {
+        let command = Command::Disconnected {
+            worker,
+            session,
+            reason,
+            return_by,
+        };
+        let _ = commands.send(command).await;
     }
     // The writer ends once the Close is sent or every outbox is dropped
     // (the scheduler drops its copy when it handles Disconnected).
@@ -93,8 +105,10 @@ pub(crate) async fn serve<S>(
 
 /// Why the read side ended.
 enum End {
-    /// The peer closed, went silent, or the socket failed.
+    /// The peer said goodbye or went silent.
     PeerClosed(String),
+    /// The socket ended without a goodbye.
+    Dropped(String),
     /// The hub closes, with an error for the peer when there is one.
     Close(Option<String>),
 }
@@ -104,8 +118,10 @@ struct Reader<'a> {
     outbox: &'a mpsc::UnboundedSender<Outbound>,
     settings: &'a ConnectionSettings,
     decoder: FrameDecoder,
-    worker: Option<WorkerId>,
+    worker: Option<Registered>,
     handshake_done: bool,
+    /// When the peer last sent anything.
+    last_heard: Instant,
 }
 
 impl Reader<'_> {
@@ -132,8 +148,8 @@ impl Reader<'_> {
             };
             let text =
                 match next {
-                    None => return End::PeerClosed("the peer closed the socket".into()),
-                    Some(Err(e)) => return End::PeerClosed(format!("socket error: {e}")),
+                    None => return End::Dropped("the socket closed without a goodbye".into()),
+                    Some(Err(e)) => return End::Dropped(format!("socket error: {e}")),
                     Some(Ok(WsMessage::Text(text))) => text.to_string(),
                     Some(Ok(WsMessage::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
                         Ok(text) => text,
@@ -145,8 +161,12 @@ impl Reader<'_> {
                     Some(Ok(WsMessage::Close(_))) => {
                         return End::PeerClosed("the peer sent a WebSocket close".into())
                     }
-                    Some(Ok(_)) => continue,
+                    Some(Ok(_)) => {
+                        self.last_heard = Instant::now();
+                        continue;
+                    }
                 };
+            self.last_heard = Instant::now();
             if self.handshake_done {
                 deadline = Instant::now() + self.settings.client_timeout;
             }
@@ -250,7 +270,7 @@ impl Reader<'_> {
                 Err("this connection is already registered".to_owned())
             }
             (_, None) => Err("call Register first".to_owned()),
-            (call, Some(worker)) => {
+            (call, Some(Registered { worker, .. })) => {
                 let (reply, answer) = match invocation_id {
                     Some(_) => {
                         let (tx, rx) = oneshot::channel();
@@ -340,6 +360,7 @@ async fn write_loop<K>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use muster_core::WorkerId;
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
@@ -438,7 +459,12 @@ mod tests {
         };
         assert_eq!((registration.name.as_str(), registration.slots), ("w", 2));
         assert_eq!(invocation_id.as_deref(), Some("1"));
-        reply.send(WorkerId(7)).unwrap();
+        reply
+            .send(Registered {
+                worker: WorkerId(7),
+                session: 1,
+            })
+            .unwrap();
         // Once registered, calls carry the worker's id to the scheduler.
         peer.say("{\"type\":1,\"target\":\"Started\",\"arguments\":[\"m\",1]}\u{1e}");
         match peer.commands.recv().await {
@@ -467,7 +493,10 @@ mod tests {
             "{close}"
         );
         match peer.commands.recv().await {
-            Some(Command::Disconnected { worker, .. }) => assert_eq!(worker, WorkerId(7)),
+            // The hub closed it for bad input: no window to reconnect in.
+            Some(Command::Disconnected {
+                worker, return_by, ..
+            }) => assert_eq!((worker, return_by), (WorkerId(7), None)),
             _ => panic!("the scheduler hears that the worker left"),
         }
     }

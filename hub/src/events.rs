@@ -15,6 +15,19 @@ pub enum RunEvent {
         name: String,
         reason: String,
     },
+    /// A worker's connection dropped while it held modules: the hub keeps
+    /// them for it until `within` has passed.
+    WorkerAway {
+        name: String,
+        reason: String,
+        held: usize,
+        within: std::time::Duration,
+    },
+    /// A worker reconnected in time and kept `kept` of its modules.
+    WorkerBack {
+        name: String,
+        kept: usize,
+    },
     /// A module changed state; `worker` names the worker holding or having
     /// run it, `note` says why when the state does not (a retry).
     Module {
@@ -44,8 +57,9 @@ pub struct ModuleSummary {
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub modules: Vec<ModuleSummary>,
-    /// The run was cancelled (Ctrl-C or `--fail-fast`).
-    pub cancelled: bool,
+    /// The run was cancelled (Ctrl-C, `muster cancel` or `--fail-fast`),
+    /// and why.
+    pub cancelled: Option<String>,
 }
 
 impl Summary {

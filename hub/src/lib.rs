@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use muster_core::Plan;
+use muster_core::{Limits, Plan};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::{ModuleSummary, RunEvent, Summary};
+pub use scheduler::CancelAnswer;
 pub use server::random_id;
 
 use connection::ConnectionSettings;
@@ -39,12 +40,23 @@ pub struct HubConfig {
     pub fail_fast: bool,
     /// How often the hub pings each worker.
     pub ping_interval: Duration,
-    /// Silence after which a worker counts as lost.
+    /// Silence after which a worker counts as lost. A worker whose socket
+    /// drops keeps its modules until this long after it was last heard,
+    /// so it can reconnect and carry on.
     pub client_timeout: Duration,
     /// How long a new connection has to send its handshake.
     pub handshake_timeout: Duration,
     /// The largest SignalR record the hub accepts, in bytes.
     pub max_message_bytes: usize,
+    /// How long a ready module waits for a worker with the capabilities
+    /// it requires before it fails.
+    pub capability_timeout: Duration,
+    /// After a cancel, how long workers have to confirm before the master
+    /// stops waiting for them.
+    pub cancel_grace: Duration,
+    /// A module whose worker is lost this many times fails as a poison
+    /// module.
+    pub max_worker_losses: u32,
 }
 
 impl Default for HubConfig {
@@ -56,6 +68,9 @@ impl Default for HubConfig {
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
             max_message_bytes: 1024 * 1024,
+            capability_timeout: Duration::from_secs(600),
+            cancel_grace: Duration::from_secs(15),
+            max_worker_losses: Limits::default().max_worker_losses,
         }
     }
 }
@@ -85,9 +100,16 @@ pub struct Hub {
 pub struct Canceller(mpsc::Sender<Command>);
 
 impl Canceller {
-    pub async fn cancel(&self, reason: impl Into<String>) {
-        let reason = reason.into();
-        let _ = self.0.send(Command::Cancel { reason }).await;
+    /// Asks the scheduler to cancel the run and says what it found; `None`
+    /// when the scheduler has already stopped.
+    pub async fn cancel(&self, reason: impl Into<String>) -> Option<CancelAnswer> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Cancel {
+            reason: reason.into(),
+            reply: Some(reply),
+        };
+        self.0.send(command).await.ok()?;
+        answer.await.ok()
     }
 }
 
@@ -102,6 +124,11 @@ impl Hub {
         let settings = SchedulerSettings {
             fail_fast: config.fail_fast,
             ping_interval: config.ping_interval,
+            capability_timeout: config.capability_timeout,
+            cancel_grace: config.cancel_grace,
+            limits: Limits {
+                max_worker_losses: config.max_worker_losses.max(1),
+            },
         };
         let scheduler = Scheduler::new(plan, settings, events_tx, done_tx, connected_tx);
         tokio::spawn(scheduler.run(command_rx));

@@ -1,26 +1,39 @@
 //! The scheduler: one task that owns the run's state and the table of
 //! connected workers. Connections talk to it only through [`Command`]s and
-//! it answers through oneshots; after every command it pushes ready modules
-//! to workers with free slots and the capabilities the module requires.
-//! Nothing polls: a dispatch happens because something changed.
+//! it answers through oneshots or the connection's outbox; after every
+//! command or timer it pushes ready modules to workers with free slots and
+//! the capabilities the module requires. Nothing polls: a dispatch happens
+//! because something changed.
+//!
+//! Every wait has a bound, kept as a [`Timer`]: a worker whose connection
+//! dropped keeps its modules only until it could have been heard again; a
+//! ready module nobody can take fails after the capability timeout; after a
+//! cancel, workers have a grace period to confirm.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use muster_core::plan::needs_env_name;
 use muster_core::protocol::{
-    Assignment, HubCall, LogStream, Registration, Report, ReportStatus, Welcome, WorkerCall,
+    Assignment, Held, HubCall, LogStream, Registration, Report, ReportStatus, Welcome, WorkerCall,
     PROTOCOL_VERSION,
 };
 use muster_core::signalr::Message;
-use muster_core::{Change, Ended, Event, ModuleIndex, ModuleState, Outcome, Plan, Run, WorkerId};
+use muster_core::{
+    Change, Ended, Event, Limits, ModuleIndex, ModuleState, Outcome, Plan, Run, WorkerId,
+};
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::connection::Outbound;
 use crate::events::{ModuleSummary, RunEvent, Summary};
 
 /// The most slots one worker may claim; more is taken as this many.
 pub(crate) const MAX_SLOTS: u32 = 1024;
+
+/// How many workers a "no worker can take it" message lists.
+const WORKERS_LISTED: usize = 8;
 
 /// What connections and the hub's owner ask of the scheduler.
 pub(crate) enum Command {
@@ -31,7 +44,7 @@ pub(crate) enum Command {
         registration: Registration,
         invocation_id: Option<String>,
         outbox: mpsc::UnboundedSender<Outbound>,
-        reply: oneshot::Sender<WorkerId>,
+        reply: oneshot::Sender<Registered>,
     },
     /// `Started`, `Log` or `Complete` from a registered worker.
     Call {
@@ -39,10 +52,51 @@ pub(crate) enum Command {
         call: WorkerCall,
         reply: Option<oneshot::Sender<Result<(), String>>>,
     },
-    /// A registered worker's connection ended.
-    Disconnected { worker: WorkerId, reason: String },
-    /// Cancel the whole run (Ctrl-C on the master).
-    Cancel { reason: String },
+    /// A registered worker's connection ended. With `return_by`, the
+    /// socket dropped without a goodbye and the worker may reconnect until
+    /// then; without it, the worker left or was silent too long.
+    Disconnected {
+        worker: WorkerId,
+        session: u64,
+        reason: String,
+        return_by: Option<Instant>,
+    },
+    /// Cancel the whole run (Ctrl-C on the master, `muster cancel`).
+    Cancel {
+        reason: String,
+        reply: Option<oneshot::Sender<CancelAnswer>>,
+    },
+}
+
+/// Which registration a connection speaks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registered {
+    pub worker: WorkerId,
+    /// Tells this connection apart from an earlier one of the same worker.
+    pub session: u64,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// The run is being cancelled now.
+    Cancelling,
+    /// It already was, for this reason.
+    AlreadyCancelled(String),
+    /// The run had already finished.
+    Finished,
+}
+
+/// Deadlines the scheduler wakes up for. Each is checked against the
+/// current state when it fires, so a stale one does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A dropped worker has not come back in time.
+    Away { worker: WorkerId, session: u64 },
+    /// A ready module may have waited too long for a capable worker.
+    NoWorker(ModuleIndex),
+    /// Workers did not confirm a cancel in time.
+    CancelGrace,
 }
 
 struct Worker {
@@ -50,31 +104,44 @@ struct Worker {
     capabilities: BTreeSet<String>,
     slots: u32,
     held: u32,
-    outbox: mpsc::UnboundedSender<Outbound>,
+    session: u64,
+    resume_key: String,
+    /// `None` while the worker is away (its socket dropped).
+    outbox: Option<mpsc::UnboundedSender<Outbound>>,
 }
 
 impl Worker {
+    fn offers(&self, requires: &[String]) -> bool {
+        requires.iter().all(|r| self.capabilities.contains(r))
+    }
+
     fn can_take(&self, requires: &[String]) -> bool {
-        self.held < self.slots && requires.iter().all(|r| self.capabilities.contains(r))
+        self.outbox.is_some() && self.held < self.slots && self.offers(requires)
     }
 
     fn send(&self, call: HubCall) {
         // A closed outbox means the connection is ending; its Disconnected
         // command is on the way and will hand the modules back.
-        let _ = self.outbox.send(Outbound::Message(call.to_message()));
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.send(Outbound::Message(call.to_message()));
+        }
     }
 }
 
 pub(crate) struct Scheduler {
     run: Run,
     workers: BTreeMap<WorkerId, Worker>,
-    /// Names of every worker that ever joined, for the summary.
-    names: BTreeMap<WorkerId, String>,
+    /// Every worker that ever joined: name and capabilities, for the
+    /// summary and for "no worker can take it" messages.
+    seen: BTreeMap<WorkerId, (String, Vec<String>)>,
     /// Which worker holds each module, mirrored from the run's changes.
     holder: Vec<Option<WorkerId>>,
+    /// Ready modules no worker in the table could take, and since when.
+    unplaceable: HashMap<ModuleIndex, Instant>,
+    timers: BTreeSet<(Instant, Timer)>,
     next_worker: u64,
-    fail_fast: bool,
-    ping_interval: Duration,
+    next_session: u64,
+    settings: SchedulerSettings,
     /// Dropped with the summary, so the owner's event stream ends then.
     events: Option<mpsc::UnboundedSender<RunEvent>>,
     done: Option<oneshot::Sender<Summary>>,
@@ -84,6 +151,11 @@ pub(crate) struct Scheduler {
 pub(crate) struct SchedulerSettings {
     pub fail_fast: bool,
     pub ping_interval: Duration,
+    /// How long a ready module waits for a worker that can take it.
+    pub capability_timeout: Duration,
+    /// How long workers have to confirm a cancel.
+    pub cancel_grace: Duration,
+    pub limits: Limits,
 }
 
 impl Scheduler {
@@ -95,15 +167,17 @@ impl Scheduler {
         connected: watch::Sender<usize>,
     ) -> Scheduler {
         let n = plan.len();
-        let (run, changes) = Run::new(plan);
+        let (run, changes) = Run::new(plan, settings.limits);
         let mut scheduler = Scheduler {
             run,
             workers: BTreeMap::new(),
-            names: BTreeMap::new(),
+            seen: BTreeMap::new(),
             holder: vec![None; n],
+            unplaceable: HashMap::new(),
+            timers: BTreeSet::new(),
             next_worker: 1,
-            fail_fast: settings.fail_fast,
-            ping_interval: settings.ping_interval,
+            next_session: 1,
+            settings,
             events: Some(events),
             done: Some(done),
             connected,
@@ -114,8 +188,21 @@ impl Scheduler {
 
     /// Runs until every sender of commands is gone.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(command) = commands.recv().await {
-            self.handle(command);
+        loop {
+            let next_timer = self.timers.first().map(|(at, _)| *at);
+            let wake = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                () = wake => self.fire_timers(Instant::now()),
+            }
             self.dispatch();
             self.finish_if_done();
         }
@@ -128,47 +215,7 @@ impl Scheduler {
                 invocation_id,
                 outbox,
                 reply,
-            } => {
-                let id = WorkerId(self.next_worker);
-                self.next_worker += 1;
-                let welcome = Welcome {
-                    worker_id: id.to_string(),
-                    protocol_version: PROTOCOL_VERSION,
-                    ping_interval_ms: self.ping_interval.as_millis() as u64,
-                };
-                if reply.send(id).is_err() {
-                    return;
-                }
-                if let Some(invocation_id) = invocation_id {
-                    let result = serde_json::to_value(welcome).expect("welcome serializes");
-                    let _ = outbox.send(Outbound::Message(Message::Completion {
-                        invocation_id,
-                        result: Some(result),
-                        error: None,
-                    }));
-                }
-                tracing::info!(worker = %id, name = %registration.name, capabilities = ?registration.capabilities, slots = registration.slots, "worker joined");
-                self.emit(RunEvent::WorkerJoined {
-                    name: registration.name.clone(),
-                    capabilities: registration.capabilities.clone(),
-                    slots: registration.slots,
-                });
-                self.names.insert(id, registration.name.clone());
-                let worker = Worker {
-                    name: registration.name,
-                    capabilities: registration.capabilities.into_iter().collect(),
-                    slots: registration.slots.clamp(1, MAX_SLOTS),
-                    held: 0,
-                    outbox,
-                };
-                if self.run.is_finished() {
-                    worker.send(HubCall::Shutdown {
-                        reason: "the run has finished".into(),
-                    });
-                }
-                self.workers.insert(id, worker);
-                self.connected.send_replace(self.workers.len());
-            }
+            } => self.register(registration, invocation_id, outbox, reply),
             Command::Call {
                 worker,
                 call,
@@ -182,24 +229,361 @@ impl Scheduler {
                     let _ = reply.send(result);
                 }
             }
-            Command::Disconnected { worker, reason } => {
-                let Some(gone) = self.workers.remove(&worker) else {
-                    return;
+            Command::Disconnected {
+                worker,
+                session,
+                reason,
+                return_by,
+            } => self.disconnected(worker, session, reason, return_by),
+            Command::Cancel { reason, reply } => {
+                let answer = if self.run.is_finished() {
+                    CancelAnswer::Finished
+                } else if let Some(earlier) = self.run.cancel_reason() {
+                    CancelAnswer::AlreadyCancelled(earlier.to_owned())
+                } else {
+                    self.cancel(&reason);
+                    CancelAnswer::Cancelling
                 };
-                self.connected.send_replace(self.workers.len());
-                tracing::info!(worker = %worker, name = %gone.name, "worker left: {reason}");
-                if !self.run.is_finished() {
-                    // After the run, leaving is what workers are told to do.
-                    self.emit(RunEvent::WorkerLeft {
-                        name: gone.name,
-                        reason,
-                    });
+                if let Some(reply) = reply {
+                    let _ = reply.send(answer);
                 }
-                let changes = self.run.worker_lost(worker);
-                self.record(changes);
             }
-            Command::Cancel { reason } => self.cancel(&reason),
         }
+    }
+
+    fn register(
+        &mut self,
+        registration: Registration,
+        invocation_id: Option<String>,
+        outbox: mpsc::UnboundedSender<Outbound>,
+        reply: oneshot::Sender<Registered>,
+    ) {
+        let session = self.next_session;
+        self.next_session += 1;
+        let resumed = registration
+            .resume
+            .as_ref()
+            .and_then(|resume| self.resumable(&registration.name, resume));
+        let (id, resume_key) = match resumed {
+            Some(id) => (id, self.workers[&id].resume_key.clone()),
+            None => {
+                let id = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                (id, crate::server::random_id())
+            }
+        };
+        if reply
+            .send(Registered {
+                worker: id,
+                session,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let mut welcome = Welcome {
+            worker_id: id.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            ping_interval_ms: self.settings.ping_interval.as_millis() as u64,
+            resume_key: resume_key.clone(),
+            resumed: resumed.is_some(),
+            keep: Vec::new(),
+        };
+        let Some(id) = resumed else {
+            if let Some(resume) = &registration.resume {
+                tracing::info!(worker = %id, "{} asked to resume as {}, which the hub no longer holds: joins anew", registration.name, resume.worker_id);
+            }
+            send_welcome(&outbox, invocation_id, &welcome);
+            self.join(id, session, resume_key, registration, outbox);
+            return;
+        };
+        // A reconnect in time: keep what both sides agree the worker holds;
+        // re-send an Assign that was lost on the way; hand back a module
+        // the worker no longer has.
+        let holding: BTreeSet<&Held> = registration
+            .resume
+            .iter()
+            .flat_map(|r| &r.holding)
+            .collect();
+        let mut resend = Vec::new();
+        let mut lost = Vec::new();
+        for (module, attempt) in self.run.held_by(id) {
+            let held = Held {
+                module_id: self.run.plan().modules[module].id.clone(),
+                attempt,
+            };
+            if holding.contains(&held) {
+                welcome.keep.push(held);
+            } else if matches!(self.run.state(module), ModuleState::Assigned { .. }) {
+                resend.push((module, attempt));
+            } else {
+                lost.push(module);
+            }
+        }
+        send_welcome(&outbox, invocation_id, &welcome);
+        if let Some(old) = self.workers[&id].outbox.as_ref() {
+            // The hub had not noticed the old socket die yet.
+            let _ = old.send(Outbound::Close(Some(
+                "replaced by a newer connection of the same worker".into(),
+            )));
+        }
+        let worker = self.workers.get_mut(&id).expect("resumable workers exist");
+        worker.outbox = Some(outbox);
+        worker.session = session;
+        let name = worker.name.clone();
+        tracing::info!(worker = %id, %name, kept = welcome.keep.len(), "worker reconnected");
+        self.emit(RunEvent::WorkerBack {
+            name: name.clone(),
+            kept: welcome.keep.len(),
+        });
+        for (module, attempt) in resend {
+            let assignment = self.assignment(module, attempt);
+            self.workers[&id].send(HubCall::Assign(assignment));
+        }
+        for module in lost {
+            let changes = self.run.module_lost(module, id, &name);
+            self.record(changes);
+        }
+        if let Some(reason) = self.run.cancel_reason().map(str::to_owned) {
+            for held in &welcome.keep {
+                self.workers[&id].send(HubCall::Cancel {
+                    module_id: held.module_id.clone(),
+                    attempt: held.attempt,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.update_connected();
+        self.recheck_unplaceable();
+    }
+
+    /// The worker a `Resume` claims, if the hub still holds it and the key
+    /// matches (compared in constant time).
+    fn resumable(&self, name: &str, resume: &muster_core::protocol::Resume) -> Option<WorkerId> {
+        let id = resume
+            .worker_id
+            .strip_prefix('w')
+            .and_then(|n| n.parse().ok())
+            .map(WorkerId)?;
+        let worker = self.workers.get(&id)?;
+        let key_matches = bool::from(worker.resume_key.as_bytes().ct_eq(resume.key.as_bytes()));
+        (key_matches && worker.name == name).then_some(id)
+    }
+
+    fn join(
+        &mut self,
+        id: WorkerId,
+        session: u64,
+        resume_key: String,
+        registration: Registration,
+        outbox: mpsc::UnboundedSender<Outbound>,
+    ) {
+        tracing::info!(worker = %id, name = %registration.name, capabilities = ?registration.capabilities, slots = registration.slots, "worker joined");
+        self.emit(RunEvent::WorkerJoined {
+            name: registration.name.clone(),
+            capabilities: registration.capabilities.clone(),
+            slots: registration.slots,
+        });
+        self.seen.insert(
+            id,
+            (registration.name.clone(), registration.capabilities.clone()),
+        );
+        let worker = Worker {
+            name: registration.name,
+            capabilities: registration.capabilities.into_iter().collect(),
+            slots: registration.slots.clamp(1, MAX_SLOTS),
+            held: 0,
+            session,
+            resume_key,
+            outbox: Some(outbox),
+        };
+        if self.run.is_finished() {
+            worker.send(HubCall::Shutdown {
+                reason: "the run has finished".into(),
+            });
+        }
+        self.workers.insert(id, worker);
+        self.update_connected();
+        self.recheck_unplaceable();
+    }
+
+    fn disconnected(
+        &mut self,
+        id: WorkerId,
+        session: u64,
+        reason: String,
+        return_by: Option<Instant>,
+    ) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.session != session {
+            // An older connection of a worker that has already reconnected.
+            return;
+        }
+        worker.outbox = None;
+        let held = worker.held;
+        let name = worker.name.clone();
+        self.update_connected();
+        match return_by {
+            Some(at) if held > 0 && !self.run.is_finished() => {
+                tracing::info!(worker = %id, %name, "worker away: {reason}");
+                self.timers.insert((
+                    at,
+                    Timer::Away {
+                        worker: id,
+                        session,
+                    },
+                ));
+                self.emit(RunEvent::WorkerAway {
+                    name,
+                    reason,
+                    held: held as usize,
+                    within: at.saturating_duration_since(Instant::now()),
+                });
+            }
+            _ => self.remove_worker(id, reason),
+        }
+    }
+
+    /// Takes a worker out of the table and hands its modules back.
+    fn remove_worker(&mut self, id: WorkerId, reason: String) {
+        let Some(gone) = self.workers.remove(&id) else {
+            return;
+        };
+        self.update_connected();
+        tracing::info!(worker = %id, name = %gone.name, "worker left: {reason}");
+        if !self.run.is_finished() {
+            // After the run, leaving is what workers are told to do.
+            self.emit(RunEvent::WorkerLeft {
+                name: gone.name.clone(),
+                reason,
+            });
+        }
+        let changes = self.run.worker_lost(id, &gone.name);
+        self.record(changes);
+        // Modules only this worker could take may now have nobody.
+        let ready: Vec<ModuleIndex> = self.run.ready().collect();
+        for module in ready {
+            self.check_placeable(module);
+        }
+    }
+
+    fn update_connected(&self) {
+        let connected = self.workers.values().filter(|w| w.outbox.is_some()).count();
+        self.connected.send_replace(connected);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Away { worker, session } => {
+                    let still_away = self
+                        .workers
+                        .get(&worker)
+                        .is_some_and(|w| w.session == session && w.outbox.is_none());
+                    if still_away {
+                        self.remove_worker(worker, "did not reconnect in time".into());
+                    }
+                }
+                Timer::NoWorker(module) => self.no_worker(module, now),
+                Timer::CancelGrace => {
+                    let reason = format!(
+                        "its worker did not confirm the cancel within {}",
+                        humantime::format_duration(self.settings.cancel_grace)
+                    );
+                    let changes = self.run.give_up_on_workers(&reason);
+                    self.record(changes);
+                }
+            }
+        }
+    }
+
+    /// Whether some worker in the table (connected or away) offers every
+    /// capability the module requires.
+    fn placeable(&self, module: ModuleIndex) -> bool {
+        let requires = &self.run.plan().modules[module].requires;
+        self.workers.values().any(|w| w.offers(requires))
+    }
+
+    /// Starts the capability clock for a ready module nobody can take.
+    fn check_placeable(&mut self, module: ModuleIndex) {
+        if self.unplaceable.contains_key(&module) || self.placeable(module) {
+            return;
+        }
+        let now = Instant::now();
+        self.unplaceable.insert(module, now);
+        self.timers.insert((
+            now + self.settings.capability_timeout,
+            Timer::NoWorker(module),
+        ));
+    }
+
+    fn recheck_unplaceable(&mut self) {
+        let waiting: Vec<ModuleIndex> = self.unplaceable.keys().copied().collect();
+        for module in waiting {
+            if self.placeable(module) {
+                self.unplaceable.remove(&module);
+            }
+        }
+    }
+
+    fn no_worker(&mut self, module: ModuleIndex, now: Instant) {
+        let Some(&since) = self.unplaceable.get(&module) else {
+            return;
+        };
+        if since + self.settings.capability_timeout > now {
+            return;
+        }
+        self.unplaceable.remove(&module);
+        if !matches!(self.run.state(module), ModuleState::Ready { .. }) || self.placeable(module) {
+            return;
+        }
+        let reason = self.no_worker_reason(module);
+        let changes = self.run.no_worker(module, reason);
+        self.record(changes);
+    }
+
+    fn no_worker_reason(&self, module: ModuleIndex) -> String {
+        let waited = humantime::format_duration(self.settings.capability_timeout);
+        let requires = &self.run.plan().modules[module].requires;
+        if self.seen.is_empty() {
+            return format!("no worker joined within {waited}");
+        }
+        let seen: Vec<String> = self
+            .seen
+            .values()
+            .take(WORKERS_LISTED)
+            .map(|(name, caps)| format!("{name} ({})", caps.join(", ")))
+            .collect();
+        let more = self.seen.len().saturating_sub(WORKERS_LISTED);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let what = if requires.is_empty() {
+            "no worker is connected".to_owned()
+        } else {
+            let missing: Vec<&str> = requires
+                .iter()
+                .filter(|r| !self.workers.values().any(|w| w.capabilities.contains(*r)))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                format!("no single worker offers all of {}", requires.join(", "))
+            } else {
+                format!("no worker offers {}", missing.join(", "))
+            }
+        };
+        format!(
+            "{what} (waited {waited}); workers seen: {}{more}",
+            seen.join("; ")
+        )
     }
 
     fn emit(&self, event: RunEvent) {
@@ -216,7 +600,7 @@ impl Scheduler {
                 Event::Start {
                     worker,
                     attempt,
-                    at: Instant::now(),
+                    at: std::time::Instant::now(),
                 },
             ),
             WorkerCall::Log {
@@ -286,8 +670,8 @@ impl Scheduler {
             .ok_or_else(|| format!("no module '{id}' in this pipeline"))
     }
 
-    /// Mirrors holders and slot counts from the run's changes and tells the
-    /// owner about them.
+    /// Mirrors holders and slot counts from the run's changes, starts the
+    /// capability clock for modules nobody can take, and tells the owner.
     fn record(&mut self, changes: Vec<Change>) {
         let mut failed = None;
         for change in changes {
@@ -301,6 +685,11 @@ impl Scheduler {
                     w.held += 1;
                 }
                 self.holder[change.module] = now;
+            }
+            if matches!(change.state, ModuleState::Ready { .. }) {
+                self.check_placeable(change.module);
+            } else {
+                self.unplaceable.remove(&change.module);
             }
             if matches!(
                 change.state,
@@ -317,7 +706,7 @@ impl Scheduler {
                 note: change.note,
             });
         }
-        if let (true, Some(module)) = (self.fail_fast, failed) {
+        if let (true, Some(module)) = (self.settings.fail_fast, failed) {
             let id = self.run.plan().modules[module].id.clone();
             self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
         }
@@ -328,15 +717,20 @@ impl Scheduler {
         let worker = state
             .holder()
             .or_else(|| state.ended().and_then(|e| e.worker));
-        worker.and_then(|w| self.names.get(&w).cloned())
+        worker.and_then(|w| self.seen.get(&w).map(|(name, _)| name.clone()))
     }
 
     fn cancel(&mut self, reason: &str) {
         if self.run.is_cancelled() {
             return;
         }
+        tracing::info!("cancelling the run: {reason}");
         let (changes, running) = self.run.cancel_all(reason);
         self.record(changes);
+        if !running.is_empty() {
+            let at = Instant::now() + self.settings.cancel_grace;
+            self.timers.insert((at, Timer::CancelGrace));
+        }
         for (module, worker, attempt) in running {
             if let Some(w) = self.workers.get(&worker) {
                 w.send(HubCall::Cancel {
@@ -357,6 +751,7 @@ impl Scheduler {
         let mut free: u64 = self
             .workers
             .values()
+            .filter(|w| w.outbox.is_some())
             .map(|w| u64::from(w.slots.saturating_sub(w.held)))
             .sum();
         let ready: Vec<ModuleIndex> = self.run.ready().collect();
@@ -440,9 +835,25 @@ impl Scheduler {
             .collect();
         let _ = done.send(Summary {
             modules,
-            cancelled: self.run.is_cancelled(),
+            cancelled: self.run.cancel_reason().map(str::to_owned),
         });
         self.events = None;
+        self.timers.clear();
+    }
+}
+
+fn send_welcome(
+    outbox: &mpsc::UnboundedSender<Outbound>,
+    invocation_id: Option<String>,
+    welcome: &Welcome,
+) {
+    if let Some(invocation_id) = invocation_id {
+        let result = serde_json::to_value(welcome).expect("welcome serializes");
+        let _ = outbox.send(Outbound::Message(Message::Completion {
+            invocation_id,
+            result: Some(result),
+            error: None,
+        }));
     }
 }
 

@@ -1,5 +1,6 @@
-//! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub`, and
-//! token checks that answer 401 before any upgrade.
+//! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub`, the
+//! cancel endpoint for `muster cancel`, and token checks that answer 401
+//! before anything else happens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::connection::{self, ConnectionSettings};
-use crate::scheduler::Command;
+use crate::scheduler::{CancelAnswer, Command};
+use crate::Canceller;
+
+/// The longest reason `muster cancel` may give; longer ones are cut.
+const MAX_CANCEL_REASON: usize = 200;
 
 /// How long a negotiated connection token waits for its WebSocket.
 const NEGOTIATED_TTL: Duration = Duration::from_secs(60);
@@ -40,6 +45,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/hub/negotiate", post(negotiate))
         .route("/hub", get(upgrade))
+        .route("/hub/cancel", post(cancel))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -168,6 +174,63 @@ async fn upgrade(
         let serve = connection::serve(socket, peer.to_string(), commands, settings, shutdown);
         tracker.spawn(serve.instrument(span)).await.ok();
     }))
+}
+
+#[derive(Deserialize, Default)]
+struct CancelRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /hub/cancel` with the token: cancels the run as Ctrl-C on the
+/// master would. The body may be `{"reason": "..."}`.
+async fn cancel(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HubQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers, &query)?;
+    let request: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                let text = format!("the body must be {{\"reason\": \"...\"}} or empty: {e}");
+                return Ok((StatusCode::BAD_REQUEST, text).into_response());
+            }
+        }
+    };
+    let mut reason = format!("cancelled by `muster cancel` from {}", peer.ip());
+    if let Some(given) = request.reason.filter(|r| !r.trim().is_empty()) {
+        let given: String = given
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_CANCEL_REASON)
+            .collect();
+        reason = format!("{reason}: {given}");
+    }
+    tracing::info!(%peer, "cancel requested");
+    let answer = Canceller(state.commands.clone())
+        .cancel(reason.clone())
+        .await;
+    let (status, body) = match answer {
+        Some(CancelAnswer::Cancelling) => (
+            StatusCode::ACCEPTED,
+            json!({"status": "cancelling", "reason": reason}),
+        ),
+        Some(CancelAnswer::AlreadyCancelled(earlier)) => (
+            StatusCode::OK,
+            json!({"status": "already cancelling", "reason": earlier}),
+        ),
+        Some(CancelAnswer::Finished) | None => (
+            StatusCode::CONFLICT,
+            json!({"status": "finished", "reason": "the run has already finished"}),
+        ),
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// A random identifier for connection ids and tokens.

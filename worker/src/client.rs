@@ -123,9 +123,8 @@ pub async fn connect(
                 timeout,
             })
         }
-        Ok(answer) => {
-            answer?.ok_or_else(|| ClientError::Handshake("closed during handshake".into()))?
-        }
+        Ok(answer) => answer?
+            .ok_or_else(|| ClientError::Socket("the hub closed during the handshake".into()))?,
     };
     let answer: HandshakeResponse =
         serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -133,6 +132,17 @@ pub async fn connect(
         return Err(ClientError::Handshake(error));
     }
     Ok((sender, receiver))
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: a bad URL or token, or a hub
+    /// that refuses the handshake, will not change by waiting.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::BadUrl(_) | ClientError::Unauthorized { .. } | ClientError::Handshake(_)
+        )
+    }
 }
 
 impl Sender {

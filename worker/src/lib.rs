@@ -1,19 +1,26 @@
 //! The worker: joins a hub, registers its capabilities and slots, runs
-//! what it is assigned and streams logs and results back.
+//! what it is assigned and streams logs and results back. When its
+//! connection drops it reconnects with backoff, resumes its registration
+//! and keeps the modules the hub still counts as its own.
 //!
-//! Invariant: the worker owns an execution from its `Started` until its
-//! `Complete`; it stops an execution only when the hub says `Cancel` or
-//! `Shutdown`, or when the module's own timeout passes.
+//! Invariant: the worker owns an execution from its `Started` until the
+//! hub acknowledged its `Complete`; it stops an execution only when the
+//! hub says `Cancel` or `Shutdown` or no longer counts it as the worker's
+//! (after a reconnect), when the module's own timeout passes, or when the
+//! worker itself stops.
 
 mod client;
 mod exec;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_core::protocol::{Assignment, HubCall, Registration, Welcome, WorkerCall};
+use muster_core::protocol::{
+    Assignment, Held, HubCall, Registration, Report, Resume, Welcome, WorkerCall,
+};
 use muster_core::signalr::Message;
+use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +41,11 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Module `cwd`s are relative to this folder.
     pub workdir: PathBuf,
-    /// Bound on connecting and on the handshake.
+    /// Bound on one connection attempt and its handshake.
     pub connect_timeout: Duration,
+    /// How long to keep trying to reach the hub, first and after a drop,
+    /// before giving up.
+    pub reconnect_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +56,8 @@ pub enum WorkerError {
     HubClosed(Option<String>),
     #[error("the hub did not answer Register: {0}")]
     Register(String),
-    #[error("the hub has been silent for {0:?}; giving up on it")]
-    HubSilent(Duration),
+    #[error("gave up on the hub after trying for {}: {last}", humantime::format_duration(Duration::from_secs(.waited.as_secs())))]
+    HubGone { waited: Duration, last: String },
 }
 
 /// Why a worker stopped without an error.
@@ -76,110 +86,418 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "worker".into())
 }
 
-/// Joins the hub and works until it says Shutdown or `stop` fires.
+/// Joins the hub and works until it says Shutdown or `stop` fires. A
+/// dropped connection is retried with backoff for `reconnect_timeout`.
 pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, WorkerError> {
-    let (mut sender, mut receiver) =
-        client::connect(&config.hub, &config.token, config.connect_timeout).await?;
-    let mut capabilities = detected_capabilities();
-    for extra in &config.capabilities {
-        if !capabilities.contains(extra) {
-            capabilities.push(extra.clone());
-        }
-    }
-    let registration = Registration {
-        name: config.name.clone(),
-        capabilities,
-        slots: config.slots.max(1),
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    sender
-        .send(&WorkerCall::Register(registration).to_message(Some("0".into())))
-        .await?;
-    let welcome = await_welcome(&mut receiver, config.connect_timeout).await?;
-    tracing::info!(worker = %welcome.worker_id, hub = %config.hub, "registered");
-    let ping_every = Duration::from_millis(welcome.ping_interval_ms.max(100));
-    // The hub pings every `ping_every`; twice that in silence means it is
-    // gone, even if the TCP connection does not say so.
-    let silence = ping_every * 2;
-    let mut ping = tokio::time::interval(ping_every);
     let (out, mut calls) = mpsc::channel::<WorkerCall>(256);
-    let mut executions = Executions::new(&config, &stop, out);
-    let mut next_invocation = 1u64;
-    let mut deadline = Instant::now() + silence;
+    let mut work = Work::new(&config, &stop, out);
+    let mut session: Option<Welcome> = None;
+    let mut sender: Option<client::Sender> = None;
     let exit = loop {
-        tokio::select! {
-            message = timeout_at(deadline, receiver.recv()) => {
-                let message = match message {
-                    Err(_) => break Err(WorkerError::HubSilent(silence)),
-                    Ok(Err(e)) => break Err(e.into()),
-                    Ok(Ok(None)) => break Err(WorkerError::HubClosed(None)),
-                    Ok(Ok(Some(message))) => message,
-                };
-                deadline = Instant::now() + silence;
-                match message {
-                    Message::Close { error, .. } => break Err(WorkerError::HubClosed(error)),
-                    Message::Invocation { target, arguments, .. } => {
-                        match HubCall::from_invocation(&target, arguments) {
-                            Ok(HubCall::Shutdown { reason }) => break Ok(Exit::Shutdown(reason)),
-                            Ok(call) => executions.obey(call),
-                            Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
-                        }
-                    }
-                    Message::Completion { error: Some(error), .. } => {
-                        tracing::warn!("the hub refused a report: {error}");
-                    }
-                    _ => {}
-                }
+        let joined = match join(&config, &stop, &mut calls, &mut work, session.as_ref()).await {
+            Ok(Some(joined)) => joined,
+            Ok(None) => break Ok(Exit::Stopped),
+            Err(e) => break Err(e),
+        };
+        let (mut tx, mut rx, welcome) = joined;
+        let resumed = welcome.resumed;
+        tracing::info!(worker = %welcome.worker_id, hub = %config.hub, resumed, "registered");
+        if let Err(e) = work.resume(&welcome, &mut tx).await {
+            tracing::warn!("connection dropped right after registering: {e}");
+            session = Some(welcome);
+            continue;
+        }
+        let ended = serve(&mut tx, &mut rx, &mut calls, &mut work, &stop, &welcome).await;
+        session = Some(welcome);
+        match ended {
+            Served::Shutdown(reason) => {
+                sender = Some(tx);
+                break Ok(Exit::Shutdown(reason));
             }
-            Some(call) = calls.recv() => {
-                let id = match &call {
-                    WorkerCall::Complete(report) => {
-                        executions.ended(&report.module_id, report.attempt);
-                        next_invocation += 1;
-                        Some(next_invocation.to_string())
-                    }
-                    _ => None,
-                };
-                if let Err(e) = sender.send(&call.to_message(id)).await {
-                    break Err(e.into());
-                }
+            Served::Stopped => {
+                sender = Some(tx);
+                break Ok(Exit::Stopped);
             }
-            _ = ping.tick() => {
-                if let Err(e) = sender.send(&Message::Ping).await {
-                    break Err(e.into());
-                }
+            Served::Closed(error) => {
+                sender = Some(tx);
+                break Err(WorkerError::HubClosed(error));
             }
-            () = stop.cancelled() => break Ok(Exit::Stopped),
+            Served::Dropped(why) => {
+                tracing::warn!(hub = %config.hub, "lost the hub: {why}; reconnecting");
+                eprintln!(
+                    "muster: worker {}: lost the hub ({why}); reconnecting",
+                    config.name
+                );
+            }
         }
     };
     // Whatever still runs is stopped and not reported: the hub sees this
     // worker leave and runs those modules again elsewhere.
     drop(calls);
-    executions.stop_all(Duration::from_secs(10)).await;
-    sender.close().await;
+    work.stop_all(Duration::from_secs(10)).await;
+    if let Some(mut sender) = sender {
+        sender.close().await;
+    }
     exit
 }
 
-/// The modules this worker is running, each a task with its own cancel
-/// token; their calls go to the hub through `out`.
-struct Executions {
+type Joined = (client::Sender, client::Receiver, Welcome);
+
+/// Connects and registers, retrying transient failures with capped,
+/// jittered exponential backoff until `reconnect_timeout` has passed.
+/// Executions go on meanwhile: their calls are buffered. `Ok(None)` when
+/// `stop` fired.
+async fn join(
+    config: &WorkerConfig,
+    stop: &CancellationToken,
+    calls: &mut mpsc::Receiver<WorkerCall>,
+    work: &mut Work,
+    earlier: Option<&Welcome>,
+) -> Result<Option<Joined>, WorkerError> {
+    let started = Instant::now();
+    let deadline = started + config.reconnect_timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        let registration = work.registration(config, earlier);
+        let attempt = connect_and_register(config, registration);
+        tokio::pin!(attempt);
+        let result = loop {
+            tokio::select! {
+                result = &mut attempt => break result,
+                Some(call) = calls.recv() => work.buffer(call),
+                () = stop.cancelled() => return Ok(None),
+            }
+        };
+        let error = match result {
+            Ok(joined) => return Ok(Some(joined)),
+            Err(WorkerError::Client(e)) if !e.is_transient() => return Err(e.into()),
+            Err(e) => e,
+        };
+        let wait = backoff.next();
+        if Instant::now() + wait >= deadline {
+            return Err(WorkerError::HubGone {
+                waited: started.elapsed(),
+                last: error.to_string(),
+            });
+        }
+        if backoff.tries == 1 {
+            eprintln!(
+                "muster: worker {}: {error}; retrying for up to {}",
+                config.name,
+                humantime::format_duration(config.reconnect_timeout)
+            );
+        } else {
+            tracing::info!("still cannot reach the hub: {error}");
+        }
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                Some(call) = calls.recv() => work.buffer(call),
+                () = stop.cancelled() => return Ok(None),
+            }
+        }
+    }
+}
+
+async fn connect_and_register(
+    config: &WorkerConfig,
+    registration: Registration,
+) -> Result<Joined, WorkerError> {
+    let (mut sender, mut receiver) =
+        client::connect(&config.hub, &config.token, config.connect_timeout).await?;
+    sender
+        .send(&WorkerCall::Register(registration).to_message(Some("0".into())))
+        .await?;
+    let welcome = await_welcome(&mut receiver, config.connect_timeout).await?;
+    Ok((sender, receiver, welcome))
+}
+
+/// Capped exponential backoff with jitter: 100 ms doubling to 5 s, each
+/// wait drawn between half and all of the current step, so workers that
+/// lost the hub together do not come back in lockstep.
+struct Backoff {
+    step: Duration,
+    tries: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff {
+            step: Self::FIRST,
+            tries: 0,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        self.tries += 1;
+        let wait = self.step.mul_f64(rand::rng().random_range(0.5..=1.0));
+        self.step = (self.step * 2).min(Self::CAP);
+        wait
+    }
+}
+
+/// How one connection ended.
+enum Served {
+    Shutdown(String),
+    Stopped,
+    /// The hub closed it on purpose, without allowing a reconnect.
+    Closed(Option<String>),
+    /// The connection broke or went silent: reconnect.
+    Dropped(String),
+}
+
+/// Works over one connection until it ends.
+async fn serve(
+    sender: &mut client::Sender,
+    receiver: &mut client::Receiver,
+    calls: &mut mpsc::Receiver<WorkerCall>,
+    work: &mut Work,
+    stop: &CancellationToken,
+    welcome: &Welcome,
+) -> Served {
+    let ping_every = Duration::from_millis(welcome.ping_interval_ms.max(100));
+    // The hub pings every `ping_every`; twice that in silence means it is
+    // gone, even if the TCP connection does not say so.
+    let silence = ping_every * 2;
+    let mut ping = tokio::time::interval(ping_every);
+    let mut deadline = Instant::now() + silence;
+    loop {
+        tokio::select! {
+            message = timeout_at(deadline, receiver.recv()) => {
+                let message = match message {
+                    Err(_) => return Served::Dropped(format!("the hub was silent for {}", humantime::format_duration(silence))),
+                    Ok(Err(e)) => return Served::Dropped(e.to_string()),
+                    Ok(Ok(None)) => return Served::Dropped("the hub closed the socket".into()),
+                    Ok(Ok(Some(message))) => message,
+                };
+                deadline = Instant::now() + silence;
+                match message {
+                    Message::Close { error, allow_reconnect: true } => {
+                        return Served::Dropped(error.unwrap_or_else(|| "the hub closed the connection".into()));
+                    }
+                    Message::Close { error, .. } => return Served::Closed(error),
+                    Message::Invocation { target, arguments, .. } => {
+                        match HubCall::from_invocation(&target, arguments) {
+                            Ok(HubCall::Shutdown { reason }) => return Served::Shutdown(reason),
+                            Ok(call) => work.obey(call),
+                            Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
+                        }
+                    }
+                    Message::Completion { invocation_id, error, .. } => {
+                        work.acknowledged(&invocation_id, error);
+                    }
+                    _ => {}
+                }
+            }
+            Some(call) = calls.recv() => {
+                if let Err(e) = work.send(call, sender).await {
+                    return Served::Dropped(e.to_string());
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(e) = sender.send(&Message::Ping).await {
+                    return Served::Dropped(e.to_string());
+                }
+            }
+            () = stop.cancelled() => return Served::Stopped,
+        }
+    }
+}
+
+/// Output buffered while the hub is out of reach, beyond which log batches
+/// are dropped (and counted) so a long outage cannot fill memory.
+const MAX_BUFFERED_LOG_BYTES: usize = 4 * 1024 * 1024;
+
+/// One attempt this worker owns.
+struct Owned {
+    token: CancellationToken,
+    /// The attempt's `Complete`, once it ended, until the hub acknowledges
+    /// it; with the invocation id it was last sent under.
+    report: Option<(Option<String>, Report)>,
+}
+
+/// The attempts this worker owns, each a task with its own cancel token,
+/// and the calls that wait for a connection. Executions send their calls
+/// through `out`.
+struct Work {
     name: String,
     workdir: PathBuf,
     stop: CancellationToken,
     out: mpsc::Sender<WorkerCall>,
     tracker: TaskTracker,
-    running: HashMap<(String, u32), CancellationToken>,
+    owned: HashMap<Held, Owned>,
+    /// `Started` and `Log` calls made while the hub was out of reach.
+    pending: VecDeque<WorkerCall>,
+    pending_log_bytes: usize,
+    dropped_log_bytes: usize,
+    next_invocation: u64,
 }
 
-impl Executions {
+impl Work {
     fn new(config: &WorkerConfig, stop: &CancellationToken, out: mpsc::Sender<WorkerCall>) -> Self {
-        Executions {
+        Work {
             name: config.name.clone(),
             workdir: config.workdir.clone(),
             stop: stop.clone(),
             out,
             tracker: TaskTracker::new(),
-            running: HashMap::new(),
+            owned: HashMap::new(),
+            pending: VecDeque::new(),
+            pending_log_bytes: 0,
+            dropped_log_bytes: 0,
+            next_invocation: 1,
+        }
+    }
+
+    /// What to send in `Register`: a claim to the earlier registration and
+    /// every attempt still owned, when there was one.
+    fn registration(&self, config: &WorkerConfig, earlier: Option<&Welcome>) -> Registration {
+        let mut capabilities = detected_capabilities();
+        for extra in &config.capabilities {
+            if !capabilities.contains(extra) {
+                capabilities.push(extra.clone());
+            }
+        }
+        let resume = earlier.map(|welcome| Resume {
+            worker_id: welcome.worker_id.clone(),
+            key: welcome.resume_key.clone(),
+            holding: self.owned.keys().cloned().collect(),
+        });
+        Registration {
+            name: config.name.clone(),
+            capabilities,
+            slots: config.slots.max(1),
+            version: env!("CARGO_PKG_VERSION").into(),
+            resume,
+        }
+    }
+
+    /// After registering: stops what the hub no longer counts as this
+    /// worker's, then sends what waited for the connection.
+    async fn resume(
+        &mut self,
+        welcome: &Welcome,
+        sender: &mut client::Sender,
+    ) -> Result<(), ClientError> {
+        let keep: BTreeSet<&Held> = welcome.keep.iter().collect();
+        let mut late = Vec::new();
+        self.owned.retain(|held, owned| {
+            if keep.contains(held) {
+                return true;
+            }
+            match owned.report.take() {
+                // Finished while away: the hub decides whether it still
+                // counts (it fences off an attempt it gave to another).
+                Some((_, report)) => late.push(report),
+                None => {
+                    tracing::warn!(module = %held.module_id, attempt = held.attempt, "the hub no longer counts this attempt as ours; stopping it");
+                    owned.token.cancel();
+                }
+            }
+            false
+        });
+        if self.dropped_log_bytes > 0 {
+            tracing::warn!(
+                "dropped {} bytes of module output while the hub was out of reach",
+                self.dropped_log_bytes
+            );
+            self.dropped_log_bytes = 0;
+        }
+        for report in late {
+            sender
+                .send(&WorkerCall::Complete(report).to_message(Some(self.invocation_id())))
+                .await?;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_log_bytes = 0;
+        for call in pending {
+            if held_of(&call).is_some_and(|held| self.owned.contains_key(&held)) {
+                sender.send(&call.to_message(None)).await?;
+            }
+        }
+        let unacknowledged: Vec<Report> = self
+            .owned
+            .values()
+            .filter_map(|o| o.report.as_ref().map(|(_, r)| r.clone()))
+            .collect();
+        for report in unacknowledged {
+            self.send(WorkerCall::Complete(report), sender).await?;
+        }
+        Ok(())
+    }
+
+    fn invocation_id(&mut self) -> String {
+        self.next_invocation += 1;
+        self.next_invocation.to_string()
+    }
+
+    /// Keeps a call made while the hub is out of reach.
+    fn buffer(&mut self, call: WorkerCall) {
+        match call {
+            WorkerCall::Complete(report) => self.ended(report, None),
+            WorkerCall::Log { ref text, .. } => {
+                if self.pending_log_bytes + text.len() > MAX_BUFFERED_LOG_BYTES {
+                    self.dropped_log_bytes += text.len();
+                } else {
+                    self.pending_log_bytes += text.len();
+                    self.pending.push_back(call);
+                }
+            }
+            call => self.pending.push_back(call),
+        }
+    }
+
+    /// Sends an execution's call; a `Complete` is kept until acknowledged.
+    async fn send(
+        &mut self,
+        call: WorkerCall,
+        sender: &mut client::Sender,
+    ) -> Result<(), ClientError> {
+        let WorkerCall::Complete(report) = call else {
+            let result = sender.send(&call.clone().to_message(None)).await;
+            if result.is_err() {
+                self.buffer(call);
+            }
+            return result;
+        };
+        let id = self.invocation_id();
+        let message = WorkerCall::Complete(report.clone()).to_message(Some(id.clone()));
+        self.ended(report, Some(id));
+        sender.send(&message).await
+    }
+
+    /// Records an attempt's end; one this worker no longer owns is sent
+    /// once, unacknowledged, so the hub can log it and fence it off.
+    fn ended(&mut self, report: Report, invocation: Option<String>) {
+        let held = Held {
+            module_id: report.module_id.clone(),
+            attempt: report.attempt,
+        };
+        match self.owned.get_mut(&held) {
+            Some(owned) => owned.report = Some((invocation, report)),
+            None => {
+                tracing::debug!(module = %held.module_id, "report for an attempt the hub gave away")
+            }
+        }
+    }
+
+    /// The hub answered a `Complete`: the attempt is no longer ours to
+    /// keep.
+    fn acknowledged(&mut self, invocation_id: &str, error: Option<String>) {
+        let held = self.owned.iter().find_map(|(held, owned)| {
+            let sent_as = owned.report.as_ref().and_then(|(id, _)| id.as_deref());
+            (sent_as == Some(invocation_id)).then(|| held.clone())
+        });
+        if let Some(error) = &error {
+            tracing::warn!("the hub refused a report: {error}");
+        }
+        if let Some(held) = held {
+            self.owned.remove(&held);
         }
     }
 
@@ -194,8 +512,8 @@ impl Executions {
                 reason,
             } => {
                 tracing::info!(module = %module_id, attempt, "cancel: {reason}");
-                if let Some(token) = self.running.get(&(module_id, attempt)) {
-                    token.cancel();
+                if let Some(owned) = self.owned.get(&Held { module_id, attempt }) {
+                    owned.token.cancel();
                 }
             }
             HubCall::Shutdown { .. } => {}
@@ -203,9 +521,22 @@ impl Executions {
     }
 
     fn start(&mut self, assignment: Assignment) {
+        let held = Held {
+            module_id: assignment.module_id.clone(),
+            attempt: assignment.attempt,
+        };
+        if self.owned.contains_key(&held) {
+            // The hub re-sent an Assign this worker already has.
+            return;
+        }
         let token = self.stop.child_token();
-        let key = (assignment.module_id.clone(), assignment.attempt);
-        self.running.insert(key, token.clone());
+        self.owned.insert(
+            held,
+            Owned {
+                token: token.clone(),
+                report: None,
+            },
+        );
         let span = tracing::info_span!(
             "module",
             id = %assignment.module_id,
@@ -224,20 +555,29 @@ impl Executions {
         self.tracker.spawn(execution.instrument(span));
     }
 
-    /// The attempt reported its end.
-    fn ended(&mut self, module_id: &str, attempt: u32) {
-        self.running.remove(&(module_id.to_owned(), attempt));
-    }
-
     /// Cancels everything still running and waits, at most `limit`, for the
     /// executions to kill their process groups.
     async fn stop_all(self, limit: Duration) {
-        for token in self.running.values() {
-            token.cancel();
+        for owned in self.owned.values() {
+            owned.token.cancel();
         }
         self.tracker.close();
         drop(self.out);
         let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+    }
+}
+
+/// The attempt a `Started` or `Log` call is about.
+fn held_of(call: &WorkerCall) -> Option<Held> {
+    match call {
+        WorkerCall::Started { module_id, attempt }
+        | WorkerCall::Log {
+            module_id, attempt, ..
+        } => Some(Held {
+            module_id: module_id.clone(),
+            attempt: *attempt,
+        }),
+        WorkerCall::Complete(_) | WorkerCall::Register(_) => None,
     }
 }
 
