@@ -124,7 +124,13 @@ run = "i=0; until [ -f flood-done ]; do i=$((i+1)); echo tick $i; sleep 0.1; don
 "#,
     );
     let token = "flood-token";
-    let hub = HubProcess::start(&file, token, &["--workers", "1"]);
+    // Debug logs on, to check that no log line carries the token.
+    let hub = HubProcess::start_with_env(
+        &file,
+        token,
+        &["--workers", "1", "--handshake-timeout", "1s"],
+        &[("MUSTER_LOG", "debug")],
+    );
     let url = hub.url.clone();
 
     assert!(http_status(&url, "POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: HOST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").contains("401"));
@@ -136,47 +142,62 @@ run = "i=0; until [ -f flood-done ]; do i=$((i+1)); echo tick $i; sleep 0.1; don
     .contains("401"));
     assert!(http_status(&url, &format!("GET /hub?id=nope&access_token={token} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n")).contains("404"));
 
-    // Each case: what the raw client sends after a good handshake, and a
-    // piece of what the hub must answer.
-    let cases: Vec<(String, &str)> = vec![
-        ("{not json\u{1e}".into(), "malformed JSON"),
-        ("{\"type\":42}\u{1e}".into(), "unknown message type 42"),
-        (format!("{}\u{1e}", "x".repeat(1_200_000)), "exceeds the 1048576-byte cap"),
-        ("{\"type\":1,\"invocationId\":\"1\",\"target\":\"Explode\",\"arguments\":[]}\u{1e}".into(), "unknown hub method 'Explode'"),
-        ("{\"type\":1,\"invocationId\":\"2\",\"target\":\"Started\",\"arguments\":[\"steady\",1]}\u{1e}".into(), "call Register first"),
-        ("{\"type\":1,\"invocationId\":\"3\",\"target\":\"Register\",\"arguments\":[{\"name\":7}]}\u{1e}".into(), "'Register' argument 0"),
+    // Each case: the frames a raw client sends after a good handshake, and
+    // a piece of what the hub must answer.
+    let register = "{\"type\":1,\"invocationId\":\"r\",\"target\":\"Register\",\"arguments\":[{\"name\":\"raw\"}]}\u{1e}";
+    let one = |frame: &str| vec![frame.to_owned()];
+    let registered = |frame: &str| vec![register.to_owned(), frame.to_owned()];
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (one("{not json\u{1e}"), "malformed JSON"),
+        (one("{\"type\":42}\u{1e}"), "unknown message type 42"),
+        (one(&format!("{}\u{1e}", "x".repeat(1_200_000))), "exceeds the 1048576-byte cap"),
+        // No record separator: the pieces add up past the cap.
+        (vec!["y".repeat(600_000), "y".repeat(600_000)], "exceeds the 1048576-byte cap"),
+        (one("{\"type\":1,\"invocationId\":\"1\",\"target\":\"Explode\",\"arguments\":[]}\u{1e}"), "unknown hub method 'Explode'"),
+        (one("{\"type\":1,\"invocationId\":\"2\",\"target\":\"Started\",\"arguments\":[\"steady\",1]}\u{1e}"), "call Register first"),
+        (one("{\"type\":1,\"invocationId\":\"3\",\"target\":\"Register\",\"arguments\":[{\"name\":7}]}\u{1e}"), "'Register' argument 0"),
+        (registered("{\"type\":1,\"invocationId\":\"4\",\"target\":\"Register\",\"arguments\":[{\"name\":\"again\"}]}\u{1e}"), "already registered"),
+        (registered("{\"type\":1,\"invocationId\":\"5\",\"target\":\"Complete\",\"arguments\":[42]}\u{1e}"), "'Complete' argument 0"),
+        (registered("{\"type\":1,\"invocationId\":\"6\",\"target\":\"Complete\",\"arguments\":[{\"moduleId\":\"steady\",\"attempt\":1,\"status\":\"succeeded\"}]}\u{1e}"), "held by another worker"),
+        (registered("{\"type\":1,\"invocationId\":\"7\",\"target\":\"Complete\",\"arguments\":[{\"moduleId\":\"nope\",\"attempt\":1,\"status\":\"failed\"}]}\u{1e}"), "no module 'nope'"),
     ];
-    for (payload, expected) in cases {
-        let ws_url = format!("{}?access_token={token}", url.replace("http://", "ws://"));
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async(ws_url.into_client_request().unwrap())
-                .await
-                .expect("connect");
-        socket
-            .send(WsMessage::Text(
-                "{\"protocol\":\"json\",\"version\":1}\u{1e}".into(),
-            ))
-            .await
-            .unwrap();
-        let handshake = socket.next().await.unwrap().unwrap();
-        assert_eq!(handshake.to_text().unwrap(), "{}\u{1e}");
-        socket.send(WsMessage::Text(payload.into())).await.unwrap();
-        let mut answer = String::new();
-        while let Ok(Some(Ok(message))) =
-            tokio::time::timeout(Duration::from_secs(5), socket.next()).await
-        {
-            if let WsMessage::Text(text) = message {
-                if !text.contains("\"type\":6") {
-                    answer = text.to_string();
-                    break;
-                }
-            }
-        }
+    let ws_url = format!("{}?access_token={token}", url.replace("http://", "ws://"));
+    for (frames, expected) in cases {
+        let answer = raw_exchange(&ws_url, &frames, expected).await;
         assert!(
             answer.contains(expected),
-            "sent a bad frame, expected {expected:?}, got {answer:?}"
+            "sent bad frames, expected {expected:?}, got {answer:?}"
         );
     }
+    // Many bad clients at once.
+    let flood: Vec<_> = (0..24)
+        .map(|i| {
+            let ws_url = ws_url.clone();
+            tokio::spawn(async move {
+                let frames = vec![format!("{{\"type\":{}}}\u{1e}", 100 + i)];
+                raw_exchange(&ws_url, &frames, "unknown message type").await
+            })
+        })
+        .collect();
+    for client in flood {
+        assert!(client.await.unwrap().contains("unknown message type"));
+    }
+    // A client that never sends its handshake is closed with a reason.
+    let (mut silent, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(10), silent.next())
+        .await
+        .expect("the hub closes a client without a handshake")
+        .unwrap()
+        .unwrap();
+    assert!(
+        close
+            .to_text()
+            .unwrap_or_default()
+            .contains("no handshake within 1s"),
+        "{close:?}"
+    );
 
     // A wrong protocol in the handshake is refused with a reason.
     let ws_url = format!("{}?access_token={token}", url.replace("http://", "ws://"));
@@ -201,6 +222,51 @@ run = "i=0; until [ -f flood-done ]; do i=$((i+1)); echo tick $i; sleep 0.1; don
     assert_eq!(out.code(), 0, "{out}");
     assert!(out.stdout.contains("[steady] tick 1"), "{out}");
     assert!(out.stdout.contains("[steady] steady to the end"), "{out}");
+    assert!(out.stderr.contains("DEBUG"), "debug logs were on: {out}");
+    assert!(
+        !out.stderr.contains(token) && !out.stdout.contains(token),
+        "a log line carries the token: {out}"
+    );
+}
+
+/// Connects a raw client, does the handshake, sends `frames` and returns
+/// the first text from the hub (pings aside) that holds `expected`, or the
+/// last one heard.
+async fn raw_exchange(ws_url: &str, frames: &[String], expected: &str) -> String {
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.into_client_request().unwrap())
+        .await
+        .expect("connect");
+    socket
+        .send(WsMessage::Text(
+            "{\"protocol\":\"json\",\"version\":1}\u{1e}".into(),
+        ))
+        .await
+        .unwrap();
+    let handshake = socket.next().await.unwrap().unwrap();
+    assert_eq!(handshake.to_text().unwrap(), "{}\u{1e}");
+    for frame in frames {
+        if socket
+            .send(WsMessage::Text(frame.clone().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+    {
+        if let WsMessage::Text(text) = message {
+            if !text.contains("\"type\":6") {
+                answer = text.to_string();
+                if answer.contains(expected) {
+                    break;
+                }
+            }
+        }
+    }
+    answer
 }
 
 #[test]

@@ -20,7 +20,8 @@ use muster_core::protocol::{
 };
 use muster_core::signalr::Message;
 use muster_core::{
-    Change, Ended, Event, Limits, ModuleIndex, ModuleState, Outcome, Plan, Run, WorkerId,
+    Change, Ended, Event, Limits, ModuleIndex, ModuleState, Outcome, Plan, Run, TransitionError,
+    WorkerId,
 };
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -625,16 +626,26 @@ impl Scheduler {
                 Ok(())
             }
             Err(e) => {
+                let state = self.run.state(module);
+                let why = match (&e, state.holder()) {
+                    (TransitionError::Illegal { .. }, Some(holder)) if holder != worker => {
+                        "it is held by another worker".to_owned()
+                    }
+                    (TransitionError::Illegal { .. }, None) if !state.is_terminal() => {
+                        format!("it is {} and not assigned to this worker", state.name())
+                    }
+                    _ => e.to_string(),
+                };
                 if let (Some(attempt), Some(w)) = (started, self.workers.get(&worker)) {
                     // The hub no longer wants this attempt (cancelled before
                     // the hand-off, or superseded): the worker must stop it.
                     w.send(HubCall::Cancel {
                         module_id: module_id.clone(),
                         attempt,
-                        reason: format!("the hub refused Started: {e}"),
+                        reason: format!("the hub refused Started: {why}"),
                     });
                 }
-                Err(format!("module '{module_id}': {e}"))
+                Err(format!("module '{module_id}': {why}"))
             }
         }
     }

@@ -136,9 +136,20 @@ pub struct HubProcess {
 impl HubProcess {
     /// Starts `muster hub FILE --token TOKEN` plus `extra` arguments.
     pub fn start(file: &Path, token: &str, extra: &[&str]) -> HubProcess {
+        Self::start_with_env(file, token, extra, &[])
+    }
+
+    /// [`HubProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        file: &Path,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> HubProcess {
         let mut command = muster(&["hub", file.to_str().unwrap(), "--token", token]);
         command
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn hub");
