@@ -34,7 +34,7 @@ use crate::report::{self, Reporter};
   muster cancel --hub http://10.0.0.5:7400/hub               cancel that run from anywhere
 
 Exit codes: 0 every module succeeded, 1 a module failed, timed out or was skipped,
-2 bad pipeline file or arguments, 3 muster could not work (network, hub), 130 cancelled.
+2 bad pipeline file, arguments or token, 3 muster could not work (network, hub), 130 cancelled.
 MUSTER_LOG=info shows muster's own logs on stderr."
 )]
 pub struct Cli {
@@ -356,7 +356,7 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
             Ok(exit::SUCCESS)
         }
         Ok(Exit::Stopped) => Ok(exit::CANCELLED),
-        Err(e @ WorkerError::Client(ClientError::BadUrl(_))) => {
+        Err(e @ WorkerError::Client(ClientError::BadUrl(_) | ClientError::Unauthorized { .. })) => {
             eprintln!("muster: error: {e}");
             Ok(exit::BAD_INPUT)
         }

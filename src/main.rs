@@ -15,11 +15,13 @@ pub mod exit {
     pub const SUCCESS: u8 = 0;
     /// The run finished and at least one module did not succeed.
     pub const RUN_FAILED: u8 = 1;
-    /// The pipeline file or the command line is wrong; nothing ran.
+    /// The pipeline file, the command line or the token is wrong; nothing
+    /// ran.
     pub const BAD_INPUT: u8 = 2;
-    /// muster itself could not work: no listener, no hub, a lost connection.
+    /// muster itself could not work: no listener, a hub out of reach.
     pub const INFRASTRUCTURE: u8 = 3;
-    /// The run was cancelled (Ctrl-C / SIGTERM).
+    /// The run was cancelled (Ctrl-C / SIGTERM on the master, `muster
+    /// cancel`).
     pub const CANCELLED: u8 = 130;
 }
 

@@ -83,7 +83,7 @@ fn a_wrong_token_is_refused_before_the_upgrade() {
         "--token",
         "Zq9-bogus",
     ]));
-    assert_eq!(wrong.code(), 3, "{wrong}");
+    assert_eq!(wrong.code(), 2, "a wrong token is bad input: {wrong}");
     assert!(
         wrong.stderr.contains("refused the token (HTTP 401)"),
         "{wrong}"
