@@ -96,6 +96,21 @@ impl Raw {
         }
     }
 
+    /// Handshake and `Register` with this registration; returns the
+    /// Welcome.
+    async fn register_with(&mut self, registration: Value) -> Value {
+        self.handshake().await;
+        self.invoke(Some("r"), "Register", json!([registration]))
+            .await;
+        match self.next_non_ping().await {
+            Some(Message::Completion {
+                result: Some(welcome),
+                ..
+            }) => welcome,
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+
     /// The next message that is not a ping, or `None` when the socket ends
     /// or nothing comes for 5 s.
     async fn next_non_ping(&mut self) -> Option<Message> {
@@ -257,4 +272,58 @@ async fn stale_and_duplicate_reports_never_overwrite_the_current_attempt() {
         summary.succeeded(),
         "the duplicate 'failed' report did not overwrite: {summary:?}"
     );
+}
+
+#[tokio::test]
+async fn a_dropped_worker_resumes_with_its_key_and_keeps_its_module() {
+    let hub = hub("[modules.a]\nrun = \"true\"\n").await;
+    let mut first = Raw::connect(&hub).await;
+    let welcome = first.register_with(json!({"name": "w"})).await;
+    let (id, key) = (welcome["workerId"].clone(), welcome["resumeKey"].clone());
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(first.expect_assign().await, ("a".into(), 1));
+    first.invoke(Some("s"), "Started", json!(["a", 1])).await;
+    assert!(matches!(
+        first.next_non_ping().await,
+        Some(Message::Completion { error: None, .. })
+    ));
+    // The socket ends without a goodbye, as in a network cut.
+    drop(first);
+
+    // A claim with the wrong key is not taken: a new worker, nothing kept.
+    let holding = json!([{"moduleId": "a", "attempt": 1}]);
+    let mut impostor = Raw::connect(&hub).await;
+    let refused = impostor
+        .register_with(
+            json!({"name": "w", "resume": {"workerId": id, "key": "guess", "holding": holding}}),
+        )
+        .await;
+    assert_eq!(refused["resumed"], false);
+    assert_ne!(refused["workerId"], id);
+    assert_eq!(refused["keep"], json!([]));
+
+    // The right key within the window: same id, and the module is kept.
+    let mut back = Raw::connect(&hub).await;
+    let resumed = back
+        .register_with(
+            json!({"name": "w", "resume": {"workerId": id, "key": key, "holding": holding}}),
+        )
+        .await;
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["workerId"], id);
+    assert_eq!(resumed["keep"], holding);
+    back.invoke(
+        Some("c"),
+        "Complete",
+        json!([{"moduleId": "a", "attempt": 1, "status": "succeeded"}]),
+    )
+    .await;
+    let summary = finished(hub).await;
+    assert!(summary.succeeded(), "{summary:?}");
+    assert_eq!(summary.modules[0].worker.as_deref(), Some("w"));
+    assert!(matches!(
+        summary.modules[0].state.ended().map(|e| e.attempt),
+        Some(1)
+    ));
+    drop(impostor);
 }
