@@ -1,6 +1,7 @@
 //! The hub over real loopback sockets, driven by raw SignalR clients with
 //! shortened timeouts: handshake deadline, a silent worker counted as lost
-//! and its module handed to another worker, stale reports ignored.
+//! and its module handed to another worker, stale reports ignored, and a
+//! dropped worker resuming its registration with its key.
 
 use std::time::Duration;
 

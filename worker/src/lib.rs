@@ -606,3 +606,23 @@ async fn await_welcome(
         .await
         .map_err(|_| WorkerError::Register(format!("no answer within {timeout:?}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        assert!(waits[0] >= Backoff::FIRST / 2 && waits[0] <= Backoff::FIRST);
+        assert!(waits[1] >= Backoff::FIRST && waits[1] <= Backoff::FIRST * 2);
+        for wait in &waits[6..] {
+            assert!(
+                *wait >= Backoff::CAP / 2 && *wait <= Backoff::CAP,
+                "{wait:?}"
+            );
+        }
+        assert_eq!(backoff.tries, 10);
+    }
+}
