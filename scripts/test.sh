@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
-# machine (node and the official SignalR client from npm), then runs every
-# test in the workspace.
+# machine (node and the official SignalR client from npm, redis-server),
+# then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+# Debian packages the tests use: node/npm (SignalR interop) and
+# redis-server (CI mode's discovery record, against a real server).
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "scripts/test.sh: installing node and npm" >&2
-    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    echo "scripts/test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "scripts/test.sh: node and npm are needed for the SignalR interop test; install them first" >&2
+    echo "scripts/test.sh: the tests need ${missing[*]}; install them first (apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
