@@ -76,6 +76,8 @@ struct RawDefaults {
     shell: Option<Spanned<String>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +95,8 @@ struct RawModule {
     needs: Vec<Spanned<String>>,
     #[serde(default)]
     requires: Vec<Spanned<String>>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
     matrix: Option<Spanned<RawMatrix>>,
@@ -210,6 +214,7 @@ struct Defaults {
     retries: u32,
     shell: Vec<String>,
     env: BTreeMap<String, String>,
+    secrets: Vec<String>,
 }
 
 impl Defaults {
@@ -232,6 +237,16 @@ impl Defaults {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_inner()))
                 .collect(),
+            secrets: {
+                let mut secrets = Vec::new();
+                for written in &raw.secrets {
+                    let name = secret_name(source, written, written.get_ref().clone())?;
+                    if !secrets.contains(&name) {
+                        secrets.push(name);
+                    }
+                }
+                secrets
+            },
         })
     }
 }
@@ -293,6 +308,30 @@ fn shell(source: &Source, text: &Spanned<String>) -> Result<Vec<String>, Pipelin
     }
     words.push("-c".into());
     Ok(words)
+}
+
+/// `name` (the text of `written`, after matrix substitution) if it can name
+/// an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+fn secret_name(
+    source: &Source,
+    written: &Spanned<String>,
+    name: String,
+) -> Result<String, PipelineError> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(source
+            .error(
+                written.span(),
+                format!("secret {name:?} is not an environment variable name"),
+            )
+            .help("list variable names, not values: letters, digits and '_', not starting with a digit, e.g. secrets = [\"NPM_TOKEN\"]"))
+    }
 }
 
 fn check_name(source: &Source, name: &Spanned<String>) -> Result<(), PipelineError> {
@@ -495,6 +534,13 @@ fn expand(
                 env.insert(key.clone(), sub(value)?);
             }
             let requires = raw.requires.iter().map(sub).collect::<Result<_, _>>()?;
+            let mut secrets = defaults.secrets.clone();
+            for written in &raw.secrets {
+                let name = secret_name(source, written, sub(written)?)?;
+                if !secrets.contains(&name) {
+                    secrets.push(name);
+                }
+            }
             let id = if combination.is_empty() {
                 name.clone()
             } else {
@@ -514,6 +560,7 @@ fn expand(
                 env,
                 needs: needs.clone(),
                 requires,
+                secrets,
                 timeout,
                 retries,
                 matrix: combination,
@@ -845,6 +892,70 @@ needs = ["a"]
             16,
             "a string, an integer or a boolean",
         );
+    }
+
+    #[test]
+    fn secrets_merge_defaults_and_expand_through_the_matrix() {
+        let plan = plan(
+            r#"
+[defaults]
+secrets = ["NPM_TOKEN", "_X1", "NPM_TOKEN"]
+
+[modules.deploy]
+run = "deploy"
+matrix = { env = ["PROD", "STAGING"] }
+secrets = ["AWS_SECRET_ACCESS_KEY", "NPM_TOKEN", "KEY_${matrix.env}"]
+
+[modules.lint]
+run = "lint"
+"#,
+        );
+        assert_eq!(
+            plan.modules[0].secrets,
+            ["NPM_TOKEN", "_X1", "AWS_SECRET_ACCESS_KEY", "KEY_PROD"]
+        );
+        assert_eq!(plan.modules[1].secrets[3], "KEY_STAGING");
+        assert_eq!(plan.modules[2].secrets, ["NPM_TOKEN", "_X1"]);
+    }
+
+    #[test]
+    fn secrets_must_be_variable_names() {
+        check_error(
+            "[modules.a]\nrun = \"x\"\nsecrets = [\"OK\", \"NPM-TOKEN\"]\n",
+            3,
+            18,
+            "secret \"NPM-TOKEN\" is not an environment variable name",
+        );
+        check_error(
+            "[defaults]\nsecrets = [\"1TOKEN\"]\n[modules.a]\nrun = \"x\"\n",
+            2,
+            12,
+            "not an environment variable name",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nsecrets = [\"\"]\n",
+            3,
+            12,
+            "secret \"\" is not",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nmatrix = { k = [\"a-b\"] }\nsecrets = [\"T_${matrix.k}\"]\n",
+            4,
+            12,
+            "secret \"T_a-b\" is not",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nsecrets = \"NPM_TOKEN\"\n",
+            3,
+            11,
+            "expected a sequence",
+        );
+        let error = parse_pipeline(
+            "m.toml",
+            "[modules.a]\nrun = \"x\"\nsecrets = [\"$TOKEN\"]\n",
+        )
+        .unwrap_err();
+        assert!(error.help.unwrap().contains("NPM_TOKEN"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct PlannedModule {
     pub env: BTreeMap<String, String>,
     pub needs: Vec<ModuleIndex>,
     pub requires: Vec<String>,
+    /// Names of environment variables whose values are masked in its
+    /// output: `[defaults] secrets` first, then the module's own, each once.
+    pub secrets: Vec<String>,
     pub timeout: Duration,
     pub retries: u32,
 }

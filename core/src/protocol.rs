@@ -91,6 +91,10 @@ pub struct Assignment {
     pub timeout_ms: u64,
     /// Outputs of the module's needs, by module id.
     pub needs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Names of environment variables whose values the worker masks in
+    /// everything it sends back. Absent from an older hub: none.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// How a module's execution ended, as the worker saw it.
@@ -386,6 +390,30 @@ mod tests {
         };
         let (target, args) = call.clone().into_invocation();
         assert_eq!(HubCall::from_invocation(target, args).unwrap(), call);
+    }
+
+    #[test]
+    fn assignment_carries_secret_names_and_defaults_to_none() {
+        let assignment = Assignment {
+            module_id: "deploy".into(),
+            attempt: 1,
+            command: "deploy".into(),
+            shell: vec!["sh".into(), "-c".into()],
+            cwd: ".".into(),
+            env: BTreeMap::new(),
+            timeout_ms: 1000,
+            needs: BTreeMap::new(),
+            secrets: vec!["NPM_TOKEN".into()],
+        };
+        let call = HubCall::Assign(assignment.clone());
+        let (target, args) = call.clone().into_invocation();
+        assert_eq!(args[0]["secrets"], json!(["NPM_TOKEN"]));
+        assert_eq!(HubCall::from_invocation(target, args).unwrap(), call);
+        // An Assign from a hub that predates secrets still parses.
+        let mut old = json(assignment);
+        old.as_object_mut().unwrap().remove("secrets");
+        let parsed: Assignment = serde_json::from_value(old).unwrap();
+        assert!(parsed.secrets.is_empty());
     }
 
     #[test]

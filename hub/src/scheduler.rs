@@ -818,6 +818,7 @@ impl Scheduler {
             env,
             timeout_ms: m.timeout.as_millis() as u64,
             needs,
+            secrets: m.secrets.clone(),
         }
     }
 

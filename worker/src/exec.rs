@@ -1,12 +1,16 @@
 //! Runs one assigned module as a process: its own process group, the
 //! given shell, cwd and env, stdout and stderr streamed as batched `Log`
 //! calls, the timeout and cancellation enforced on the whole group, and the
-//! outcome reported with outputs and timing.
+//! outcome reported with outputs and timing. The values of the module's
+//! `secrets` (and of the hub token) are masked in every log batch, in the
+//! report's error and in its output values, before they leave the worker.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use muster_core::mask::Masker;
 use muster_core::outputs::{parse_outputs, OUTPUT_CAP};
 use muster_core::protocol::{Assignment, LogStream, Report, ReportStatus, WorkerCall};
 use nix::sys::signal::{killpg, Signal};
@@ -21,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 const LOG_FLUSH: Duration = Duration::from_millis(100);
 /// A batch is sent at once when it reaches this size.
 const LOG_BATCH: usize = 32 * 1024;
-/// A line longer than this is cut and sent in pieces.
+/// A line longer than this is cut and sent in pieces (never inside a
+/// secret, see [`pump`]).
 const LOG_LINE: usize = 16 * 1024;
+/// The variable the hub token may come from (`muster worker` reads it);
+/// the module inherits it, so its value is masked like a secret.
+const TOKEN_VAR: &str = "MUSTER_TOKEN";
 /// Time between SIGTERM and SIGKILL when a module is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the pipes to drain after the process ended.
@@ -43,14 +51,21 @@ pub(crate) async fn execute(
     cancel: CancellationToken,
 ) {
     let begun = Instant::now();
-    let report = |status, exit_code, error: Option<String>, outputs| {
+    let masker = secret_masker(&assignment);
+    let report = |status, exit_code, error: Option<String>, outputs: BTreeMap<_, _>| {
+        // An output that carries a secret is passed on masked, not refused:
+        // the module succeeded, and its dependents see `***`.
+        let outputs = outputs
+            .into_iter()
+            .map(|(key, value): (String, String)| (key, masker.mask_owned(value)))
+            .collect();
         WorkerCall::Complete(Report {
             module_id: assignment.module_id.clone(),
             attempt: assignment.attempt,
             status,
             exit_code,
             outputs,
-            error,
+            error: error.map(|e| masker.mask_owned(e)),
             duration_ms: begun.elapsed().as_millis() as u64,
         })
     };
@@ -93,11 +108,11 @@ pub(crate) async fn execute(
         child
             .stdout
             .take()
-            .map(|pipe| spawn_pump(pipe, LogStream::Stdout, &assignment, &out)),
+            .map(|pipe| spawn_pump(pipe, LogStream::Stdout, &assignment, &out, &masker)),
         child
             .stderr
             .take()
-            .map(|pipe| spawn_pump(pipe, LogStream::Stderr, &assignment, &out)),
+            .map(|pipe| spawn_pump(pipe, LogStream::Stderr, &assignment, &out, &masker)),
     ];
     let timeout = Duration::from_millis(assignment.timeout_ms);
     let ended = tokio::select! {
@@ -140,6 +155,22 @@ pub(crate) async fn execute(
         },
     };
     let _ = out.send(call).await;
+}
+
+/// Masks what the module could print that it must not: each of its
+/// `secrets` as the module sees it (its `env`) and as the worker has it (its
+/// own environment, which the module inherits), and the hub token when the
+/// worker got it from the environment.
+fn secret_masker(assignment: &Assignment) -> Masker {
+    let from_worker =
+        |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
+    let mut values = Vec::new();
+    for name in &assignment.secrets {
+        values.extend(assignment.env.get(name).cloned());
+        values.extend(from_worker(name));
+    }
+    values.extend(from_worker(TOKEN_VAR));
+    Masker::new(values)
 }
 
 /// Kills the module's whole process group when dropped, so nothing it
@@ -248,7 +279,9 @@ fn spawn_pump(
     stream: LogStream,
     assignment: &Assignment,
     out: &mpsc::Sender<WorkerCall>,
+    masker: &Masker,
 ) -> tokio::task::JoinHandle<()> {
+    let masker = masker.clone();
     let module_id = assignment.module_id.clone();
     let attempt = assignment.attempt;
     let (batches, mut texts) = mpsc::channel::<String>(1);
@@ -267,15 +300,21 @@ fn spawn_pump(
                 }
             }
         };
-        tokio::join!(pump(pipe, batches), forward);
+        tokio::join!(pump(pipe, batches, &masker), forward);
     })
 }
 
 /// Reads a pipe to its end, cutting it into lines and sending them in
-/// batches: at most [`LOG_FLUSH`] late, at most [`LOG_BATCH`] large. The
-/// channels are bounded, so a slow connection slows the module's output
-/// instead of filling memory.
-async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>) {
+/// batches: at most [`LOG_FLUSH`] late, at most [`LOG_BATCH`] large, with
+/// every secret masked. The channels are bounded, so a slow connection
+/// slows the module's output instead of filling memory.
+///
+/// A batch only ever holds whole lines, so a secret is always within one
+/// batch, except in a line longer than [`LOG_LINE`]: that is cut in pieces,
+/// and the cut is moved past any secret it would split (holding back the
+/// longest secret's length, so a secret that straddles the cut is complete
+/// in the buffer) and off the middle of a UTF-8 character.
+async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>, masker: &Masker) {
     let mut buf = vec![0u8; 8192];
     let mut partial: Vec<u8> = Vec::new();
     let mut batch = LineBatch::default();
@@ -285,7 +324,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>) {
             Some(at) => match timeout_at(at, pipe.read(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    batch.flush(&send).await;
+                    batch.flush(&send, masker).await;
                     deadline = None;
                     continue;
                 }
@@ -301,11 +340,16 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>) {
             let line: Vec<u8> = partial.drain(..=end).collect();
             batch.push(&line[..line.len() - 1]);
         }
-        if partial.len() > LOG_LINE {
-            batch.push(&std::mem::take(&mut partial));
+        while partial.len() > LOG_LINE + masker.longest() {
+            let mut cut = masker.cut_outside(&partial, LOG_LINE);
+            while partial.get(cut).is_some_and(|&b| b & 0xC0 == 0x80) {
+                cut += 1;
+            }
+            let piece: Vec<u8> = partial.drain(..cut).collect();
+            batch.push(&piece);
         }
         if batch.len() >= LOG_BATCH {
-            batch.flush(&send).await;
+            batch.flush(&send, masker).await;
             deadline = None;
         } else if !batch.is_empty() && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + LOG_FLUSH);
@@ -314,7 +358,7 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, send: mpsc::Sender<String>) {
     if !partial.is_empty() {
         batch.push(&partial);
     }
-    batch.flush(&send).await;
+    batch.flush(&send, masker).await;
 }
 
 /// Lines joined by `\n`, without a trailing newline.
@@ -338,9 +382,12 @@ impl LineBatch {
         self.0.is_empty()
     }
 
-    async fn flush(&mut self, send: &mpsc::Sender<String>) {
+    /// Sends the batch with every secret masked. A secret never holds a
+    /// line break, so masking the joined lines is masking each line.
+    async fn flush(&mut self, send: &mpsc::Sender<String>, masker: &Masker) {
         if !self.0.is_empty() {
-            let _ = send.send(std::mem::take(&mut self.0)).await;
+            let text = masker.mask_owned(std::mem::take(&mut self.0));
+            let _ = send.send(text).await;
         }
     }
 }
@@ -351,6 +398,11 @@ mod tests {
 
     /// Everything `pump` sends for `input`.
     async fn batches(input: &[u8]) -> Vec<String> {
+        masked_batches(input, &Masker::default()).await
+    }
+
+    /// Everything `pump` sends for `input` with `masker`.
+    async fn masked_batches(input: &[u8], masker: &Masker) -> Vec<String> {
         let (tx, mut rx) = mpsc::channel(1);
         let collect = async {
             let mut sent = Vec::new();
@@ -359,7 +411,7 @@ mod tests {
             }
             sent
         };
-        let ((), sent) = tokio::join!(pump(input, tx), collect);
+        let ((), sent) = tokio::join!(pump(input, tx, masker), collect);
         sent
     }
 
@@ -373,6 +425,54 @@ mod tests {
         let sent = batches(&vec![b'x'; LOG_LINE * 3]).await;
         let total: usize = sent.iter().map(|t| t.replace('\n', "").len()).sum();
         assert_eq!(total, LOG_LINE * 3);
+    }
+
+    #[tokio::test]
+    async fn pump_masks_secrets() {
+        let masker = Masker::new(["hunter2-very-secret"]);
+        let sent = masked_batches(b"pw hunter2-very-secret\nhunter2-very-secret", &masker).await;
+        assert_eq!(sent, ["pw ***\n***"]);
+    }
+
+    #[tokio::test]
+    async fn a_huge_line_is_never_cut_inside_a_secret() {
+        let secret = "S".repeat(100);
+        let masker = Masker::new([&secret]);
+        // Every possible place of the secret around the first cut.
+        for start in LOG_LINE - 100..=LOG_LINE {
+            let mut line = vec![b'x'; LOG_LINE * 2];
+            line[start..start + 100].copy_from_slice(secret.as_bytes());
+            let sent = masked_batches(&line, &masker).await.concat();
+            assert!(!sent.contains('S'), "secret at {start} leaked");
+            assert_eq!(sent.matches("***").count(), 1, "secret at {start}");
+        }
+        // Nor inside a UTF-8 character.
+        let mut line = vec![b'x'; LOG_LINE - 1];
+        line.extend_from_slice("é".repeat(10).as_bytes());
+        let sent = batches(&line).await.concat();
+        assert!(!sent.contains('\u{FFFD}'), "a character was split");
+    }
+
+    #[test]
+    fn secrets_come_from_the_module_env_and_the_worker_env() {
+        let assignment = Assignment {
+            module_id: "m".into(),
+            attempt: 1,
+            command: String::new(),
+            shell: vec![],
+            cwd: ".".into(),
+            env: BTreeMap::from([
+                ("FROM_ENV".into(), "module-env-secret".into()),
+                ("PLAIN".into(), "plain-value".into()),
+            ]),
+            timeout_ms: 1000,
+            needs: BTreeMap::new(),
+            secrets: vec!["FROM_ENV".into(), "PATH".into(), "UNSET_X_Y_Z".into()],
+        };
+        let masker = secret_masker(&assignment);
+        let path = std::env::var("PATH").unwrap();
+        let text = format!("module-env-secret plain-value {path}");
+        assert_eq!(masker.mask(&text), "*** plain-value ***");
     }
 
     #[test]
