@@ -1,5 +1,5 @@
-//! Subcommands: `run`, `hub`, `worker`, `cancel` and `validate`. Each
-//! returns the process exit code.
+//! Subcommands: `run`, `hub`, `worker`, `ci` (in `ci.rs`), `cancel` and
+//! `validate`. Each returns the process exit code.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use muster_core::protocol::RunOutcome;
 use muster_core::{parse_pipeline, Plan};
 use muster_hub::{Hub, HubConfig, Summary};
 use muster_worker::websocket_url;
@@ -14,6 +15,7 @@ use muster_worker::{ClientError, Exit, WorkerConfig, WorkerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ci::{self, CiArgs};
 use crate::exit;
 use crate::report::{self, Reporter};
 
@@ -50,6 +52,9 @@ enum Command {
     Hub(HubArgs),
     /// Join a hub and run the modules it assigns.
     Worker(WorkerArgs),
+    /// The same command on every CI runner: instance 0 becomes the master
+    /// and publishes its hub in Redis, the others find it and join.
+    Ci(Box<CiArgs>),
     /// Cancel a running hub's run, as Ctrl-C on the master would.
     Cancel(CancelArgs),
     /// Check a pipeline file and print its modules without running anything.
@@ -57,10 +62,10 @@ enum Command {
 }
 
 #[derive(Args)]
-struct FileArg {
+pub(crate) struct FileArg {
     /// The pipeline file.
     #[arg(default_value = "muster.toml")]
-    file: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Args)]
@@ -79,7 +84,7 @@ struct RunArgs {
 
 /// The hub's timeouts and limits; README.md ("Timeouts") explains them.
 #[derive(Args)]
-struct HubLimits {
+pub(crate) struct HubLimits {
     /// How often the hub pings each worker (workers ping back as often).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
     ping_interval: Duration,
@@ -105,7 +110,7 @@ struct HubLimits {
 }
 
 impl HubLimits {
-    fn config(&self, fail_fast: bool) -> Result<HubConfig, String> {
+    pub(crate) fn config(&self, fail_fast: bool) -> Result<HubConfig, String> {
         if self.client_timeout <= self.ping_interval {
             return Err(format!(
                 "--client-timeout ({}) must be longer than --ping-interval ({}): a worker is heard at least once per ping interval\n  \
@@ -195,6 +200,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Run(args) => run(args).await,
         Command::Hub(args) => hub(args).await,
         Command::Worker(args) => worker(args).await,
+        Command::Ci(args) => ci::ci(*args).await,
         Command::Cancel(args) => cancel(args).await,
         Command::Validate(args) => validate(&args.file),
     };
@@ -206,7 +212,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
 
 /// Reads and checks a pipeline file; on failure prints why and returns the
 /// exit code to use.
-fn load(file: &Path) -> Result<Plan, u8> {
+pub(crate) fn load(file: &Path) -> Result<Plan, u8> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(e) => {
@@ -315,15 +321,42 @@ async fn hub(args: HubArgs) -> Result<u8> {
 /// Runs a started hub with `workers` local workers to the end of the run
 /// and returns the exit code.
 async fn master(hub: Hub, token: &str, workers: u32, file: &Path, modules: usize) -> Result<u8> {
-    let workdir = pipeline_dir(file);
+    let local = LocalWorkers {
+        count: workers,
+        capabilities: Vec::new(),
+        workdir: pipeline_dir(file),
+        name: "local".into(),
+    };
+    let summary = master_summary(hub, token, &local, modules).await?;
+    Ok(finish(&summary))
+}
+
+/// Workers the master runs as tasks beside its hub, over loopback.
+pub(crate) struct LocalWorkers {
+    pub count: u32,
+    /// Beyond the detected `os:` and `arch:`.
+    pub capabilities: Vec<String>,
+    pub workdir: PathBuf,
+    /// Names are `NAME-1`, `NAME-2`, ...
+    pub name: String,
+}
+
+/// Runs a started hub with its local workers to the end of the run, printing
+/// it as it goes, and returns its summary.
+pub(crate) async fn master_summary(
+    hub: Hub,
+    token: &str,
+    local: &LocalWorkers,
+    modules: usize,
+) -> Result<Summary> {
     let stop = CancellationToken::new();
-    let local = spawn_local_workers(&hub, token, workers, &workdir, &stop);
+    let tasks = spawn_local_workers(&hub, token, local, &stop);
     let summary = supervise(hub, modules).await?;
     stop.cancel();
-    for worker in local {
-        let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    Ok(finish(&summary))
+    Ok(summary)
 }
 
 async fn worker(args: WorkerArgs) -> Result<u8> {
@@ -351,7 +384,7 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         ctrl_c.cancel();
     });
     match muster_worker::run(config, stop).await {
-        Ok(Exit::Shutdown(reason)) => {
+        Ok(Exit::Shutdown { reason, .. }) => {
             eprintln!("muster: worker done: {reason}");
             Ok(exit::SUCCESS)
         }
@@ -445,7 +478,7 @@ fn check_local_capabilities(plan: &Plan) -> Result<(), String> {
 }
 
 /// Module cwds are relative to the pipeline file's folder.
-fn pipeline_dir(file: &Path) -> PathBuf {
+pub(crate) fn pipeline_dir(file: &Path) -> PathBuf {
     let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = dir.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     dir.canonicalize().unwrap_or(dir)
@@ -454,19 +487,18 @@ fn pipeline_dir(file: &Path) -> PathBuf {
 fn spawn_local_workers(
     hub: &Hub,
     token: &str,
-    count: u32,
-    workdir: &Path,
+    local: &LocalWorkers,
     stop: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (1..=count)
+    (1..=local.count)
         .map(|i| {
             let config = WorkerConfig {
                 hub: hub.url().to_owned(),
                 token: token.to_owned(),
-                name: format!("local-{i}"),
-                capabilities: Vec::new(),
+                name: format!("{}-{i}", local.name),
+                capabilities: local.capabilities.clone(),
                 slots: 1,
-                workdir: workdir.to_owned(),
+                workdir: local.workdir.clone(),
                 connect_timeout: Duration::from_secs(15),
                 reconnect_timeout: Duration::from_secs(15),
             };
@@ -500,7 +532,7 @@ async fn supervise(mut hub: Hub, modules: usize) -> Result<Summary> {
     Ok(summary)
 }
 
-async fn wait_for_interrupt() {
+pub(crate) async fn wait_for_interrupt() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -516,16 +548,14 @@ async fn wait_for_interrupt() {
 }
 
 fn finish(summary: &Summary) -> u8 {
-    if summary.succeeded() {
-        exit::SUCCESS
-    } else if summary.cancelled.is_some() && !summary.modules.iter().any(|m| failed(&m.state)) {
-        exit::CANCELLED
-    } else {
-        exit::RUN_FAILED
-    }
+    outcome_code(summary.outcome())
 }
 
-fn failed(state: &muster_core::ModuleState) -> bool {
-    use muster_core::ModuleState as S;
-    matches!(state, S::Failed(_) | S::TimedOut(_))
+/// The exit code for a run's outcome, the same on every instance.
+pub(crate) fn outcome_code(outcome: RunOutcome) -> u8 {
+    match outcome {
+        RunOutcome::Succeeded => exit::SUCCESS,
+        RunOutcome::Failed => exit::RUN_FAILED,
+        RunOutcome::Cancelled => exit::CANCELLED,
+    }
 }

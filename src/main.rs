@@ -1,6 +1,7 @@
 //! The `muster` command line: parses arguments, sets up logging, calls the
 //! library crates, and decides the exit code.
 
+mod ci;
 mod cli;
 mod report;
 

@@ -55,7 +55,10 @@ async fn an_older_master_never_replaces_a_newer_record() {
     let redis = RedisServer::start();
     let store = Store::open(&redis.url()).unwrap();
     let ttl = Duration::from_secs(60);
-    assert_eq!(store.write(&record("r", 20), ttl).await.unwrap(), Written::Yes);
+    assert_eq!(
+        store.write(&record("r", 20), ttl).await.unwrap(),
+        Written::Yes
+    );
     assert_eq!(
         store.write(&record("r", 10), ttl).await.unwrap(),
         Written::Superseded
@@ -82,7 +85,10 @@ async fn the_record_comes_back_after_redis_loses_it() {
             .clone()
             .keep_fresh(rx, Duration::from_secs(1), stop.clone()),
     );
-    let first = store.wait_for("heal", Duration::from_secs(10)).await.unwrap();
+    let first = store
+        .wait_for("heal", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(first.epoch, 3);
     // As a restart without persistence would: everything is gone.
     let client = redis::Client::open(redis.url()).unwrap();
@@ -91,7 +97,10 @@ async fn the_record_comes_back_after_redis_loses_it() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    let back = store.wait_for("heal", Duration::from_secs(10)).await.unwrap();
+    let back = store
+        .wait_for("heal", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(back.epoch, 3);
     stop.cancel();
     fresh.await.unwrap();

@@ -132,6 +132,16 @@ pub enum LogStream {
     Stderr,
 }
 
+/// How a finished run ended: what every instance of a CI run reports in
+/// its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
 /// Worker → hub calls.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerCall {
@@ -161,8 +171,12 @@ pub enum HubCall {
         attempt: u32,
         reason: String,
     },
-    /// The run is over: stop everything and disconnect.
-    Shutdown { reason: String },
+    /// The run is over: stop everything and disconnect. `outcome` says
+    /// how it ended (a second, optional argument).
+    Shutdown {
+        reason: String,
+        outcome: Option<RunOutcome>,
+    },
 }
 
 /// Why an invocation does not match any hub method.
@@ -294,9 +308,15 @@ impl HubCall {
                 })
             }
             "shutdown" => {
-                arity("Shutdown", a, 1)?;
+                if a.len() != 2 {
+                    arity("Shutdown", a, 1)?;
+                }
                 Ok(HubCall::Shutdown {
                     reason: arg("Shutdown", a, 0)?,
+                    outcome: match a.len() {
+                        2 => arg("Shutdown", a, 1)?,
+                        _ => None,
+                    },
                 })
             }
             _ => Err(CallError::UnknownMethod(target.to_owned())),
@@ -311,7 +331,14 @@ impl HubCall {
                 attempt,
                 reason,
             } => ("Cancel", vec![json(module_id), json(attempt), json(reason)]),
-            HubCall::Shutdown { reason } => ("Shutdown", vec![json(reason)]),
+            HubCall::Shutdown {
+                reason,
+                outcome: None,
+            } => ("Shutdown", vec![json(reason)]),
+            HubCall::Shutdown {
+                reason,
+                outcome: Some(outcome),
+            } => ("Shutdown", vec![json(reason), json(outcome)]),
         }
     }
 
@@ -383,13 +410,26 @@ mod tests {
 
     #[test]
     fn hub_calls_round_trip() {
-        let call = HubCall::Cancel {
-            module_id: "m".into(),
-            attempt: 2,
-            reason: "fail-fast".into(),
-        };
-        let (target, args) = call.clone().into_invocation();
-        assert_eq!(HubCall::from_invocation(target, args).unwrap(), call);
+        let calls = [
+            HubCall::Cancel {
+                module_id: "m".into(),
+                attempt: 2,
+                reason: "fail-fast".into(),
+            },
+            HubCall::Shutdown {
+                reason: "done".into(),
+                outcome: None,
+            },
+            HubCall::Shutdown {
+                reason: "done".into(),
+                outcome: Some(RunOutcome::Failed),
+            },
+        ];
+        for call in calls {
+            let (target, args) = call.clone().into_invocation();
+            assert_eq!(HubCall::from_invocation(target, args).unwrap(), call);
+        }
+        assert!(HubCall::from_invocation("Shutdown", vec![]).is_err());
     }
 
     #[test]

@@ -4,5 +4,7 @@
 //! keeps in Redis (`record`, `store`), and the public tunnel that makes the
 //! master's hub reachable from other runners (`tunnel`).
 
+pub mod identity;
 pub mod record;
 pub mod store;
+pub mod tunnel;

@@ -2,6 +2,7 @@
 //! derived from the run id, so workers of the same run can find its hub.
 //! JSON, so anyone can read it with `redis-cli GET`.
 
+pub use muster_core::protocol::RunOutcome;
 use serde::{Deserialize, Serialize};
 
 /// Whether the run is still going.
@@ -10,15 +11,6 @@ use serde::{Deserialize, Serialize};
 pub enum RunState {
     Running,
     Finished,
-}
-
-/// How a finished run ended, as every instance reports it in its exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum RunOutcome {
-    Succeeded,
-    Failed,
-    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

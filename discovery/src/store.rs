@@ -39,7 +39,7 @@ return 1
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the Redis URL {url} is not valid: {reason}\n  = help: use redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// for TLS")]
+    #[error("the Redis URL {url} is not valid: {reason} (use redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for TLS)")]
     BadUrl { url: String, reason: String },
     #[error("cannot reach Redis at {url}: {reason}")]
     Unreachable { url: String, reason: String },
@@ -73,10 +73,17 @@ impl Store {
     /// Checks the URL; connects lazily.
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let shown = redact(url);
-        let client = redis::Client::open(url).map_err(|e| StoreError::BadUrl {
+        let bad = |reason: String| StoreError::BadUrl {
             url: shown.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        if !["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(bad("it must start with redis:// or rediss://".into()));
+        }
+        let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
         Ok(Store { client, shown })
     }
 
@@ -271,7 +278,10 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_named_without_its_password() {
-        let error = Store::open("http://:hunter2@host").err().unwrap().to_string();
+        let error = Store::open("http://:hunter2@host")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("http://:***@host"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
     }

@@ -1,7 +1,7 @@
 //! What the hub tells its owner (the CLI): a stream of [`RunEvent`]s while
 //! the run goes, and one [`Summary`] at the end.
 
-use muster_core::protocol::LogStream;
+use muster_core::protocol::{LogStream, RunOutcome};
 use muster_core::ModuleState;
 
 #[derive(Debug, Clone)]
@@ -68,4 +68,20 @@ impl Summary {
             .iter()
             .all(|m| matches!(m.state, ModuleState::Succeeded(_)))
     }
+
+    /// The run's verdict: a module that did not succeed fails the run even
+    /// when it was also cancelled; a cancel with nothing failed is a cancel.
+    pub fn outcome(&self) -> RunOutcome {
+        if self.succeeded() {
+            RunOutcome::Succeeded
+        } else if self.cancelled.is_some() && !self.modules.iter().any(|m| failed(&m.state)) {
+            RunOutcome::Cancelled
+        } else {
+            RunOutcome::Failed
+        }
+    }
+}
+
+fn failed(state: &ModuleState) -> bool {
+    matches!(state, ModuleState::Failed(_) | ModuleState::TimedOut(_))
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use muster_core::plan::needs_env_name;
 use muster_core::protocol::{
-    Assignment, Held, HubCall, LogStream, Registration, Report, ReportStatus, Welcome, WorkerCall,
-    PROTOCOL_VERSION,
+    Assignment, Held, HubCall, LogStream, Registration, Report, ReportStatus, RunOutcome, Welcome,
+    WorkerCall, PROTOCOL_VERSION,
 };
 use muster_core::signalr::Message;
 use muster_core::{
@@ -146,6 +146,8 @@ pub(crate) struct Scheduler {
     /// Dropped with the summary, so the owner's event stream ends then.
     events: Option<mpsc::UnboundedSender<RunEvent>>,
     done: Option<oneshot::Sender<Summary>>,
+    /// Set once the run finished.
+    outcome: Option<RunOutcome>,
     connected: watch::Sender<usize>,
 }
 
@@ -181,6 +183,7 @@ impl Scheduler {
             settings,
             events: Some(events),
             done: Some(done),
+            outcome: None,
             connected,
         };
         scheduler.record(changes);
@@ -398,10 +401,8 @@ impl Scheduler {
             resume_key,
             outbox: Some(outbox),
         };
-        if self.run.is_finished() {
-            worker.send(HubCall::Shutdown {
-                reason: "the run has finished".into(),
-            });
+        if let Some(outcome) = self.outcome {
+            worker.send(shutdown(outcome));
         }
         self.workers.insert(id, worker);
         self.update_connected();
@@ -829,11 +830,6 @@ impl Scheduler {
         let Some(done) = self.done.take() else {
             return;
         };
-        for worker in self.workers.values() {
-            worker.send(HubCall::Shutdown {
-                reason: "the run has finished".into(),
-            });
-        }
         let plan = self.run.plan();
         let modules = plan
             .modules
@@ -845,12 +841,26 @@ impl Scheduler {
                 state: state.clone(),
             })
             .collect();
-        let _ = done.send(Summary {
+        let summary = Summary {
             modules,
             cancelled: self.run.cancel_reason().map(str::to_owned),
-        });
+        };
+        let outcome = summary.outcome();
+        self.outcome = Some(outcome);
+        for worker in self.workers.values() {
+            worker.send(shutdown(outcome));
+        }
+        let _ = done.send(summary);
         self.events = None;
         self.timers.clear();
+    }
+}
+
+/// The call that ends a worker's part in a finished run.
+fn shutdown(outcome: RunOutcome) -> HubCall {
+    HubCall::Shutdown {
+        reason: "the run has finished".into(),
+        outcome: Some(outcome),
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_core::protocol::{
-    Assignment, Held, HubCall, Registration, Report, Resume, Welcome, WorkerCall,
+    Assignment, Held, HubCall, Registration, Report, Resume, RunOutcome, Welcome, WorkerCall,
 };
 use muster_core::signalr::Message;
 use rand::Rng;
@@ -63,8 +63,11 @@ pub enum WorkerError {
 /// Why a worker stopped without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
-    /// The hub said the run is over.
-    Shutdown(String),
+    /// The hub said the run is over, and how it ended if it said so.
+    Shutdown {
+        reason: String,
+        outcome: Option<RunOutcome>,
+    },
     /// The owner asked it to stop.
     Stopped,
 }
@@ -110,9 +113,9 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
         let ended = serve(&mut tx, &mut rx, &mut calls, &mut work, &stop, &welcome).await;
         session = Some(welcome);
         match ended {
-            Served::Shutdown(reason) => {
+            Served::Shutdown { reason, outcome } => {
                 sender = Some(tx);
-                break Ok(Exit::Shutdown(reason));
+                break Ok(Exit::Shutdown { reason, outcome });
             }
             Served::Stopped => {
                 sender = Some(tx);
@@ -243,7 +246,10 @@ impl Backoff {
 
 /// How one connection ended.
 enum Served {
-    Shutdown(String),
+    Shutdown {
+        reason: String,
+        outcome: Option<RunOutcome>,
+    },
     Stopped,
     /// The hub closed it on purpose, without allowing a reconnect.
     Closed(Option<String>),
@@ -283,7 +289,9 @@ async fn serve(
                     Message::Close { error, .. } => return Served::Closed(error),
                     Message::Invocation { target, arguments, .. } => {
                         match HubCall::from_invocation(&target, arguments) {
-                            Ok(HubCall::Shutdown { reason }) => return Served::Shutdown(reason),
+                            Ok(HubCall::Shutdown { reason, outcome }) => {
+                                return Served::Shutdown { reason, outcome };
+                            }
                             Ok(call) => work.obey(call),
                             Err(e) => tracing::warn!("ignored a call from the hub: {e}"),
                         }

@@ -1,0 +1,225 @@
+//! `muster ci` as separate processes against a real `redis-server`: three
+//! instances split a run and all exit with its status, a worker that starts
+//! before the master waits for it, a worker that comes after the run exits
+//! 0, and bad Redis URLs, a missing tunnel binary and a discovery timeout
+//! each end in one clear line.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{muster, pipeline, RedisServer, LIMIT};
+
+const TOKEN: &str = "ci-mode-token";
+
+/// `muster ci FILE --instance I --total N --run-id RUN` plus `extra`, with
+/// the Redis URL and token in the environment as CI secrets would be.
+fn instance(file: &Path, redis: &str, run: &str, index: u32, total: u32, extra: &[&str]) -> Child {
+    let (index, total) = (index.to_string(), total.to_string());
+    let mut command = muster(&[
+        "ci",
+        file.to_str().unwrap(),
+        "--instance",
+        &index,
+        "--total",
+        &total,
+        "--run-id",
+        run,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command
+        .args(extra)
+        .env("MUSTER_REDIS_URL", redis)
+        .env("MUSTER_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.spawn().expect("spawn muster ci")
+}
+
+/// Three modules that each wait until all three have started, so they run
+/// at once on three different workers; `fails` fails after that, and
+/// `after` is skipped for it.
+const SPLIT: &str = r#"
+[defaults]
+timeout = "40s"
+
+[modules.one]
+run = "touch arrived-one; until [ $(ls arrived-* | wc -l) -ge 3 ]; do sleep 0.05; done; echo one on $MUSTER_WORKER"
+[modules.two]
+run = "touch arrived-two; until [ $(ls arrived-* | wc -l) -ge 3 ]; do sleep 0.05; done; echo two on $MUSTER_WORKER"
+[modules.fails]
+run = "touch arrived-fails; until [ $(ls arrived-* | wc -l) -ge 3 ]; do sleep 0.05; done; echo fails on $MUSTER_WORKER; exit 4"
+[modules.after]
+needs = ["fails"]
+run = "echo never"
+"#;
+
+#[test]
+fn three_instances_split_a_run_and_all_exit_with_its_status() {
+    let redis = RedisServer::start();
+    let (dir, file) = pipeline(SPLIT);
+    // The workers start first: they wait for the master's record.
+    let workers: Vec<Child> = (1..=2)
+        .map(|i| instance(&file, &redis.url(), "split-run", i, 3, &[]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let master = instance(&file, &redis.url(), "split-run", 0, 3, &[]);
+    let master = common::wait(master, LIMIT);
+    let workers: Vec<common::Output> = workers
+        .into_iter()
+        .map(|w| common::wait(w, LIMIT))
+        .collect();
+
+    assert_eq!(master.code(), 1, "the run failed: {master}");
+    assert!(
+        master
+            .stdout
+            .contains("instance 0 of 3 (from --instance 0 --total 3): master"),
+        "{master}"
+    );
+    let mut ran_on = Vec::new();
+    for module in ["one", "two", "fails"] {
+        ran_on.push(master.row(module)[3].clone());
+    }
+    ran_on.sort();
+    assert_eq!(
+        ran_on,
+        ["instance-0-1", "instance-1", "instance-2"],
+        "a module ran on each instance: {master}"
+    );
+    assert_eq!(master.status_of("fails"), "failed", "{master}");
+    assert_eq!(master.status_of("after"), "skipped", "{master}");
+    for worker in &workers {
+        assert_eq!(
+            worker.code(),
+            1,
+            "every instance exits with the run's status: {worker}"
+        );
+        assert!(worker.stdout.contains("): worker"), "{worker}");
+        assert!(
+            worker.stdout.contains("the run has finished: failed"),
+            "{worker}"
+        );
+    }
+    drop(dir);
+
+    // A worker that arrives after the run finished has nothing to do.
+    let late = common::wait(instance(&file, &redis.url(), "split-run", 2, 3, &[]), LIMIT);
+    assert_eq!(late.code(), 0, "{late}");
+    assert!(
+        late.stdout.contains("has already finished (failed)"),
+        "{late}"
+    );
+}
+
+#[test]
+fn a_run_that_succeeds_ends_every_instance_with_zero() {
+    let redis = RedisServer::start();
+    let (_dir, file) = pipeline("[modules.a]\nrun = \"echo a\"\n[modules.b]\nrun = \"echo b\"\n");
+    let worker = instance(&file, &redis.url(), "ok-run", 1, 2, &[]);
+    let master = common::wait(instance(&file, &redis.url(), "ok-run", 0, 2, &[]), LIMIT);
+    let worker = common::wait(worker, LIMIT);
+    assert_eq!(master.code(), 0, "{master}");
+    assert_eq!(worker.code(), 0, "{worker}");
+    assert!(
+        worker.stdout.contains("the run has finished: succeeded"),
+        "{worker}"
+    );
+}
+
+/// The last line of stderr, which must say everything.
+fn last_line(out: &common::Output) -> &str {
+    out.stderr.lines().last().unwrap_or_default()
+}
+
+#[test]
+fn discovery_problems_end_in_one_clear_line() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret-pass"]);
+    let (_dir, file) = pipeline("[modules.a]\nrun = \"true\"\n");
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{}", redis.port);
+
+    // Nobody publishes: the worker gives up after --discover-timeout.
+    let out = common::wait(
+        instance(&file, &url, "lonely", 1, 2, &["--discover-timeout", "1s"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(
+        out.stderr
+            .contains("no discovery record under key muster:run:lonely"),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("redis://:***@127.0.0.1:{}", redis.port)),
+        "{out}"
+    );
+    assert!(
+        !format!("{out}").contains("s3cret-pass"),
+        "the password leaked: {out}"
+    );
+
+    // Not a Redis URL at all.
+    let out = common::wait(instance(&file, "http://:pw@host", "x", 1, 2, &[]), LIMIT);
+    assert_eq!(out.code(), 2, "{out}");
+    assert!(last_line(&out).contains("http://:***@host"), "{out}");
+
+    // Nothing listens there.
+    let nowhere = format!("redis://127.0.0.1:{}", common::free_port());
+    let out = common::wait(instance(&file, &nowhere, "x", 1, 2, &[]), LIMIT);
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot reach Redis at {nowhere}")),
+        "{out}"
+    );
+
+    // A tunnel whose binary is missing.
+    let out = common::wait(
+        {
+            let mut child = muster(&[
+                "ci",
+                file.to_str().unwrap(),
+                "--instance",
+                "0",
+                "--total",
+                "2",
+                "--run-id",
+                "tunnel-less",
+                "--tunnel",
+                "cloudflared",
+            ]);
+            child
+                .env("MUSTER_REDIS_URL", &url)
+                .env("MUSTER_TOKEN", TOKEN)
+                .env("PATH", "/nonexistent")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            child.spawn().unwrap()
+        },
+        LIMIT,
+    );
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(out.stderr.contains("cloudflared is not installed"), "{out}");
+
+    // Without a token the master refuses to open a hub to the network.
+    let mut command = muster(&[
+        "ci",
+        file.to_str().unwrap(),
+        "--instance",
+        "0",
+        "--total",
+        "2",
+        "--run-id",
+        "no-token",
+    ]);
+    command
+        .env("MUSTER_REDIS_URL", &url)
+        .env_remove("MUSTER_TOKEN");
+    let out = common::run(command);
+    assert_eq!(out.code(), 2, "{out}");
+    assert!(out.stderr.contains("muster ci needs a token"), "{out}");
+}
