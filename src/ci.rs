@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{self, FileArg, HubLimits};
 use crate::exit;
+use crate::report::Reporter;
 
 /// How long one hub URL has to answer its health check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,7 +169,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let port = listener.local_addr()?.port();
     let token = config.token.clone();
-    let modules = plan.len();
+    let reporter = Reporter::for_plan(&plan, &token);
     let hub = Hub::start(listener, plan, config).await?;
     let tunnel = match tunnel::open(&kind, port, args.tunnel_timeout).await {
         Ok(tunnel) => tunnel,
@@ -220,7 +221,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
             workdir,
             name: format!("instance-{}", instance.index),
         },
-        modules,
+        reporter,
     )
     .await?;
     stop_refresh.cancel();

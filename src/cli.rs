@@ -274,9 +274,9 @@ async fn run(args: RunArgs) -> Result<u8> {
         }
     };
     let token = config.token.clone();
-    let modules = plan.len();
+    let reporter = Reporter::for_plan(&plan, &token);
     let hub = Hub::start(listener, plan, config).await?;
-    master(hub, &token, workers, &args.file.file, modules).await
+    master(hub, &token, workers, &args.file.file, reporter).await
 }
 
 async fn hub(args: HubArgs) -> Result<u8> {
@@ -299,7 +299,7 @@ async fn hub(args: HubArgs) -> Result<u8> {
         config.token = token;
     }
     let token = config.token.clone();
-    let modules = plan.len();
+    let reporter = Reporter::for_plan(&plan, &token);
     let hub = Hub::start(listener, plan, config).await?;
     println!("hub url: {}", hub.url());
     if generated {
@@ -315,19 +315,25 @@ async fn hub(args: HubArgs) -> Result<u8> {
             hub.url()
         );
     }
-    master(hub, &token, args.workers, &args.file.file, modules).await
+    master(hub, &token, args.workers, &args.file.file, reporter).await
 }
 
 /// Runs a started hub with `workers` local workers to the end of the run
 /// and returns the exit code.
-async fn master(hub: Hub, token: &str, workers: u32, file: &Path, modules: usize) -> Result<u8> {
+async fn master(
+    hub: Hub,
+    token: &str,
+    workers: u32,
+    file: &Path,
+    reporter: Reporter,
+) -> Result<u8> {
     let local = LocalWorkers {
         count: workers,
         capabilities: Vec::new(),
         workdir: pipeline_dir(file),
         name: "local".into(),
     };
-    let summary = master_summary(hub, token, &local, modules).await?;
+    let summary = master_summary(hub, token, &local, reporter).await?;
     Ok(finish(&summary))
 }
 
@@ -347,11 +353,11 @@ pub(crate) async fn master_summary(
     hub: Hub,
     token: &str,
     local: &LocalWorkers,
-    modules: usize,
+    reporter: Reporter,
 ) -> Result<Summary> {
     let stop = CancellationToken::new();
     let tasks = spawn_local_workers(&hub, token, local, &stop);
-    let summary = supervise(hub, modules).await?;
+    let summary = supervise(hub, reporter).await?;
     stop.cancel();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -513,9 +519,9 @@ fn spawn_local_workers(
 }
 
 /// Prints the run as it goes, cancels it on Ctrl-C, and returns its summary.
-async fn supervise(mut hub: Hub, modules: usize) -> Result<Summary> {
+async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Summary> {
     let events = hub.take_events().expect("events are taken once");
-    let printer = tokio::spawn(Reporter::new(modules).print(events));
+    let printer = tokio::spawn(reporter.print(events));
     let canceller = hub.canceller();
     let interrupt = tokio::spawn(async move {
         wait_for_interrupt().await;

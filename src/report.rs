@@ -12,6 +12,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use muster_core::mask::Masker;
 use muster_core::{ModuleState, Plan};
+use muster_core::protocol::RunOutcome;
 use muster_hub::{RunEvent, Summary};
 use tokio::sync::mpsc;
 
@@ -50,8 +51,11 @@ impl Reporter {
 
     /// Masks `masker`'s secrets in everything it prints (see
     /// [`plan_masker`]).
-    // Until `cli::supervise` passes the plan's masker in.
-    #[allow(dead_code)]
+    /// A reporter for this plan that masks its secrets and `token`.
+    pub fn for_plan(plan: &Plan, token: &str) -> Reporter {
+        Reporter::new(plan.len()).with_masker(plan_masker(plan, &[token]))
+    }
+
     pub fn with_masker(mut self, masker: Masker) -> Reporter {
         self.masker = masker;
         self
@@ -203,9 +207,8 @@ fn seconds(d: Duration) -> String {
 /// A masker for every secret the plan names whose value the master knows:
 /// from its own environment (in CI every runner has the same secrets) or
 /// from a module's `env` in the pipeline file. Built once per run.
-// Until `cli::supervise` passes the plan's masker in.
-#[allow(dead_code)]
-pub fn plan_masker(plan: &Plan) -> Masker {
+/// `extra` adds values muster itself knows are secret (the hub's token).
+pub fn plan_masker(plan: &Plan, extra: &[&str]) -> Masker {
     let mut names: Vec<&str> = plan
         .modules
         .iter()
@@ -221,7 +224,8 @@ pub fn plan_masker(plan: &Plan) -> Masker {
         .modules
         .iter()
         .flat_map(|m| m.secrets.iter().filter_map(|name| m.env.get(name).cloned()));
-    Masker::new(from_env.chain(from_plan).collect::<Vec<_>>())
+    let extra = extra.iter().map(|value| (*value).to_owned());
+    Masker::new(from_env.chain(from_plan).chain(extra).collect::<Vec<_>>())
 }
 
 /// The plan as `muster validate` prints it: one module a line, in the order
@@ -298,16 +302,10 @@ pub fn summary_table(summary: &Summary) -> String {
         .iter()
         .filter(|m| matches!(m.state, ModuleState::Succeeded(_)))
         .count();
-    let failed = summary
-        .modules
-        .iter()
-        .any(|m| matches!(m.state, ModuleState::Failed(_) | ModuleState::TimedOut(_)));
-    let verdict = if summary.succeeded() {
-        "run succeeded"
-    } else if summary.cancelled.is_some() && !failed {
-        "run cancelled"
-    } else {
-        "run failed"
+    let verdict = match summary.outcome() {
+        RunOutcome::Succeeded => "run succeeded",
+        RunOutcome::Cancelled => "run cancelled",
+        RunOutcome::Failed => "run failed",
     };
     let _ = writeln!(
         out,
@@ -356,8 +354,9 @@ mod tests {
             "[modules.a]\nrun = \"x\"\nsecrets = [\"SECRET_FROM_FILE\", \"MUSTER_TEST_UNSET_SECRET\"]\nenv = { SECRET_FROM_FILE = \"file-secret\", PLAIN = \"plain-value\" }\n",
         )
         .unwrap();
-        let masker = plan_masker(&plan);
+        let masker = plan_masker(&plan, &["the-hub-token"]);
         assert_eq!(masker.mask("file-secret plain-value"), "*** plain-value");
+        assert_eq!(masker.mask("token the-hub-token"), "token ***");
         assert_eq!(
             describe_plan(&plan),
             "a  secrets: SECRET_FROM_FILE, MUSTER_TEST_UNSET_SECRET  timeout: 1h\n"

@@ -28,9 +28,9 @@ const LOG_BATCH: usize = 32 * 1024;
 /// A line longer than this is cut and sent in pieces (never inside a
 /// secret, see [`pump`]).
 const LOG_LINE: usize = 16 * 1024;
-/// The variable the hub token may come from (`muster worker` reads it);
-/// the module inherits it, so its value is masked like a secret.
-const TOKEN_VAR: &str = "MUSTER_TOKEN";
+/// muster's own secrets, which a module never inherits: with the hub's
+/// token a module could cancel the run or join it as a worker.
+const WITHHELD: [&str; 3] = ["MUSTER_TOKEN", "MUSTER_REDIS_URL", "BORE_SECRET"];
 /// Time between SIGTERM and SIGKILL when a module is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the pipes to drain after the process ended.
@@ -40,6 +40,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 pub(crate) struct Context<'a> {
     pub worker_name: &'a str,
     pub workdir: &'a Path,
+    /// Masked in everything the module prints.
+    pub hub_token: &'a str,
 }
 
 /// Runs the assignment to its end and sends `Started`, `Log`s and the
@@ -51,7 +53,7 @@ pub(crate) async fn execute(
     cancel: CancellationToken,
 ) {
     let begun = Instant::now();
-    let masker = secret_masker(&assignment);
+    let masker = secret_masker(&assignment, context.hub_token);
     let report = |status, exit_code, error: Option<String>, outputs: BTreeMap<_, _>| {
         // An output that carries a secret is passed on masked, not refused:
         // the module succeeded, and its dependents see `***`.
@@ -161,7 +163,7 @@ pub(crate) async fn execute(
 /// `secrets` as the module sees it (its `env`) and as the worker has it (its
 /// own environment, which the module inherits), and the hub token when the
 /// worker got it from the environment.
-fn secret_masker(assignment: &Assignment) -> Masker {
+fn secret_masker(assignment: &Assignment, hub_token: &str) -> Masker {
     let from_worker =
         |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
     let mut values = Vec::new();
@@ -169,7 +171,8 @@ fn secret_masker(assignment: &Assignment) -> Masker {
         values.extend(assignment.env.get(name).cloned());
         values.extend(from_worker(name));
     }
-    values.extend(from_worker(TOKEN_VAR));
+    values.extend(WITHHELD.iter().filter_map(|name| from_worker(name)));
+    values.push(hub_token.to_owned());
     Masker::new(values)
 }
 
@@ -229,6 +232,9 @@ fn spawn(
         .arg(&assignment.command)
         .current_dir(cwd)
         .envs(&assignment.env)
+        .env_remove(WITHHELD[0])
+        .env_remove(WITHHELD[1])
+        .env_remove(WITHHELD[2])
         .env("MUSTER_MODULE", &assignment.module_id)
         .env("MUSTER_ATTEMPT", assignment.attempt.to_string())
         .env("MUSTER_WORKER", context.worker_name)
@@ -469,10 +475,10 @@ mod tests {
             needs: BTreeMap::new(),
             secrets: vec!["FROM_ENV".into(), "PATH".into(), "UNSET_X_Y_Z".into()],
         };
-        let masker = secret_masker(&assignment);
+        let masker = secret_masker(&assignment, "the-hub-token");
         let path = std::env::var("PATH").unwrap();
-        let text = format!("module-env-secret plain-value {path}");
-        assert_eq!(masker.mask(&text), "*** plain-value ***");
+        let text = format!("module-env-secret plain-value {path} the-hub-token");
+        assert_eq!(masker.mask(&text), "*** plain-value *** ***");
     }
 
     #[test]

@@ -335,6 +335,8 @@ struct Owned {
 struct Work {
     name: String,
     workdir: PathBuf,
+    /// The hub's token, which executions mask in module output.
+    token: String,
     stop: CancellationToken,
     out: mpsc::Sender<WorkerCall>,
     tracker: TaskTracker,
@@ -351,6 +353,7 @@ impl Work {
         Work {
             name: config.name.clone(),
             workdir: config.workdir.clone(),
+            token: config.token.clone(),
             stop: stop.clone(),
             out,
             tracker: TaskTracker::new(),
@@ -553,10 +556,12 @@ impl Work {
         let out = self.out.clone();
         let name = self.name.clone();
         let workdir = self.workdir.clone();
+        let hub_token = self.token.clone();
         let execution = async move {
             let context = exec::Context {
                 worker_name: &name,
                 workdir: &workdir,
+                hub_token: &hub_token,
             };
             exec::execute(assignment, context, out, token).await;
         };
