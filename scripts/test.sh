@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
-# machine (node and the official SignalR client from npm, redis-server),
-# then runs every test in the workspace.
+# machine (node and the official SignalR client from npm, redis-server,
+# bore), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+# bore (crates.io's bore-cli) for the tunnel tests: a real `bore server`
+# and `bore local` on loopback. Built once into target/tools.
+tools="$PWD/target/tools"
+export PATH="$tools/bin:$PATH"
+if ! command -v bore >/dev/null; then
+  echo "scripts/test.sh: installing bore-cli 0.6.0 into target/tools" >&2
+  cargo install bore-cli --version 0.6.0 --locked --quiet --root "$tools"
+fi
 
 # Run every test, then close with one line that totals all test binaries,
 # so the last line speaks for the whole run (doc-test runners print 0).

@@ -223,3 +223,77 @@ fn discovery_problems_end_in_one_clear_line() {
     assert_eq!(out.code(), 2, "{out}");
     assert!(out.stderr.contains("muster ci needs a token"), "{out}");
 }
+
+/// A real `bore server` on a loopback address of its own (bore's control
+/// port is fixed at 7835; all of 127.0.0.0/8 is loopback on Linux).
+struct BoreServer {
+    child: Child,
+    host: String,
+}
+
+impl BoreServer {
+    fn start() -> BoreServer {
+        let pid = std::process::id();
+        let host = format!("127.100.{}.{}", (pid >> 8) as u8, (pid as u8).clamp(1, 254));
+        let bore = std::env::var("MUSTER_BORE").unwrap_or_else(|_| "bore".into());
+        let child = std::process::Command::new(bore)
+            .args(["server", "--bind-addr", &host])
+            .env("NO_COLOR", "1")
+            .env_remove("BORE_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bore is installed: cargo install bore-cli --version 0.6.0 --locked");
+        let deadline = std::time::Instant::now() + LIMIT;
+        while std::net::TcpStream::connect((host.as_str(), 7835)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bore server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BoreServer { child, host }
+    }
+}
+
+impl Drop for BoreServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_run_goes_through_a_bore_tunnel() {
+    let redis = RedisServer::start();
+    let bore = BoreServer::start();
+    let (_dir, file) = pipeline(SPLIT.replace("exit 4", "exit 0").as_str());
+    let tunnel = format!("bore:{}", bore.host);
+    let workers: Vec<Child> = (1..=2)
+        .map(|i| instance(&file, &redis.url(), "bored", i, 3, &[]))
+        .collect();
+    // The master listens on loopback only: its first URL is the tunnel's.
+    let master = common::wait(
+        instance(&file, &redis.url(), "bored", 0, 3, &["--tunnel", &tunnel]),
+        LIMIT,
+    );
+    let workers: Vec<common::Output> = workers
+        .into_iter()
+        .map(|w| common::wait(w, LIMIT))
+        .collect();
+    assert_eq!(master.code(), 0, "{master}");
+    assert!(
+        master.stdout.contains(&format!(": http://{}:", bore.host)),
+        "the tunnel's URL is published first: {master}"
+    );
+    for worker in &workers {
+        assert_eq!(worker.code(), 0, "{worker}");
+        assert!(
+            worker
+                .stdout
+                .contains(&format!("joining the hub at http://{}:", bore.host)),
+            "the worker joins through the tunnel: {worker}"
+        );
+    }
+    assert_eq!(master.status_of("after"), "succeeded", "{master}");
+}
