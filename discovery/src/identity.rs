@@ -90,7 +90,9 @@ pub enum IdentityError {
          and MUSTER_TOTAL: ${{{{ strategy.job-total }}}} on a matrix job\n\
          - Buildkite: give the step `parallelism: N` (sets BUILDKITE_PARALLEL_JOB and BUILDKITE_PARALLEL_JOB_COUNT)\n\
          - GitLab: give the job `parallel: N` (sets CI_NODE_INDEX and CI_NODE_TOTAL)\n\
-         - Azure Pipelines, CircleCI and others: pass --instance and --total"
+         - CircleCI: give the job `parallelism: N` (sets CIRCLE_NODE_INDEX and CIRCLE_NODE_TOTAL)\n\
+         - Azure Pipelines: give the job `strategy: parallel: N` (sets SYSTEM_JOBPOSITIONINPHASE and SYSTEM_TOTALJOBSINPHASE)\n\
+         - anything else: pass --instance and --total"
     )]
     NoInstance,
 }
@@ -160,7 +162,9 @@ pub fn resolve_run(
 /// `BUILDKITE_PARALLEL_JOB` (0-based) and `BUILDKITE_PARALLEL_JOB_COUNT`;
 /// GitLab's `CI_NODE_INDEX` (1-based, converted) and `CI_NODE_TOTAL` (a
 /// GitLab job without `parallel:` has `CI_NODE_TOTAL=1` and no index: it is
-/// instance 0 of 1).
+/// instance 0 of 1); CircleCI's `CIRCLE_NODE_INDEX` (0-based) and
+/// `CIRCLE_NODE_TOTAL`; Azure Pipelines' `SYSTEM_JOBPOSITIONINPHASE`
+/// (1-based) and `SYSTEM_TOTALJOBSINPHASE`.
 pub fn resolve_instance(
     env: Env<'_>,
     index_flag: Option<u32>,
@@ -313,6 +317,8 @@ fn instance_from_env(env: Env<'_>) -> Result<(u32, u32, String), IdentityError> 
         ("MUSTER_INSTANCE", "MUSTER_TOTAL", 0),
         ("BUILDKITE_PARALLEL_JOB", "BUILDKITE_PARALLEL_JOB_COUNT", 0),
         ("CI_NODE_INDEX", "CI_NODE_TOTAL", 1),
+        ("CIRCLE_NODE_INDEX", "CIRCLE_NODE_TOTAL", 0),
+        ("SYSTEM_JOBPOSITIONINPHASE", "SYSTEM_TOTALJOBSINPHASE", 1),
     ] {
         match (get(env, index_var), get(env, total_var)) {
             (Some(index), Some(total)) => {
@@ -353,7 +359,7 @@ fn instance_from_env(env: Env<'_>) -> Result<(u32, u32, String), IdentityError> 
 /// 0-based number.
 fn number(name: &str, value: &str, base: u32) -> Result<u32, IdentityError> {
     let expected = if base == 1 {
-        "a whole number from 1 (GitLab counts instances from 1)"
+        "a whole number from 1 (this CI counts instances from 1)"
     } else {
         "a whole number from 0"
     };
@@ -620,6 +626,14 @@ mod tests {
             "instance 0 of 3 (from BUILDKITE_PARALLEL_JOB=0 and BUILDKITE_PARALLEL_JOB_COUNT=3): master");
         check_instance(&[("BUILDKITE_PARALLEL_JOB", "2"), ("BUILDKITE_PARALLEL_JOB_COUNT", "3")], None, None,
             "instance 2 of 3 (from BUILDKITE_PARALLEL_JOB=2 and BUILDKITE_PARALLEL_JOB_COUNT=3): worker");
+        check_instance(
+            &[("CIRCLE_NODE_INDEX", "1"), ("CIRCLE_NODE_TOTAL", "4")],
+            None,
+            None,
+            "instance 1 of 4 (from CIRCLE_NODE_INDEX=1 and CIRCLE_NODE_TOTAL=4): worker",
+        );
+        check_instance(&[("SYSTEM_JOBPOSITIONINPHASE", "1"), ("SYSTEM_TOTALJOBSINPHASE", "2")], None, None,
+            "instance 0 of 2 (from SYSTEM_JOBPOSITIONINPHASE=1 and SYSTEM_TOTALJOBSINPHASE=2): master");
     }
 
     #[test]
