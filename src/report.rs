@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use muster_core::mask::Masker;
-use muster_core::{ModuleState, Plan};
 use muster_core::protocol::RunOutcome;
+use muster_core::{ModuleState, Plan};
 use muster_hub::{RunEvent, Summary};
 use tokio::sync::mpsc;
 
