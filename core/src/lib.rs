@@ -6,6 +6,7 @@
 //! gives values and errors back, so both roles (hub and worker) and every
 //! test can use it without a runtime.
 
+pub mod fuzzing;
 pub mod mask;
 pub mod outputs;
 pub mod pipeline;

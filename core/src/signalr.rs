@@ -175,12 +175,22 @@ impl Message {
             },
             3 => {
                 let invocation_id = text(&mut object, "invocationId", 3)?;
+                let error = object
+                    .remove("error")
+                    .and_then(|e| e.as_str().map(str::to_owned));
+                // A Completion carries an error or a result, never both. If a
+                // peer sends both, the error wins, as in `to_json` and in the
+                // worker: keeping the result too gave a message that
+                // `to_json` could not reproduce (found by fuzzing; see
+                // core/tests/fuzz_regressions/*/completion-with-result-and-error).
+                let result = match error {
+                    Some(_) => None,
+                    None => object.remove("result"),
+                };
                 Message::Completion {
                     invocation_id,
-                    result: object.remove("result"),
-                    error: object
-                        .remove("error")
-                        .and_then(|e| e.as_str().map(str::to_owned)),
+                    result,
+                    error,
                 }
             }
             4 => Message::StreamInvocation {
@@ -368,6 +378,14 @@ mod tests {
         );
         check(
             r#"{"type":3,"invocationId":"1","error":"boom"}"#,
+            Ok(Message::Completion {
+                invocation_id: "1".into(),
+                result: None,
+                error: Some("boom".into()),
+            }),
+        );
+        check(
+            r#"{"type":3,"invocationId":"1","result":1,"error":"boom"}"#,
             Ok(Message::Completion {
                 invocation_id: "1".into(),
                 result: None,
