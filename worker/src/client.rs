@@ -197,3 +197,50 @@ impl Receiver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_urls_become_websocket_urls() {
+        let cases = [
+            ("http://10.0.0.5:7400/hub", "ws://10.0.0.5:7400/hub"),
+            (
+                "https://abc.trycloudflare.com/hub",
+                "wss://abc.trycloudflare.com/hub",
+            ),
+            ("ws://h/hub", "ws://h/hub"),
+            ("wss://h/hub", "wss://h/hub"),
+        ];
+        for (hub, ws) in cases {
+            assert_eq!(websocket_url(hub).unwrap(), ws);
+        }
+        assert!(matches!(
+            websocket_url("ftp://h/hub"),
+            Err(ClientError::BadUrl(_))
+        ));
+    }
+
+    /// wss:// is compiled in: against a server that does not speak TLS the
+    /// error is the TLS handshake's, not "TLS support not compiled in".
+    #[tokio::test]
+    async fn wss_speaks_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let url = format!("wss://127.0.0.1:{port}/hub");
+        let error = connect(&url, "t", Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!error.to_lowercase().contains("not compiled"), "{error}");
+        assert!(error.contains(&url), "{error}");
+    }
+}

@@ -56,7 +56,7 @@ pub enum WorkerError {
     HubClosed(Option<String>),
     #[error("the hub did not answer Register: {0}")]
     Register(String),
-    #[error("gave up on the hub after trying for {}: {last}", humantime::format_duration(Duration::from_secs(.waited.as_secs())))]
+    #[error("gave up on the hub after trying for {:.1}s: {last}", .waited.as_secs_f64())]
     HubGone { waited: Duration, last: String },
 }
 
