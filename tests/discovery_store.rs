@@ -127,3 +127,27 @@ async fn a_missing_record_times_out_naming_the_key_not_the_password() {
     assert!(matches!(error, StoreError::Unreachable { .. }), "{error}");
     assert!(!error.to_string().contains("wrong@"), "{error}");
 }
+
+#[tokio::test]
+async fn rediss_with_a_password_works() {
+    let redis = RedisServer::start_tls(&["--requirepass", "tls-pass"]);
+    // `#insecure`: the test's certificate is self-signed.
+    let url = format!("rediss://:tls-pass@127.0.0.1:{}/#insecure", redis.port);
+    let store = Store::open(&url).unwrap();
+    assert_eq!(
+        store.shown_url(),
+        format!("rediss://:***@127.0.0.1:{}/#insecure", redis.port)
+    );
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        store.write(&record("tls", 1), ttl).await.unwrap(),
+        Written::Yes
+    );
+    assert_eq!(store.read("tls").await.unwrap(), Some(record("tls", 1)));
+    // Plain redis:// to a TLS-only port is refused, not hung.
+    let plain = Store::open(&format!("redis://:tls-pass@127.0.0.1:{}", redis.port)).unwrap();
+    assert!(matches!(
+        plain.read("tls").await,
+        Err(StoreError::Unreachable { .. })
+    ));
+}

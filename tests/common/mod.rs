@@ -224,10 +224,54 @@ impl RedisServer {
 
     /// Starts it with extra arguments, e.g. `["--requirepass", "pw"]`.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::launch(false, extra)
+    }
+
+    /// Starts it speaking only TLS (`rediss://`), with a self-signed
+    /// certificate made by `openssl` for 127.0.0.1.
+    pub fn start_tls(extra: &[&str]) -> RedisServer {
+        Self::launch(true, extra)
+    }
+
+    fn launch(tls: bool, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let mut listen: Vec<String> = vec!["--port".into(), port.to_string()];
+        if tls {
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed");
+            assert!(made.success(), "openssl made no certificate");
+            listen = vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+            ];
+            for (flag, path) in [
+                ("--tls-cert-file", &cert),
+                ("--tls-key-file", &key),
+                ("--tls-ca-cert-file", &cert),
+            ] {
+                listen.push(flag.into());
+                listen.push(path.display().to_string());
+            }
+            listen.extend(["--tls-auth-clients".into(), "no".into()]);
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
