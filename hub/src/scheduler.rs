@@ -98,6 +98,8 @@ enum Timer {
     NoWorker(ModuleIndex),
     /// Workers did not confirm a cancel in time.
     CancelGrace,
+    /// A started attempt has had its timeout and the grace to report.
+    Result { module: ModuleIndex, attempt: u32 },
 }
 
 struct Worker {
@@ -501,7 +503,55 @@ impl Scheduler {
                     let changes = self.run.give_up_on_workers(&reason);
                     self.record(changes);
                 }
+                Timer::Result { module, attempt } => self.no_result(module, attempt),
             }
+        }
+    }
+
+    /// The backstop for a worker that stays connected but never reports:
+    /// the attempt times out here, and the worker is told to stop it.
+    fn no_result(&mut self, module: ModuleIndex, attempt: u32) {
+        let ModuleState::Running {
+            worker,
+            attempt: current,
+            ..
+        } = *self.run.state(module)
+        else {
+            return;
+        };
+        if current != attempt {
+            return;
+        }
+        let m = &self.run.plan().modules[module];
+        let (id, timeout) = (m.id.clone(), m.timeout);
+        let name = self
+            .seen
+            .get(&worker)
+            .map_or("?", |(name, _)| name.as_str());
+        let reason = format!(
+            "no result from worker {name} within the module's timeout ({}) and {} more",
+            humantime::format_duration(timeout),
+            humantime::format_duration(self.settings.cancel_grace)
+        );
+        tracing::warn!(module = %id, attempt, "{reason}");
+        if let Some(w) = self.workers.get(&worker) {
+            w.send(HubCall::Cancel {
+                module_id: id,
+                attempt,
+                reason: reason.clone(),
+            });
+        }
+        let event = Event::Finish {
+            worker,
+            outcome: Outcome::TimedOut,
+            ended: Ended {
+                attempt,
+                reason: Some(reason),
+                ..Ended::default()
+            },
+        };
+        if let Ok(changes) = self.run.handle(module, event) {
+            self.record(changes);
         }
     }
 
@@ -702,6 +752,15 @@ impl Scheduler {
                 self.check_placeable(change.module);
             } else {
                 self.unplaceable.remove(&change.module);
+            }
+            if let ModuleState::Running { attempt, .. } = change.state {
+                let timeout = self.run.plan().modules[change.module].timeout;
+                let at = Instant::now() + timeout + self.settings.cancel_grace;
+                let timer = Timer::Result {
+                    module: change.module,
+                    attempt,
+                };
+                self.timers.insert((at, timer));
             }
             if matches!(
                 change.state,

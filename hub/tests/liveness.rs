@@ -1,7 +1,8 @@
 //! The hub over real loopback sockets, driven by raw SignalR clients with
 //! shortened timeouts: handshake deadline, a silent worker counted as lost
-//! and its module handed to another worker, stale reports ignored, and a
-//! dropped worker resuming its registration with its key.
+//! and its module handed to another worker, stale reports ignored, a
+//! dropped worker resuming its registration with its key, and a worker
+//! that never reports.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ async fn hub(pipeline: &str) -> Hub {
         ping_interval: Duration::from_millis(100),
         client_timeout: Duration::from_millis(1000),
         handshake_timeout: Duration::from_millis(300),
+        cancel_grace: Duration::from_millis(300),
         ..HubConfig::default()
     };
     Hub::start(listener, plan, config).await.unwrap()
@@ -327,4 +329,33 @@ async fn a_dropped_worker_resumes_with_its_key_and_keeps_its_module() {
         Some(1)
     ));
     drop(impostor);
+}
+
+#[tokio::test]
+async fn a_worker_that_never_reports_times_the_module_out() {
+    let hub = hub("[modules.a]\nrun = \"true\"\ntimeout = \"1s\"\n").await;
+    let mut mute = Raw::connect(&hub).await;
+    mute.register("mute").await;
+    assert_eq!(mute.expect_assign().await, ("a".into(), 1));
+    mute.invoke(None, "Started", json!(["a", 1])).await;
+    // It keeps answering pings, so it is not lost; it just never reports.
+    match mute.next_non_ping().await {
+        Some(Message::Invocation {
+            target, arguments, ..
+        }) if target == "Cancel" => {
+            assert_eq!(
+                (arguments[0].as_str(), arguments[1].as_u64()),
+                (Some("a"), Some(1))
+            );
+        }
+        other => panic!("expected a Cancel, got {other:?}"),
+    }
+    let summary = finished(hub).await;
+    let state = &summary.modules[0].state;
+    assert_eq!(state.name(), "timed out", "{summary:?}");
+    let reason = state.ended().unwrap().reason.clone().unwrap();
+    assert!(
+        reason.starts_with("no result from worker mute within the module's timeout (1s)"),
+        "{reason}"
+    );
 }
