@@ -95,6 +95,10 @@ pub struct Assignment {
     /// everything it sends back. Absent from an older hub: none.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Artifacts of its needs to download, to the same relative paths under
+    /// its cwd, before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumes: Vec<Consumed>,
 }
 
 /// How a module's execution ended, as the worker saw it.
@@ -122,6 +126,34 @@ pub struct Report {
     pub error: Option<String>,
     #[serde(default)]
     pub duration_ms: u64,
+    /// The files the module produced, uploaded to the hub before this
+    /// report was sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// One file a module produced, stored on the hub by content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// Relative to the module's cwd, `/`-separated, normalised (no `.`,
+    /// `..` or empty parts).
+    pub path: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content: its name on the hub.
+    pub sha256: String,
+    /// Unix permission bits (e.g. 0o755 as 493).
+    pub mode: u32,
+}
+
+/// A file to fetch before a module starts: an artifact of one of its needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumed {
+    /// The module that produced it.
+    pub from: String,
+    #[serde(flatten)]
+    pub artifact: Artifact,
 }
 
 /// Which pipe a log batch came from.
@@ -400,6 +432,22 @@ mod tests {
                 outputs: BTreeMap::new(),
                 error: Some("timed out after 1s".into()),
                 duration_ms: 1000,
+                artifacts: vec![],
+            }),
+            WorkerCall::Complete(Report {
+                module_id: "build".into(),
+                attempt: 2,
+                status: ReportStatus::Succeeded,
+                exit_code: Some(0),
+                outputs: BTreeMap::new(),
+                error: None,
+                duration_ms: 1000,
+                artifacts: vec![Artifact {
+                    path: "dist/app.tar.gz".into(),
+                    size: 3,
+                    sha256: "ab".repeat(32),
+                    mode: 0o755,
+                }],
             }),
         ];
         for call in calls {
@@ -444,6 +492,15 @@ mod tests {
             timeout_ms: 1000,
             needs: BTreeMap::new(),
             secrets: vec!["NPM_TOKEN".into()],
+            consumes: vec![Consumed {
+                from: "build".into(),
+                artifact: Artifact {
+                    path: "target/app".into(),
+                    size: 1,
+                    sha256: "cd".repeat(32),
+                    mode: 0o644,
+                },
+            }],
         };
         let call = HubCall::Assign(assignment.clone());
         let (target, args) = call.clone().into_invocation();
@@ -483,6 +540,7 @@ mod tests {
             outputs: BTreeMap::new(),
             error: None,
             duration_ms: 5,
+            artifacts: vec![],
         });
         assert_eq!(report["moduleId"], "m");
         assert_eq!(report["exitCode"], 0);

@@ -879,6 +879,7 @@ impl Scheduler {
             timeout_ms: m.timeout.as_millis() as u64,
             needs,
             secrets: m.secrets.clone(),
+            consumes: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ pub(crate) async fn execute(
             outputs,
             error: error.map(|e| masker.mask_owned(e)),
             duration_ms: begun.elapsed().as_millis() as u64,
+            artifacts: Vec::new(),
         })
     };
     let fail = |status, error: String| report(status, None, Some(error), Default::default());
@@ -474,6 +475,7 @@ mod tests {
             timeout_ms: 1000,
             needs: BTreeMap::new(),
             secrets: vec!["FROM_ENV".into(), "PATH".into(), "UNSET_X_Y_Z".into()],
+            consumes: vec![],
         };
         let masker = secret_masker(&assignment, "the-hub-token");
         let path = std::env::var("PATH").unwrap();
