@@ -17,6 +17,6 @@ pub mod signalr;
 pub mod state;
 
 pub use pipeline::{parse_pipeline, PipelineError};
-pub use plan::{ModuleIndex, Plan, PlannedModule};
+pub use plan::{Consume, ModuleIndex, Plan, PlannedModule};
 pub use run::{Change, Limits, Run};
 pub use state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::plan::{Plan, PlannedModule};
+use crate::plan::{Consume, Plan, PlannedModule};
 
 /// The timeout of a module that sets none, nor `[defaults] timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -97,6 +97,10 @@ struct RawModule {
     requires: Vec<Spanned<String>>,
     #[serde(default)]
     secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    produces: Vec<Spanned<String>>,
+    #[serde(default)]
+    consumes: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
     matrix: Option<Spanned<RawMatrix>>,
@@ -527,6 +531,16 @@ fn expand(
             Some(c) => cwd(source, c)?,
             None => ".".to_owned(),
         };
+        let mut consumes = Vec::new();
+        for written in &raw.consumes {
+            let (from, glob) = consumed(source, name, written, &raw.needs)?;
+            for &i in &instances[index[from.as_str()]] {
+                consumes.push(Consume {
+                    from: i,
+                    glob: glob.clone(),
+                });
+            }
+        }
         for combination in combinations {
             let sub = |text: &Spanned<String>| substitute(source, name, text, &combination);
             let mut env = defaults.env.clone();
@@ -541,6 +555,11 @@ fn expand(
                     secrets.push(name);
                 }
             }
+            let produces = raw
+                .produces
+                .iter()
+                .map(|written| produced(source, written, sub(written)?))
+                .collect::<Result<Vec<_>, _>>()?;
             let id = if combination.is_empty() {
                 name.clone()
             } else {
@@ -561,6 +580,8 @@ fn expand(
                 needs: needs.clone(),
                 requires,
                 secrets,
+                produces,
+                consumes: consumes.clone(),
                 timeout,
                 retries,
                 matrix: combination,
@@ -568,6 +589,80 @@ fn expand(
         }
     }
     Ok(Plan::from_ordered(planned))
+}
+
+/// A `produces` entry: a relative glob, `?` first if it may match nothing.
+fn produced(
+    source: &Source,
+    written: &Spanned<String>,
+    text: String,
+) -> Result<String, PipelineError> {
+    let pattern = text.strip_prefix('?').unwrap_or(&text);
+    artifact_glob(source, written, pattern, "produces")?;
+    Ok(text)
+}
+
+/// A `consumes` entry: `MODULE` (every artifact it produced) or
+/// `MODULE:GLOB` (those whose path matches), where MODULE is a need.
+fn consumed(
+    source: &Source,
+    name: &str,
+    written: &Spanned<String>,
+    needs: &[Spanned<String>],
+) -> Result<(String, Option<String>), PipelineError> {
+    let text = written.get_ref();
+    let (from, glob) = match text.split_once(':') {
+        Some((from, glob)) => (from, Some(glob)),
+        None => (text.as_str(), None),
+    };
+    if !needs.iter().any(|n| n.get_ref() == from) {
+        let listed: Vec<&str> = needs.iter().map(|n| n.get_ref().as_str()).collect();
+        return Err(source
+            .error(
+                written.span(),
+                format!("module '{name}' consumes '{from}', which is not among its needs"),
+            )
+            .help(if listed.is_empty() {
+                format!("add needs = [\"{from}\"]: a module can only consume what finished before it started")
+            } else {
+                format!(
+                    "add '{from}' to needs (now {}): a module can only consume what finished before it started",
+                    listed.join(", ")
+                )
+            }));
+    }
+    if let Some(glob) = glob {
+        artifact_glob(source, written, glob, "consumes")?;
+    }
+    Ok((from.to_owned(), glob.map(str::to_owned)))
+}
+
+/// Checks a glob over artifact paths: relative, inside the module's folder,
+/// and one `globset` accepts.
+fn artifact_glob(
+    source: &Source,
+    written: &Spanned<String>,
+    pattern: &str,
+    key: &str,
+) -> Result<(), PipelineError> {
+    let outside = pattern.starts_with('/') || pattern.split(['/', '\\']).any(|part| part == "..");
+    if pattern.is_empty() || outside {
+        return Err(source
+            .error(
+                written.span(),
+                format!("{key} path {pattern:?} is not a path inside the module's folder"),
+            )
+            .help("write a path relative to the module's cwd, without '..', e.g. \"target/release/app\" or \"dist/**/*.tar.gz\""));
+    }
+    globset::Glob::new(pattern).map_err(|e| {
+        source
+            .error(
+                written.span(),
+                format!("{key} glob {pattern:?} is not valid: {e}"),
+            )
+            .help("'*' matches within a folder, '**' across folders, e.g. \"dist/**/*.tar.gz\"")
+    })?;
+    Ok(())
 }
 
 fn cwd(source: &Source, text: &Spanned<String>) -> Result<String, PipelineError> {
@@ -916,6 +1011,77 @@ run = "lint"
         );
         assert_eq!(plan.modules[1].secrets[3], "KEY_STAGING");
         assert_eq!(plan.modules[2].secrets, ["NPM_TOKEN", "_X1"]);
+    }
+
+    #[test]
+    fn produces_and_consumes_name_files_and_needs() {
+        let plan = plan(
+            r#"
+[modules.build]
+matrix = { arch = ["x86", "arm"] }
+run = "make"
+produces = ["target/${matrix.arch}/app", "?dist/**/*.tar.gz"]
+[modules.docs]
+run = "doc"
+produces = ["site/**"]
+[modules.test]
+needs = ["build", "docs"]
+consumes = ["build", "docs:site/*.html"]
+run = "test"
+"#,
+        );
+        assert_eq!(
+            plan.modules[0].produces,
+            ["target/x86/app", "?dist/**/*.tar.gz"]
+        );
+        let test = &plan.modules[plan.index_of("test").unwrap()];
+        let from: Vec<(&str, Option<&str>)> = test
+            .consumes
+            .iter()
+            .map(|c| (plan.modules[c.from].id.as_str(), c.glob.as_deref()))
+            .collect();
+        assert_eq!(
+            from,
+            [
+                ("build[arch=x86]", None),
+                ("build[arch=arm]", None),
+                ("docs", Some("site/*.html"))
+            ]
+        );
+    }
+
+    #[test]
+    fn artifact_paths_stay_inside_and_consumes_follow_needs() {
+        check_error(
+            "[modules.a]\nrun = \"x\"\nproduces = [\"../secret\"]\n",
+            3,
+            13,
+            "produces path \"../secret\" is not a path inside the module's folder",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nproduces = [\"?/etc/passwd\"]\n",
+            3,
+            13,
+            "is not a path inside the module's folder",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\nproduces = [\"dist/[a\"]\n",
+            3,
+            13,
+            "produces glob \"dist/[a\" is not valid",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\n[modules.b]\nrun = \"y\"\nconsumes = [\"a\"]\n",
+            5,
+            13,
+            "module 'b' consumes 'a', which is not among its needs",
+        );
+        check_error(
+            "[modules.a]\nrun = \"x\"\n[modules.b]\nrun = \"y\"\nneeds = [\"a\"]\nconsumes = [\"a:../x\"]\n",
+            6,
+            13,
+            "consumes path \"../x\" is not a path inside",
+        );
     }
 
     #[test]

@@ -26,8 +26,21 @@ pub struct PlannedModule {
     /// Names of environment variables whose values are masked in its
     /// output: `[defaults] secrets` first, then the module's own, each once.
     pub secrets: Vec<String>,
+    /// Globs of files to upload when it succeeds, relative to its cwd;
+    /// `?` first marks one that may match nothing.
+    pub produces: Vec<String>,
+    /// Artifacts of its needs to fetch before it starts.
+    pub consumes: Vec<Consume>,
     pub timeout: Duration,
     pub retries: u32,
+}
+
+/// What a module takes from one of its needs: every artifact, or those
+/// whose path matches `glob`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consume {
+    pub from: ModuleIndex,
+    pub glob: Option<String>,
 }
 
 /// The whole pipeline, ready to run.

@@ -95,6 +95,10 @@ pub struct Assignment {
     /// everything it sends back. Absent from an older hub: none.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Globs (relative to its cwd) of the files to upload once it succeeds;
+    /// one starting with `?` may match nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub produces: Vec<String>,
     /// Artifacts of its needs to download, to the same relative paths under
     /// its cwd, before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -492,6 +496,7 @@ mod tests {
             timeout_ms: 1000,
             needs: BTreeMap::new(),
             secrets: vec!["NPM_TOKEN".into()],
+            produces: vec!["dist/**".into()],
             consumes: vec![Consumed {
                 from: "build".into(),
                 artifact: Artifact {

@@ -29,6 +29,8 @@ pub struct Ended {
     /// Why it failed, timed out or was cancelled.
     pub reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
+    /// The files it produced, stored on the hub.
+    pub artifacts: Vec<crate::protocol::Artifact>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

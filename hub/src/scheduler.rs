@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use muster_core::plan::needs_env_name;
 use muster_core::protocol::{
-    Assignment, Held, HubCall, LogStream, Registration, Report, ReportStatus, RunOutcome, Welcome,
-    WorkerCall, PROTOCOL_VERSION,
+    Assignment, Consumed, Held, HubCall, LogStream, Registration, Report, ReportStatus, RunOutcome,
+    Welcome, WorkerCall, PROTOCOL_VERSION,
 };
 use muster_core::signalr::Message;
 use muster_core::{
@@ -879,8 +879,37 @@ impl Scheduler {
             timeout_ms: m.timeout.as_millis() as u64,
             needs,
             secrets: m.secrets.clone(),
-            consumes: Vec::new(),
+            produces: m.produces.clone(),
+            consumes: self.consumed(module),
         }
+    }
+
+    /// The artifacts a module takes from its needs: every file a consumed
+    /// need produced, or those whose path matches the consume's glob.
+    fn consumed(&self, module: ModuleIndex) -> Vec<Consumed> {
+        let plan = self.run.plan();
+        let mut consumed = Vec::new();
+        for consume in &plan.modules[module].consumes {
+            let matcher = consume.glob.as_deref().map(|glob| {
+                // `*` stays within a folder; `**` crosses folders.
+                globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .expect("the pipeline checked its globs")
+                    .compile_matcher()
+            });
+            let from = &plan.modules[consume.from].id;
+            let produced = self.run.state(consume.from).ended().map(|e| &e.artifacts);
+            for artifact in produced.into_iter().flatten() {
+                if matcher.as_ref().is_none_or(|m| m.is_match(&artifact.path)) {
+                    consumed.push(Consumed {
+                        from: from.clone(),
+                        artifact: artifact.clone(),
+                    });
+                }
+            }
+        }
+        consumed
     }
 
     fn finish_if_done(&mut self) {
@@ -957,6 +986,7 @@ fn finish_event(worker: WorkerId, report: Report) -> Event {
             exit_code: report.exit_code,
             reason: report.error,
             outputs: report.outputs,
+            artifacts: report.artifacts,
         },
     }
 }

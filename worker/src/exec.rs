@@ -475,6 +475,7 @@ mod tests {
             timeout_ms: 1000,
             needs: BTreeMap::new(),
             secrets: vec!["FROM_ENV".into(), "PATH".into(), "UNSET_X_Y_Z".into()],
+            produces: vec![],
             consumes: vec![],
         };
         let masker = secret_masker(&assignment, "the-hub-token");
