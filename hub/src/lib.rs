@@ -6,6 +6,7 @@
 //! panics the hub: each connection ends on its own error and the run goes
 //! on.
 
+mod artifacts;
 mod connection;
 mod events;
 mod scheduler;
@@ -14,6 +15,7 @@ mod server;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use artifacts::artifact_url;
 pub use events::{ModuleSummary, RunEvent, Summary};
 pub use scheduler::CancelAnswer;
 pub use server::random_id;
@@ -57,6 +60,16 @@ pub struct HubConfig {
     /// A module whose worker is lost this many times fails as a poison
     /// module.
     pub max_worker_losses: u32,
+    /// The folder of the artifact store, created at `Hub::start`. The CLI
+    /// sets one under the run's state directory; the default is a fresh
+    /// `muster-artifacts-<random>` under the system's temp folder, left
+    /// behind when the hub ends.
+    pub artifact_dir: PathBuf,
+    /// The largest artifact the hub accepts, in bytes (413 beyond).
+    pub max_artifact_bytes: u64,
+    /// An artifact upload that sends nothing for this long is aborted
+    /// (408) and its partial file removed.
+    pub transfer_stall_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -71,6 +84,9 @@ impl Default for HubConfig {
             capability_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(15),
             max_worker_losses: Limits::default().max_worker_losses,
+            artifact_dir: std::env::temp_dir().join(format!("muster-artifacts-{}", random_id())),
+            max_artifact_bytes: 16 << 30,
+            transfer_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,6 +133,12 @@ impl Hub {
     /// Serves `plan` on an already bound listener (bind port 0 in tests).
     pub async fn start(listener: TcpListener, plan: Plan, config: HubConfig) -> io::Result<Hub> {
         let addr = listener.local_addr()?;
+        let artifacts = artifacts::Store::open(
+            &config.artifact_dir,
+            config.max_artifact_bytes,
+            config.transfer_stall_timeout,
+        )
+        .await?;
         let (commands, command_rx) = mpsc::channel(1024);
         let (events_tx, events) = mpsc::unbounded_channel();
         let (done_tx, done) = oneshot::channel();
@@ -146,6 +168,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             negotiated: Mutex::new(HashMap::new()),
+            artifacts,
         });
         let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();

@@ -1,14 +1,16 @@
 //! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub`, the
-//! cancel endpoint for `muster cancel`, and token checks that answer 401
-//! before anything else happens.
+//! cancel endpoint for `muster cancel`, the artifact store's routes
+//! (`artifacts.rs`), and token checks that answer 401 before anything else
+//! happens.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::artifacts;
 use crate::connection::{self, ConnectionSettings};
 use crate::scheduler::{CancelAnswer, Command};
 use crate::Canceller;
@@ -39,13 +42,18 @@ pub(crate) struct AppState {
     pub tracker: TaskTracker,
     /// Connection tokens handed out by negotiate, not yet used.
     pub negotiated: Mutex<HashMap<String, Instant>>,
+    /// Files modules hand to each other, by SHA-256.
+    pub artifacts: artifacts::Store,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let artifacts = artifacts::routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/hub/negotiate", post(negotiate))
         .route("/hub", get(upgrade))
         .route("/hub/cancel", post(cancel))
+        .route("/hub/artifacts/{sha256}", artifacts)
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -103,6 +111,19 @@ fn authorize(state: &AppState, headers: &HeaderMap, query: &HubQuery) -> Result<
     } else {
         Err(HttpError::Unauthorized)
     }
+}
+
+/// Refuses a request without the token before its handler runs, so its
+/// body is never read.
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HubQuery>,
+    request: Request,
+    next: Next,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers, &query)?;
+    Ok(next.run(request).await)
 }
 
 async fn negotiate(
