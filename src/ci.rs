@@ -144,7 +144,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
             return Ok(exit::BAD_INPUT);
         }
     };
-    let mut config = match args.limits.config(args.fail_fast) {
+    let (mut config, _state) = match args.limits.config(args.fail_fast) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("muster: error: {message}");

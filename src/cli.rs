@@ -107,10 +107,24 @@ pub(crate) struct HubLimits {
     /// module instead of running again.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Timeouts")]
     max_worker_losses: u32,
+    /// An artifact upload or download that moves no bytes for this long
+    /// fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    transfer_stall_timeout: Duration,
+    /// Folder for the run's state: artifacts go to artifacts/ under it and
+    /// stay after the run [default: a temporary folder, removed at the end].
+    #[arg(long, help_heading = "Storage")]
+    state_dir: Option<PathBuf>,
+}
+
+/// Keeps a temporary state folder until the run ends.
+pub(crate) struct StateDir {
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl HubLimits {
-    pub(crate) fn config(&self, fail_fast: bool) -> Result<HubConfig, String> {
+    /// The hub's settings, and the state folder to keep alive while it runs.
+    pub(crate) fn config(&self, fail_fast: bool) -> Result<(HubConfig, StateDir), String> {
         if self.client_timeout <= self.ping_interval {
             return Err(format!(
                 "--client-timeout ({}) must be longer than --ping-interval ({}): a worker is heard at least once per ping interval\n  \
@@ -119,7 +133,17 @@ impl HubLimits {
                 humantime::format_duration(self.ping_interval)
             ));
         }
-        Ok(HubConfig {
+        let (state, temporary) = match &self.state_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temporary = tempfile::Builder::new()
+                    .prefix("muster-run-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot make a temporary state folder: {e}"))?;
+                (temporary.path().to_owned(), Some(temporary))
+            }
+        };
+        let config = HubConfig {
             fail_fast,
             ping_interval: self.ping_interval,
             client_timeout: self.client_timeout,
@@ -127,8 +151,16 @@ impl HubLimits {
             capability_timeout: self.capability_timeout,
             cancel_grace: self.cancel_grace,
             max_worker_losses: self.max_worker_losses,
+            artifact_dir: state.join("artifacts"),
+            transfer_stall_timeout: self.transfer_stall_timeout,
             ..HubConfig::default()
-        })
+        };
+        Ok((
+            config,
+            StateDir {
+                _temporary: temporary,
+            },
+        ))
     }
 }
 
@@ -266,7 +298,7 @@ async fn run(args: RunArgs) -> Result<u8> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    let config = match args.limits.config(args.fail_fast) {
+    let (config, _state) = match args.limits.config(args.fail_fast) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("muster: error: {message}");
@@ -288,7 +320,7 @@ async fn hub(args: HubArgs) -> Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let generated = args.token.is_none();
-    let mut config = match args.limits.config(args.fail_fast) {
+    let (mut config, _state) = match args.limits.config(args.fail_fast) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("muster: error: {message}");
