@@ -11,6 +11,7 @@
 
 mod client;
 mod exec;
+pub mod transfer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
