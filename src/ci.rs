@@ -220,6 +220,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
             capabilities: args.capabilities.clone(),
             workdir,
             name: format!("instance-{}", instance.index),
+            transfer_stall_timeout: args.limits.transfer_stall_timeout,
         },
         reporter,
     )
@@ -326,6 +327,7 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         workdir,
         connect_timeout: Duration::from_secs(15),
         reconnect_timeout: args.reconnect_timeout,
+        transfer_stall_timeout: args.limits.transfer_stall_timeout,
     };
     let stop = CancellationToken::new();
     let interrupted = stop.clone();

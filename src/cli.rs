@@ -110,7 +110,7 @@ pub(crate) struct HubLimits {
     /// An artifact upload or download that moves no bytes for this long
     /// fails.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
-    transfer_stall_timeout: Duration,
+    pub(crate) transfer_stall_timeout: Duration,
     /// Folder for the run's state: artifacts go to artifacts/ under it and
     /// stay after the run [default: a temporary folder, removed at the end].
     #[arg(long, help_heading = "Storage")]
@@ -212,6 +212,10 @@ struct WorkerArgs {
     /// Bound on one connection attempt and its handshake.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// An artifact upload or download that moves no bytes for this long
+    /// fails (after a few retries).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    transfer_stall_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -308,7 +312,8 @@ async fn run(args: RunArgs) -> Result<u8> {
     let token = config.token.clone();
     let reporter = Reporter::for_plan(&plan, &token);
     let hub = Hub::start(listener, plan, config).await?;
-    master(hub, &token, workers, &args.file.file, reporter).await
+    let local = LocalWorkers::plain(workers, &args.file.file, &args.limits);
+    master(hub, &token, local, reporter).await
 }
 
 async fn hub(args: HubArgs) -> Result<u8> {
@@ -347,24 +352,13 @@ async fn hub(args: HubArgs) -> Result<u8> {
             hub.url()
         );
     }
-    master(hub, &token, args.workers, &args.file.file, reporter).await
+    let local = LocalWorkers::plain(args.workers, &args.file.file, &args.limits);
+    master(hub, &token, local, reporter).await
 }
 
-/// Runs a started hub with `workers` local workers to the end of the run
-/// and returns the exit code.
-async fn master(
-    hub: Hub,
-    token: &str,
-    workers: u32,
-    file: &Path,
-    reporter: Reporter,
-) -> Result<u8> {
-    let local = LocalWorkers {
-        count: workers,
-        capabilities: Vec::new(),
-        workdir: pipeline_dir(file),
-        name: "local".into(),
-    };
+/// Runs a started hub with its local workers to the end of the run and
+/// returns the exit code.
+async fn master(hub: Hub, token: &str, local: LocalWorkers, reporter: Reporter) -> Result<u8> {
     let summary = master_summary(hub, token, &local, reporter).await?;
     Ok(finish(&summary))
 }
@@ -377,6 +371,21 @@ pub(crate) struct LocalWorkers {
     pub workdir: PathBuf,
     /// Names are `NAME-1`, `NAME-2`, ...
     pub name: String,
+    pub transfer_stall_timeout: Duration,
+}
+
+impl LocalWorkers {
+    /// `count` workers named `local-N` with the detected capabilities, whose
+    /// module cwds are relative to the pipeline file's folder.
+    fn plain(count: u32, file: &Path, limits: &HubLimits) -> LocalWorkers {
+        LocalWorkers {
+            count,
+            capabilities: Vec::new(),
+            workdir: pipeline_dir(file),
+            name: "local".into(),
+            transfer_stall_timeout: limits.transfer_stall_timeout,
+        }
+    }
 }
 
 /// Runs a started hub with its local workers to the end of the run, printing
@@ -413,6 +422,7 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         workdir,
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,
+        transfer_stall_timeout: args.transfer_stall_timeout,
     };
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
@@ -539,6 +549,7 @@ fn spawn_local_workers(
                 workdir: local.workdir.clone(),
                 connect_timeout: Duration::from_secs(15),
                 reconnect_timeout: Duration::from_secs(15),
+                transfer_stall_timeout: local.transfer_stall_timeout,
             };
             let stop = stop.child_token();
             tokio::spawn(async move {

@@ -179,6 +179,10 @@ impl HubProcess {
         hub
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Waits for the hub to exit and returns all it printed after the URL.
     pub fn finish(mut self) -> Output {
         let mut child = self.child.take().expect("finish is called once");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use muster_core::mask::Masker;
 use muster_core::outputs::{parse_outputs, OUTPUT_CAP};
-use muster_core::protocol::{Assignment, LogStream, Report, ReportStatus, WorkerCall};
+use muster_core::protocol::{Artifact, Assignment, LogStream, Report, ReportStatus, WorkerCall};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -20,6 +20,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
+
+use crate::transfer::{
+    describe as describe_file, find_produced, Fetched, Transfer, Uploaded, LARGE_TRANSFER,
+};
 
 /// How long a batch of log lines may wait before it is sent.
 const LOG_FLUSH: Duration = Duration::from_millis(100);
@@ -42,6 +46,8 @@ pub(crate) struct Context<'a> {
     pub workdir: &'a Path,
     /// Masked in everything the module prints.
     pub hub_token: &'a str,
+    /// Moves the module's artifacts to and from the hub.
+    pub transfer: &'a Transfer,
 }
 
 /// Runs the assignment to its end and sends `Started`, `Log`s and the
@@ -83,6 +89,19 @@ pub(crate) async fn execute(
             .await;
         return;
     }
+    let cwd = context.workdir.join(&assignment.cwd);
+    let fetched = tokio::select! {
+        fetched = fetch_consumed(&assignment, &cwd, context.transfer, &out) => fetched,
+        () = cancel.cancelled() => Err("cancelled while fetching its artifacts".into()),
+    };
+    if let Err(error) = fetched {
+        let status = match cancel.is_cancelled() {
+            true => ReportStatus::Cancelled,
+            false => ReportStatus::Failed,
+        };
+        let _ = out.send(fail(status, error)).await;
+        return;
+    }
     let output_file = match tempfile::Builder::new().prefix("muster-output-").tempfile() {
         Ok(file) => file,
         Err(e) => {
@@ -91,7 +110,6 @@ pub(crate) async fn execute(
             return;
         }
     };
-    let cwd = context.workdir.join(&assignment.cwd);
     let mut child = match spawn(&assignment, &context, &cwd, output_file.path()) {
         Ok(child) => child,
         Err(e) => {
@@ -153,11 +171,108 @@ pub(crate) async fn execute(
             Default::default(),
         ),
         Ended::Exited(Ok(_)) => match outputs {
-            Ok(outputs) => report(ReportStatus::Succeeded, Some(0), None, outputs),
+            Ok(outputs) => {
+                let uploaded = tokio::select! {
+                    uploaded = upload_produced(&assignment, &cwd, context.transfer, &out) => uploaded,
+                    () = cancel.cancelled() => Err("cancelled while uploading its artifacts".into()),
+                };
+                match uploaded {
+                    Ok(artifacts) => {
+                        let mut call = report(ReportStatus::Succeeded, Some(0), None, outputs);
+                        if let WorkerCall::Complete(report) = &mut call {
+                            report.artifacts = artifacts;
+                        }
+                        call
+                    }
+                    Err(e) if cancel.is_cancelled() => fail(ReportStatus::Cancelled, e),
+                    Err(e) => report(ReportStatus::Failed, Some(0), Some(e), Default::default()),
+                }
+            }
             Err(e) => report(ReportStatus::Failed, Some(0), Some(e), Default::default()),
         },
     };
     let _ = out.send(call).await;
+}
+
+/// Downloads what the module consumes into its cwd before it starts, and
+/// says so in its log for large files.
+async fn fetch_consumed(
+    assignment: &Assignment,
+    cwd: &Path,
+    transfer: &Transfer,
+    out: &mpsc::Sender<WorkerCall>,
+) -> Result<(), String> {
+    if assignment.consumes.is_empty() {
+        return Ok(());
+    }
+    tokio::fs::create_dir_all(cwd)
+        .await
+        .map_err(|e| format!("could not create its folder {}: {e}", cwd.display()))?;
+    for consumed in &assignment.consumes {
+        let fetched = transfer
+            .download(cwd, consumed)
+            .await
+            .map_err(|e| e.to_string())?;
+        let note = match fetched {
+            Fetched::Downloaded(moved) if moved.bytes > LARGE_TRANSFER => Some(format!(
+                "fetched {} from {}: {moved}",
+                consumed.artifact.path, consumed.from
+            )),
+            _ => None,
+        };
+        if let Some(note) = note {
+            note_in_log(assignment, out, note).await;
+        }
+    }
+    Ok(())
+}
+
+/// Finds, hashes and uploads what the module produced, after it succeeded.
+async fn upload_produced(
+    assignment: &Assignment,
+    cwd: &Path,
+    transfer: &Transfer,
+    out: &mpsc::Sender<WorkerCall>,
+) -> Result<Vec<Artifact>, String> {
+    if assignment.produces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (folder, patterns) = (cwd.to_owned(), assignment.produces.clone());
+    let found = tokio::task::spawn_blocking(move || find_produced(&folder, &patterns))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut artifacts = Vec::with_capacity(found.len());
+    for file in &found {
+        let artifact = describe_file(file).await.map_err(|e| e.to_string())?;
+        let uploaded = transfer
+            .upload(&assignment.module_id, cwd, &artifact)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Uploaded::Sent(moved) = uploaded {
+            if moved.bytes > LARGE_TRANSFER {
+                note_in_log(
+                    assignment,
+                    out,
+                    format!("uploaded {}: {moved}", artifact.path),
+                )
+                .await;
+            }
+        }
+        artifacts.push(artifact);
+    }
+    Ok(artifacts)
+}
+
+/// A line from muster itself in the module's log (stderr).
+async fn note_in_log(assignment: &Assignment, out: &mpsc::Sender<WorkerCall>, text: String) {
+    let log = WorkerCall::Log {
+        module_id: assignment.module_id.clone(),
+        attempt: assignment.attempt,
+        stream: LogStream::Stderr,
+        text: format!("[muster] {text}"),
+    };
+    let _ = out.send(log).await;
 }
 
 /// Masks what the module could print that it must not: each of its

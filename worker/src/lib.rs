@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::transfer::{ArtifactError, Transfer, TransferSettings};
+
 pub use client::{websocket_url, ClientError};
 
 /// How a worker joins and what it offers.
@@ -47,6 +49,8 @@ pub struct WorkerConfig {
     /// How long to keep trying to reach the hub, first and after a drop,
     /// before giving up.
     pub reconnect_timeout: Duration,
+    /// An artifact transfer that moves no bytes for this long fails.
+    pub transfer_stall_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,8 @@ pub enum WorkerError {
     HubClosed(Option<String>),
     #[error("the hub did not answer Register: {0}")]
     Register(String),
+    #[error("the worker could not set up: {0}")]
+    Setup(String),
     #[error("gave up on the hub after trying for {:.1}s: {last}", .waited.as_secs_f64())]
     HubGone { waited: Duration, last: String },
 }
@@ -94,7 +100,7 @@ pub fn host_name() -> String {
 /// dropped connection is retried with backoff for `reconnect_timeout`.
 pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, WorkerError> {
     let (out, mut calls) = mpsc::channel::<WorkerCall>(256);
-    let mut work = Work::new(&config, &stop, out);
+    let mut work = Work::new(&config, &stop, out)?;
     let mut session: Option<Welcome> = None;
     let mut sender: Option<client::Sender> = None;
     let exit = loop {
@@ -338,6 +344,10 @@ struct Work {
     workdir: PathBuf,
     /// The hub's token, which executions mask in module output.
     token: String,
+    /// Artifact uploads and downloads, sharing one download cache.
+    transfer: Transfer,
+    /// The cache's folder, removed when the worker ends.
+    _cache: tempfile::TempDir,
     stop: CancellationToken,
     out: mpsc::Sender<WorkerCall>,
     tracker: TaskTracker,
@@ -350,11 +360,32 @@ struct Work {
 }
 
 impl Work {
-    fn new(config: &WorkerConfig, stop: &CancellationToken, out: mpsc::Sender<WorkerCall>) -> Self {
-        Work {
+    fn new(
+        config: &WorkerConfig,
+        stop: &CancellationToken,
+        out: mpsc::Sender<WorkerCall>,
+    ) -> Result<Self, WorkerError> {
+        let cache = tempfile::Builder::new()
+            .prefix("muster-cache-")
+            .tempdir()
+            .map_err(|e| {
+                WorkerError::Setup(format!("cannot make an artifact cache folder: {e}"))
+            })?;
+        let settings = TransferSettings {
+            stall_timeout: config.transfer_stall_timeout,
+            ..TransferSettings::default()
+        };
+        let transfer = Transfer::new(&config.hub, config.token.clone(), cache.path(), settings)
+            .map_err(|e| match e {
+                ArtifactError::BadHubUrl(url) => WorkerError::Client(ClientError::BadUrl(url)),
+                other => WorkerError::Setup(other.to_string()),
+            })?;
+        Ok(Work {
             name: config.name.clone(),
             workdir: config.workdir.clone(),
             token: config.token.clone(),
+            transfer,
+            _cache: cache,
             stop: stop.clone(),
             out,
             tracker: TaskTracker::new(),
@@ -363,7 +394,7 @@ impl Work {
             pending_log_bytes: 0,
             dropped_log_bytes: 0,
             next_invocation: 1,
-        }
+        })
     }
 
     /// What to send in `Register`: a claim to the earlier registration and
@@ -558,11 +589,13 @@ impl Work {
         let name = self.name.clone();
         let workdir = self.workdir.clone();
         let hub_token = self.token.clone();
+        let transfer = self.transfer.clone();
         let execution = async move {
             let context = exec::Context {
                 worker_name: &name,
                 workdir: &workdir,
                 hub_token: &hub_token,
+                transfer: &transfer,
             };
             exec::execute(assignment, context, out, token).await;
         };
