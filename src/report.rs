@@ -254,6 +254,23 @@ pub fn describe_plan(plan: &Plan) -> String {
         if !module.secrets.is_empty() {
             let _ = write!(out, "  secrets: {}", module.secrets.join(", "));
         }
+        if !module.produces.is_empty() {
+            let _ = write!(out, "  produces: {}", module.produces.join(", "));
+        }
+        if !module.consumes.is_empty() {
+            let consumes: Vec<String> = module
+                .consumes
+                .iter()
+                .map(|c| {
+                    let from = &plan.modules[c.from].id;
+                    match &c.glob {
+                        Some(glob) => format!("{from}:{glob}"),
+                        None => from.clone(),
+                    }
+                })
+                .collect();
+            let _ = write!(out, "  consumes: {}", consumes.join(", "));
+        }
         let _ = writeln!(
             out,
             "  timeout: {}",
