@@ -328,6 +328,7 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         connect_timeout: Duration::from_secs(15),
         reconnect_timeout: args.reconnect_timeout,
         transfer_stall_timeout: args.limits.transfer_stall_timeout,
+        noop: false,
     };
     let stop = CancellationToken::new();
     let interrupted = stop.clone();

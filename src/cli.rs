@@ -216,6 +216,10 @@ struct WorkerArgs {
     /// fails (after a few retries).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     transfer_stall_timeout: Duration,
+    /// A benchmark aid: report every module succeeded at once without
+    /// running it (no process is forked), to measure muster's own dispatch.
+    #[arg(long)]
+    noop: bool,
 }
 
 #[derive(Args)]
@@ -423,6 +427,7 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         connect_timeout: args.connect_timeout,
         reconnect_timeout: args.reconnect_timeout,
         transfer_stall_timeout: args.transfer_stall_timeout,
+        noop: args.noop,
     };
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
@@ -550,6 +555,7 @@ fn spawn_local_workers(
                 connect_timeout: Duration::from_secs(15),
                 reconnect_timeout: Duration::from_secs(15),
                 transfer_stall_timeout: local.transfer_stall_timeout,
+                noop: false,
             };
             let stop = stop.child_token();
             tokio::spawn(async move {

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use muster_core::{Limits, Plan};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -172,6 +173,13 @@ impl Hub {
         });
         let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
+        // Small messages go out at once: without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs stall a dispatch round trip for 40 ms.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -275,6 +275,28 @@ async fn note_in_log(assignment: &Assignment, out: &mpsc::Sender<WorkerCall>, te
     let _ = out.send(log).await;
 }
 
+/// `Started` for [`crate::WorkerConfig::noop`], which runs nothing.
+pub(crate) fn noop_started(assignment: &Assignment) -> WorkerCall {
+    WorkerCall::Started {
+        module_id: assignment.module_id.clone(),
+        attempt: assignment.attempt,
+    }
+}
+
+/// A succeeded `Complete` for [`crate::WorkerConfig::noop`].
+pub(crate) fn noop_complete(assignment: &Assignment) -> WorkerCall {
+    WorkerCall::Complete(Report {
+        module_id: assignment.module_id.clone(),
+        attempt: assignment.attempt,
+        status: ReportStatus::Succeeded,
+        exit_code: Some(0),
+        outputs: BTreeMap::new(),
+        error: None,
+        duration_ms: 0,
+        artifacts: Vec::new(),
+    })
+}
+
 /// Masks what the module could print that it must not: each of its
 /// `secrets` as the module sees it (its `env`) and as the worker has it (its
 /// own environment, which the module inherits), and the hub token when the

@@ -51,6 +51,10 @@ pub struct WorkerConfig {
     pub reconnect_timeout: Duration,
     /// An artifact transfer that moves no bytes for this long fails.
     pub transfer_stall_timeout: Duration,
+    /// A benchmark aid: report every module succeeded at once, without
+    /// running its command (no process is forked). Measures muster's own
+    /// dispatch cost.
+    pub noop: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +352,8 @@ struct Work {
     transfer: Transfer,
     /// The cache's folder, removed when the worker ends.
     _cache: tempfile::TempDir,
+    /// See [`WorkerConfig::noop`].
+    noop: bool,
     stop: CancellationToken,
     out: mpsc::Sender<WorkerCall>,
     tracker: TaskTracker,
@@ -386,6 +392,7 @@ impl Work {
             token: config.token.clone(),
             transfer,
             _cache: cache,
+            noop: config.noop,
             stop: stop.clone(),
             out,
             tracker: TaskTracker::new(),
@@ -580,6 +587,14 @@ impl Work {
                 report: None,
             },
         );
+        if self.noop {
+            let out = self.out.clone();
+            self.tracker.spawn(async move {
+                let _ = out.send(exec::noop_started(&assignment)).await;
+                let _ = out.send(exec::noop_complete(&assignment)).await;
+            });
+            return;
+        }
         let span = tracing::info_span!(
             "module",
             id = %assignment.module_id,
