@@ -31,6 +31,9 @@ use crate::Canceller;
 /// The longest reason `muster cancel` may give; longer ones are cut.
 const MAX_CANCEL_REASON: usize = 200;
 
+/// Each connection's WebSocket read buffer.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// How long a negotiated connection token waits for its WebSocket.
 const NEGOTIATED_TTL: Duration = Duration::from_secs(60);
 
@@ -184,9 +187,13 @@ async fn upgrade(
     let settings = state.settings.clone();
     // Above twice the record cap the WebSocket layer itself refuses the
     // frame; between the two, the decoder answers with a SignalR Close.
+    // Workers send small records: an 8 KiB read buffer (not the default
+    // 128 KiB) keeps an idle connection cheap; it grows when a frame needs.
     let ws = ws
         .max_message_size(settings.max_message * 2)
-        .max_frame_size(settings.max_message * 2);
+        .max_frame_size(settings.max_message * 2)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0);
     let commands = state.commands.clone();
     let shutdown = state.shutdown.clone();
     let tracker = state.tracker.clone();
