@@ -825,7 +825,19 @@ impl Scheduler {
             .filter(|w| w.outbox.is_some())
             .map(|w| u64::from(w.slots.saturating_sub(w.held)))
             .sum();
-        let ready: Vec<ModuleIndex> = self.run.ready().collect();
+        // Only as many ready modules as there are free slots, and only those
+        // some worker could take: collecting the whole ready set on every
+        // command made dispatch quadratic in the number of ready modules.
+        let plan = self.run.plan();
+        let ready: Vec<ModuleIndex> = self
+            .run
+            .ready()
+            .filter(|&m| {
+                let requires = &plan.modules[m].requires;
+                self.workers.values().any(|w| w.can_take(requires))
+            })
+            .take(usize::try_from(free).unwrap_or(usize::MAX))
+            .collect();
         for module in ready {
             if free == 0 {
                 break;
