@@ -361,13 +361,65 @@ fn spawn(
     cwd: &Path,
     output: &Path,
 ) -> std::io::Result<Child> {
+    if let Some(words) = plain_words(&assignment.shell, &assignment.command) {
+        match command(words[0], &words[1..], assignment, context, cwd, output).spawn() {
+            // Not a program after all (a function in the shell's profile?):
+            // let the shell run it, and say "not found" itself if it must.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            spawned => return spawned,
+        }
+    }
     let (program, args) = assignment
         .shell
         .split_first()
         .ok_or_else(|| std::io::Error::other("the assignment names no shell"))?;
-    Command::new(program)
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push(&assignment.command);
+    command(program, &args, assignment, context, cwd, output).spawn()
+}
+
+/// Words the shell would only split, never interpret, in front of which a
+/// shell adds nothing but a process: letters, digits and `_./-+,:@%`.
+const PLAIN: &[u8] = b"_./-+,:@%";
+
+/// Shell builtins and keywords with no program of the same name, or whose
+/// program behaves differently (`echo`, `printf`): these need the shell.
+const SHELL_ONLY: &[&str] = &[
+    ".", "alias", "break", "case", "cd", "command", "continue", "do", "done", "echo", "elif",
+    "else", "esac", "eval", "exec", "exit", "export", "fi", "for", "function", "getopts", "hash",
+    "if", "local", "printf", "read", "readonly", "return", "set", "shift", "source", "then",
+    "times", "trap", "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+];
+
+/// A command simple enough to run without the shell, split into words, as
+/// make does: only with the default `sh -c`, only plain words, and not a
+/// shell builtin. It saves starting a shell for every `true` or `cargo
+/// test --release`; anything else goes through the shell.
+fn plain_words<'a>(shell: &[String], command: &'a str) -> Option<Vec<&'a str>> {
+    if shell != ["sh", "-c"] {
+        return None;
+    }
+    let words: Vec<&str> = command.split_ascii_whitespace().collect();
+    let plain = |w: &&str| {
+        w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || PLAIN.contains(&b))
+    };
+    let first = *words.first()?;
+    (words.iter().all(plain) && !SHELL_ONLY.contains(&first)).then_some(words)
+}
+
+/// The module's process: its environment, cwd, pipes and process group.
+fn command(
+    program: &str,
+    args: &[&str],
+    assignment: &Assignment,
+    context: &Context<'_>,
+    cwd: &Path,
+    output: &Path,
+) -> Command {
+    let mut command = Command::new(program);
+    command
         .args(args)
-        .arg(&assignment.command)
         .current_dir(cwd)
         .envs(&assignment.env)
         .env_remove(WITHHELD[0])
@@ -381,8 +433,8 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    command
 }
 
 /// SIGTERM to the whole group, then SIGKILL if it has not ended in time.
@@ -595,6 +647,38 @@ mod tests {
         line.extend_from_slice("é".repeat(10).as_bytes());
         let sent = batches(&line).await.concat();
         assert!(!sent.contains('\u{FFFD}'), "a character was split");
+    }
+
+    #[test]
+    fn plain_commands_skip_the_shell() {
+        let sh = ["sh".to_owned(), "-c".to_owned()];
+        assert_eq!(plain_words(&sh, "true"), Some(vec!["true"]));
+        assert_eq!(
+            plain_words(&sh, " cargo  test --release -p a/b "),
+            Some(vec!["cargo", "test", "--release", "-p", "a/b"])
+        );
+        for shell_needed in [
+            "",
+            "echo hi",
+            "cd x",
+            "a && b",
+            "FOO=1 make",
+            "ls *.rs",
+            "echo $HOME",
+            "x > y",
+            "'quoted'",
+            "a; b",
+            "exit 1",
+        ] {
+            assert_eq!(plain_words(&sh, shell_needed), None, "{shell_needed:?}");
+        }
+        let bash = [
+            "bash".to_owned(),
+            "-eo".to_owned(),
+            "pipefail".to_owned(),
+            "-c".to_owned(),
+        ];
+        assert_eq!(plain_words(&bash, "true"), None, "only the default shell");
     }
 
     #[test]
