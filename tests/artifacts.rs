@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{muster, pipeline, HubProcess, LIMIT};
@@ -15,22 +15,8 @@ const TOKEN: &str = "artifacts-token";
 
 /// A `muster worker` with one capability, working in its own folder.
 fn worker(url: &str, name: &str, capability: &str, dir: &Path) -> Child {
-    muster(&[
-        "worker",
-        "--hub",
-        url,
-        "--name",
-        name,
-        "-c",
-        capability,
-        "--workdir",
-        dir.to_str().unwrap(),
-    ])
-    .env("MUSTER_TOKEN", TOKEN)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn worker")
+    let dir = dir.to_str().unwrap();
+    common::worker(url, TOKEN, name, &["-c", capability, "--workdir", dir])
 }
 
 fn folder() -> tempfile::TempDir {

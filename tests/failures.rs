@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,22 +23,13 @@ const FAST: &[&str] = &["--ping-interval", "300ms", "--client-timeout", "1500ms"
 
 /// A `muster worker` process whose module cwds are relative to `dir`.
 fn worker(url: &str, name: &str, dir: &Path) -> Child {
-    muster(&[
-        "worker",
-        "--hub",
+    let dir = dir.to_str().unwrap();
+    common::worker(
         url,
-        "--name",
+        TOKEN,
         name,
-        "--reconnect-timeout",
-        "20s",
-        "--workdir",
-        dir.to_str().unwrap(),
-    ])
-    .env("MUSTER_TOKEN", TOKEN)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn worker")
+        &["--reconnect-timeout", "20s", "--workdir", dir],
+    )
 }
 
 /// Waits for a file to hold a whole line and returns it, trimmed.

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{muster, pipeline, HubProcess};
@@ -15,20 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn worker(url: &str, token: &str, name: &str, capability: &str) -> std::process::Child {
-    muster(&[
-        "worker",
-        "--hub",
-        url,
-        "--name",
-        name,
-        "--capability",
-        capability,
-    ])
-    .env("MUSTER_TOKEN", token)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn worker")
+    common::worker(url, token, name, &["--capability", capability])
 }
 
 #[test]

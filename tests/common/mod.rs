@@ -75,6 +75,18 @@ pub fn muster(args: &[&str]) -> Command {
     command
 }
 
+/// A `muster worker` process named `name`, joined to `url` with `token`
+/// (from the environment, as CI would give it), plus `extra` arguments.
+pub fn worker(url: &str, token: &str, name: &str, extra: &[&str]) -> Child {
+    muster(&["worker", "--hub", url, "--name", name])
+        .args(extra)
+        .env("MUSTER_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn worker")
+}
+
 /// Runs to completion within [`LIMIT`], capturing output.
 pub fn run(mut command: Command) -> Output {
     let child = command
