@@ -103,6 +103,10 @@ pub(crate) struct HubLimits {
     /// stopped before the master gives up on them.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
     cancel_grace: Duration,
+    /// How long past a module's own timeout the hub waits for its result
+    /// (room to upload its artifacts) before timing it out itself.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    result_grace: Duration,
     /// A module whose worker is lost this many times fails as a poison
     /// module instead of running again.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Timeouts")]
@@ -150,6 +154,7 @@ impl HubLimits {
             handshake_timeout: self.handshake_timeout,
             capability_timeout: self.capability_timeout,
             cancel_grace: self.cancel_grace,
+            result_grace: self.result_grace,
             max_worker_losses: self.max_worker_losses,
             artifact_dir: state.join("artifacts"),
             transfer_stall_timeout: self.transfer_stall_timeout,

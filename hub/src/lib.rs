@@ -58,6 +58,9 @@ pub struct HubConfig {
     /// After a cancel, how long workers have to confirm before the master
     /// stops waiting for them.
     pub cancel_grace: Duration,
+    /// How long past a module's own timeout the hub waits for its result
+    /// (room to upload its artifacts) before timing it out itself.
+    pub result_grace: Duration,
     /// A module whose worker is lost this many times fails as a poison
     /// module.
     pub max_worker_losses: u32,
@@ -84,6 +87,7 @@ impl Default for HubConfig {
             max_message_bytes: 1024 * 1024,
             capability_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(15),
+            result_grace: Duration::from_secs(30 * 60),
             max_worker_losses: Limits::default().max_worker_losses,
             artifact_dir: std::env::temp_dir().join(format!("muster-artifacts-{}", random_id())),
             max_artifact_bytes: 16 << 30,
@@ -149,6 +153,7 @@ impl Hub {
             ping_interval: config.ping_interval,
             capability_timeout: config.capability_timeout,
             cancel_grace: config.cancel_grace,
+            result_grace: config.result_grace,
             limits: Limits {
                 max_worker_losses: config.max_worker_losses.max(1),
             },

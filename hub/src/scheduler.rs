@@ -160,6 +160,8 @@ pub(crate) struct SchedulerSettings {
     pub capability_timeout: Duration,
     /// How long workers have to confirm a cancel.
     pub cancel_grace: Duration,
+    /// How long past a module's timeout its result may take.
+    pub result_grace: Duration,
     pub limits: Limits,
 }
 
@@ -531,7 +533,7 @@ impl Scheduler {
         let reason = format!(
             "no result from worker {name} within the module's timeout ({}) and {} more",
             humantime::format_duration(timeout),
-            humantime::format_duration(self.settings.cancel_grace)
+            humantime::format_duration(self.settings.result_grace)
         );
         tracing::warn!(module = %id, attempt, "{reason}");
         if let Some(w) = self.workers.get(&worker) {
@@ -755,7 +757,7 @@ impl Scheduler {
             }
             if let ModuleState::Running { attempt, .. } = change.state {
                 let timeout = self.run.plan().modules[change.module].timeout;
-                let at = Instant::now() + timeout + self.settings.cancel_grace;
+                let at = Instant::now() + timeout + self.settings.result_grace;
                 let timer = Timer::Result {
                     module: change.module,
                     attempt,

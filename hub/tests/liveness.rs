@@ -28,6 +28,7 @@ async fn hub(pipeline: &str) -> Hub {
         client_timeout: Duration::from_millis(1000),
         handshake_timeout: Duration::from_millis(300),
         cancel_grace: Duration::from_millis(300),
+        result_grace: Duration::from_millis(300),
         ..HubConfig::default()
     };
     Hub::start(listener, plan, config).await.unwrap()
