@@ -13,7 +13,7 @@ use clap::Args;
 use muster_core::protocol::{RunOutcome, PROTOCOL_VERSION};
 use muster_discovery::identity::{self, Instance, Role, RunIdentity};
 use muster_discovery::record::{record_key, DiscoveryRecord, RunState};
-use muster_discovery::store::{Store, StoreError};
+use muster_discovery::store::{Store, StoreError, Written};
 use muster_discovery::tunnel::{self, Tunnel};
 use muster_hub::Hub;
 use muster_worker::{ClientError, Exit, WorkerConfig, WorkerError};
@@ -171,7 +171,15 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
     let token = config.token.clone();
     let reporter = Reporter::for_plan(&plan, &token);
     let hub = Hub::start(listener, plan, config).await?;
-    let tunnel = match tunnel::open(&kind, port, args.tunnel_timeout).await {
+    // Ctrl-C while the tunnel starts drops it (and its process) cleanly.
+    let opened = tokio::select! {
+        opened = tunnel::open(&kind, port, args.tunnel_timeout) => opened,
+        () = cli::wait_for_interrupt() => {
+            eprintln!("muster: interrupted while the tunnel was starting");
+            return Ok(exit::CANCELLED);
+        }
+    };
+    let tunnel = match opened {
         Ok(tunnel) => tunnel,
         Err(e) => {
             eprintln!("muster: error: tunnel: {e}");
@@ -190,9 +198,20 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         epoch: started_at,
         token: args.token_in_record.then(|| token.clone()),
     };
-    if let Err(e) = store.write(&record, args.record_ttl).await {
-        eprintln!("muster: error: cannot publish the hub: {e}");
-        return Ok(exit::INFRASTRUCTURE);
+    match store.write(&record, args.record_ttl).await {
+        Ok(Written::Yes) => {}
+        Ok(Written::Superseded) => {
+            eprintln!(
+                "muster: error: a newer master already owns run {} in Redis at {}\n  = help: is instance 0 running twice with the same run id?",
+                run.run_id,
+                store.shown_url()
+            );
+            return Ok(exit::INFRASTRUCTURE);
+        }
+        Err(e) => {
+            eprintln!("muster: error: cannot publish the hub: {e}");
+            return Ok(exit::INFRASTRUCTURE);
+        }
     }
     println!(
         "muster: published the hub for {} more instance(s) under {} in Redis at {}: {}",
@@ -307,6 +326,17 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
     let hub = match first_answering(&record.urls).await {
         Ok(hub) => hub,
         Err(tried) => {
+            // The run may have ended between reading the record and now.
+            if let Ok(Some(latest)) = store.read(&run.run_id).await {
+                if latest.state == RunState::Finished {
+                    println!(
+                        "muster: run {} finished before this worker could join ({}); nothing left to do",
+                        run.run_id,
+                        outcome_word(latest.outcome)
+                    );
+                    return Ok(exit::SUCCESS);
+                }
+            }
             eprintln!(
                 "muster: error: none of the master's hub URLs answered:\n{tried}\n  = help: check the master's tunnel (--tunnel) or --advertise address"
             );

@@ -178,16 +178,30 @@ impl Store {
             Ok(Err(e)) => return Err(self.unreachable(e)),
             Err(_) => return Err(self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}"))),
         };
-        pubsub
-            .subscribe(notify_channel(run_id))
+        timeout(REDIS_TIMEOUT, pubsub.subscribe(notify_channel(run_id)))
             .await
+            .map_err(|_| self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}")))?
             .map_err(|e| self.unreachable(e))?;
         let mut notifications = pubsub.into_on_message();
         let mut connection = self.connection().await?;
         let mut subscribed = true;
         loop {
-            if let Some(record) = self.read_on(&mut connection, run_id).await? {
-                return Ok(record);
+            match self.read_on(&mut connection, run_id).await {
+                Ok(Some(record)) => return Ok(record),
+                Ok(None) => {}
+                Err(e @ StoreError::Corrupt { .. }) => return Err(e),
+                // Redis went away (a restart): keep trying until the
+                // deadline, re-reading instead of waiting for notifications.
+                Err(e) if Instant::now() + RECHECK < deadline => {
+                    tracing::warn!("{e}; trying again");
+                    tokio::time::sleep(RECHECK).await;
+                    if let Ok(fresh) = self.connection().await {
+                        connection = fresh;
+                    }
+                    subscribed = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             let now = Instant::now();
             if now >= deadline {
@@ -240,21 +254,40 @@ impl Store {
 }
 
 /// The URL with its password (or a lone user part, which Redis also takes
-/// as a password) replaced by `***`.
+/// as a password) and any `pass`/`password` query value replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
+    // The user info ends at the last '@' before the query or fragment: a
+    // password may itself hold '/' or '@'.
+    let (main, tail) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
+    let main = match main.rfind('@') {
+        Some(at) => {
+            let user = match main[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{user}@{}", &main[at + 1..])
+        }
+        None => main.to_owned(),
     };
-    let userinfo = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
+    let (query, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    let query: Vec<String> = query
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
     };
-    format!("{scheme}://{userinfo}@{host}{path}")
+    format!("{scheme}://{main}{query}{fragment}")
 }
 
 #[cfg(test)]
@@ -274,6 +307,23 @@ mod tests {
         assert_eq!(redact("redis://token@host"), "redis://***@host");
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact("not a url"), "not a url");
+        // Passwords holding '/' or '@', and in the query of a socket URL.
+        assert_eq!(
+            redact("redis://:ab/cd+ef==@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact("redis://default:ab/c@host:6379"),
+            "redis://default:***@host:6379"
+        );
+        assert_eq!(
+            redact("unix:///run/redis.sock?db=1&pass=s3cret"),
+            "unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact("rediss://:pw@h:6380/#insecure"),
+            "rediss://:***@h:6380/#insecure"
+        );
     }
 
     #[test]

@@ -99,8 +99,15 @@ pub(crate) async fn serve<S>(
         let _ = commands.send(command).await;
     }
     // The writer ends once the Close is sent or every outbox is dropped
-    // (the scheduler drops its copy when it handles Disconnected).
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // (the scheduler drops its copy when it handles Disconnected); one
+    // stuck on a stalled peer is stopped.
+    let stop_writer = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        stop_writer.abort();
+    }
 }
 
 /// Why the read side ended.

@@ -361,6 +361,11 @@ impl Scheduler {
                 });
             }
         }
+        // Back after the run ended (its modules were given up on): it is
+        // told, as a worker joining late would be.
+        if let Some(outcome) = self.outcome {
+            self.workers[&id].send(shutdown(outcome));
+        }
         self.update_connected();
         self.recheck_unplaceable();
     }

@@ -116,7 +116,13 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
         let (mut tx, mut rx, welcome) = joined;
         let resumed = welcome.resumed;
         tracing::info!(worker = %welcome.worker_id, hub = %config.hub, resumed, "registered");
-        if let Err(e) = work.resume(&welcome, &mut tx).await {
+        let resumed = tokio::time::timeout(config.connect_timeout, work.resume(&welcome, &mut tx));
+        let failed = match resumed.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(stuck(config.connect_timeout)),
+        };
+        if let Some(e) = failed {
             tracing::warn!("connection dropped right after registering: {e}");
             session = Some(welcome);
             continue;
@@ -150,7 +156,7 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
     drop(calls);
     work.stop_all(Duration::from_secs(10)).await;
     if let Some(mut sender) = sender {
-        sender.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), sender.close()).await;
     }
     exit
 }
@@ -313,19 +319,32 @@ async fn serve(
                     _ => {}
                 }
             }
+            // A send that cannot finish within the silence bound (a full
+            // socket buffer on a dead network) is a dropped connection too.
             Some(call) = calls.recv() => {
-                if let Err(e) = work.send(call, sender).await {
-                    return Served::Dropped(e.to_string());
+                match tokio::time::timeout(silence, work.send(call, sender)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Served::Dropped(e.to_string()),
+                    Err(_) => return Served::Dropped(stuck(silence)),
                 }
             }
             _ = ping.tick() => {
-                if let Err(e) = sender.send(&Message::Ping).await {
-                    return Served::Dropped(e.to_string());
+                match tokio::time::timeout(silence, sender.send(&Message::Ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Served::Dropped(e.to_string()),
+                    Err(_) => return Served::Dropped(stuck(silence)),
                 }
             }
             () = stop.cancelled() => return Served::Stopped,
         }
     }
+}
+
+fn stuck(bound: Duration) -> String {
+    format!(
+        "a send to the hub did not finish within {}",
+        humantime::format_duration(bound)
+    )
 }
 
 /// Output buffered while the hub is out of reach, beyond which log batches
@@ -463,13 +482,18 @@ impl Work {
                 .send(&WorkerCall::Complete(report).to_message(Some(self.invocation_id())))
                 .await?;
         }
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_log_bytes = 0;
-        for call in pending {
-            if held_of(&call).is_some_and(|held| self.owned.contains_key(&held)) {
-                sender.send(&call.to_message(None)).await?;
+        // What waited goes out in order; a call the socket fails on stays
+        // queued for the next connection.
+        while let Some(call) = self.pending.pop_front() {
+            if !held_of(&call).is_some_and(|held| self.owned.contains_key(&held)) {
+                continue;
+            }
+            if let Err(e) = sender.send(&call.clone().to_message(None)).await {
+                self.pending.push_front(call);
+                return Err(e);
             }
         }
+        self.pending_log_bytes = 0;
         let unacknowledged: Vec<Report> = self
             .owned
             .values()
