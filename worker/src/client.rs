@@ -16,8 +16,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The largest record the worker accepts from the hub.
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// The largest record the worker accepts from the hub, which it trusts (it
+/// holds the token): an Assign repeats every need's outputs (each up to
+/// 64 KiB) in `env` and `needs`, so a module with many needs can be large.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
