@@ -326,16 +326,15 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
     let hub = match first_answering(&record.urls).await {
         Ok(hub) => hub,
         Err(tried) => {
-            // The run may have ended between reading the record and now.
-            if let Ok(Some(latest)) = store.read(&run.run_id).await {
-                if latest.state == RunState::Finished {
-                    println!(
-                        "muster: run {} finished before this worker could join ({}); nothing left to do",
-                        run.run_id,
-                        outcome_word(latest.outcome)
-                    );
-                    return Ok(exit::SUCCESS);
-                }
+            // The run may have ended between reading the record and now:
+            // its master marks the record finished right after closing.
+            if let Some(outcome) = finished_soon(&store, &run.run_id).await {
+                println!(
+                    "muster: run {} finished before this worker could join ({}); nothing left to do",
+                    run.run_id,
+                    outcome_word(outcome)
+                );
+                return Ok(exit::SUCCESS);
             }
             eprintln!(
                 "muster: error: none of the master's hub URLs answered:\n{tried}\n  = help: check the master's tunnel (--tunnel) or --advertise address"
@@ -383,19 +382,34 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         }
         Err(e) => {
             // The hub may be gone because the run is over.
-            if let Ok(Some(record)) = store.read(&run.run_id).await {
-                if record.state == RunState::Finished {
-                    let outcome = record.outcome.unwrap_or(RunOutcome::Succeeded);
-                    println!(
-                        "muster: the run finished while this worker was away: {}",
-                        outcome_word(Some(outcome))
-                    );
-                    return Ok(cli::outcome_code(outcome));
-                }
+            if let Some(outcome) = finished_soon(&store, &run.run_id).await {
+                let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
+                println!(
+                    "muster: the run finished while this worker was away: {}",
+                    outcome_word(Some(outcome))
+                );
+                return Ok(cli::outcome_code(outcome));
             }
             eprintln!("muster: error: {e}");
             Ok(exit::INFRASTRUCTURE)
         }
+    }
+}
+
+/// Whether the run's record says finished, now or within a few seconds
+/// (the time a master takes from closing its hub to writing the record).
+async fn finished_soon(store: &Store, run_id: &str) -> Option<Option<RunOutcome>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(record)) = store.read(run_id).await {
+            if record.state == RunState::Finished {
+                return Some(record.outcome);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -118,7 +118,15 @@ fn three_instances_split_a_run_and_all_exit_with_its_status() {
 #[test]
 fn a_run_that_succeeds_ends_every_instance_with_zero() {
     let redis = RedisServer::start();
-    let (_dir, file) = pipeline("[modules.a]\nrun = \"echo a\"\n[modules.b]\nrun = \"echo b\"\n");
+    // Each module waits for the other to start: both instances take part.
+    let (_dir, file) = pipeline(
+        r#"
+[modules.a]
+run = "touch arrived-a; until [ $(ls arrived-* | wc -l) -ge 2 ]; do sleep 0.05; done"
+[modules.b]
+run = "touch arrived-b; until [ $(ls arrived-* | wc -l) -ge 2 ]; do sleep 0.05; done"
+"#,
+    );
     let worker = instance(&file, &redis.url(), "ok-run", 1, 2, &[]);
     let master = common::wait(instance(&file, &redis.url(), "ok-run", 0, 2, &[]), LIMIT);
     let worker = common::wait(worker, LIMIT);

@@ -823,8 +823,20 @@ impl Scheduler {
     /// Pushes ready modules to workers that can take them, spreading load
     /// to the worker with the most free slots.
     fn dispatch(&mut self) {
-        if self.run.is_cancelled() || !self.run.has_ready() {
+        if self.run.is_cancelled() {
             return;
+        }
+        // A pass can skip a module whose only capable worker an earlier
+        // module of the same pass filled; another pass, with the slots as
+        // they are now, places what is left.
+        while self.dispatch_pass() {}
+    }
+
+    /// Assigns up to one module per free slot; true when it assigned some
+    /// and skipped some, so another pass may place more.
+    fn dispatch_pass(&mut self) -> bool {
+        if !self.run.has_ready() {
+            return false;
         }
         let mut free: u64 = self
             .workers
@@ -845,6 +857,7 @@ impl Scheduler {
             })
             .take(usize::try_from(free).unwrap_or(usize::MAX))
             .collect();
+        let (mut assigned, mut skipped) = (false, false);
         for module in ready {
             if free == 0 {
                 break;
@@ -856,6 +869,7 @@ impl Scheduler {
                 .filter(|(_, w)| w.can_take(requires))
                 .max_by_key(|(id, w)| (w.slots - w.held, std::cmp::Reverse(**id)))
             else {
+                skipped = true;
                 continue;
             };
             let changes = self
@@ -867,7 +881,9 @@ impl Scheduler {
             self.workers[&id].send(HubCall::Assign(assignment));
             self.record(changes);
             free -= 1;
+            assigned = true;
         }
+        assigned && skipped && free > 0
     }
 
     fn assignment(&self, module: ModuleIndex, attempt: u32) -> Assignment {
