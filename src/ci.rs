@@ -309,11 +309,11 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
             return Ok(exit::INFRASTRUCTURE);
         }
     };
-    if record.state == RunState::Finished {
+    if let Some(outcome) = record.finished() {
         println!(
             "muster: run {} has already finished ({}); nothing left to do",
             run.run_id,
-            outcome_word(record.outcome)
+            outcome_word(outcome)
         );
         return Ok(exit::SUCCESS);
     }
@@ -369,10 +369,7 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
     match muster_worker::run(config, stop).await {
         Ok(Exit::Shutdown { outcome, .. }) => {
             let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
-            println!(
-                "muster: the run has finished: {}",
-                outcome_word(Some(outcome))
-            );
+            println!("muster: the run has finished: {}", outcome_word(outcome));
             Ok(cli::outcome_code(outcome))
         }
         Ok(Exit::Stopped) => Ok(exit::CANCELLED),
@@ -383,10 +380,9 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         Err(e) => {
             // The hub may be gone because the run is over.
             if let Some(outcome) = finished_soon(&store, &run.run_id).await {
-                let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
                 println!(
                     "muster: the run finished while this worker was away: {}",
-                    outcome_word(Some(outcome))
+                    outcome_word(outcome)
                 );
                 return Ok(cli::outcome_code(outcome));
             }
@@ -398,13 +394,15 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
 
 /// Whether the run's record says finished, now or within a few seconds
 /// (the time a master takes from closing its hub to writing the record).
-async fn finished_soon(store: &Store, run_id: &str) -> Option<Option<RunOutcome>> {
+async fn finished_soon(store: &Store, run_id: &str) -> Option<RunOutcome> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Some(record)) = store.read(run_id).await {
-            if record.state == RunState::Finished {
-                return Some(record.outcome);
-            }
+        if let Ok(Some(outcome)) = store
+            .read(run_id)
+            .await
+            .map(|r| r.and_then(|r| r.finished()))
+        {
+            return Some(outcome);
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
@@ -448,11 +446,11 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
     Err(tried.join("\n"))
 }
 
-fn outcome_word(outcome: Option<RunOutcome>) -> &'static str {
+fn outcome_word(outcome: RunOutcome) -> &'static str {
     match outcome {
-        Some(RunOutcome::Succeeded) | None => "succeeded",
-        Some(RunOutcome::Failed) => "failed",
-        Some(RunOutcome::Cancelled) => "cancelled",
+        RunOutcome::Succeeded => "succeeded",
+        RunOutcome::Failed => "failed",
+        RunOutcome::Cancelled => "cancelled",
     }
 }
 

@@ -7,16 +7,24 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{muster, pipeline, RedisServer, LIMIT};
 
 const TOKEN: &str = "ci-mode-token";
 
-/// `muster ci FILE --instance I --total N --run-id RUN` plus `extra`, with
-/// the Redis URL and token in the environment as CI secrets would be.
-fn instance(file: &Path, redis: &str, run: &str, index: u32, total: u32, extra: &[&str]) -> Child {
+/// `muster ci FILE --instance I --total N --run-id RUN` on loopback plus
+/// `extra`, with the Redis URL and token in the environment as CI secrets
+/// would be.
+fn ci_command(
+    file: &Path,
+    redis: &str,
+    run: &str,
+    index: u32,
+    total: u32,
+    extra: &[&str],
+) -> Command {
     let (index, total) = (index.to_string(), total.to_string());
     let mut command = muster(&[
         "ci",
@@ -33,10 +41,17 @@ fn instance(file: &Path, redis: &str, run: &str, index: u32, total: u32, extra: 
     command
         .args(extra)
         .env("MUSTER_REDIS_URL", redis)
-        .env("MUSTER_TOKEN", TOKEN)
+        .env("MUSTER_TOKEN", TOKEN);
+    command
+}
+
+/// [`ci_command`], started with its output captured.
+fn instance(file: &Path, redis: &str, run: &str, index: u32, total: u32, extra: &[&str]) -> Child {
+    ci_command(file, redis, run, index, total, extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command.spawn().expect("spawn muster ci")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn muster ci")
 }
 
 /// Three modules that each wait until all three have started, so they run
@@ -186,47 +201,22 @@ fn discovery_problems_end_in_one_clear_line() {
     );
 
     // A tunnel whose binary is missing.
-    let out = common::wait(
-        {
-            let mut child = muster(&[
-                "ci",
-                file.to_str().unwrap(),
-                "--instance",
-                "0",
-                "--total",
-                "2",
-                "--run-id",
-                "tunnel-less",
-                "--tunnel",
-                "cloudflared",
-            ]);
-            child
-                .env("MUSTER_REDIS_URL", &url)
-                .env("MUSTER_TOKEN", TOKEN)
-                .env("PATH", "/nonexistent")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            child.spawn().unwrap()
-        },
-        LIMIT,
+    let mut command = ci_command(
+        &file,
+        &url,
+        "tunnel-less",
+        0,
+        2,
+        &["--tunnel", "cloudflared"],
     );
+    command.env("PATH", "/nonexistent");
+    let out = common::run(command);
     assert_eq!(out.code(), 3, "{out}");
     assert!(out.stderr.contains("cloudflared is not installed"), "{out}");
 
     // Without a token the master refuses to open a hub to the network.
-    let mut command = muster(&[
-        "ci",
-        file.to_str().unwrap(),
-        "--instance",
-        "0",
-        "--total",
-        "2",
-        "--run-id",
-        "no-token",
-    ]);
-    command
-        .env("MUSTER_REDIS_URL", &url)
-        .env_remove("MUSTER_TOKEN");
+    let mut command = ci_command(&file, &url, "no-token", 0, 2, &[]);
+    command.env_remove("MUSTER_TOKEN");
     let out = common::run(command);
     assert_eq!(out.code(), 2, "{out}");
     assert!(out.stderr.contains("muster ci needs a token"), "{out}");

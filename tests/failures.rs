@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{alive, muster, pipeline, HubProcess, LIMIT};
+use common::{alive, muster, pipeline, wait_for_line, HubProcess, LIMIT};
 
 const TOKEN: &str = "failures-token";
 
@@ -30,24 +30,6 @@ fn worker(url: &str, name: &str, dir: &Path) -> Child {
         name,
         &["--reconnect-timeout", "20s", "--workdir", dir],
     )
-}
-
-/// Waits for a file to hold a whole line and returns it, trimmed.
-fn wait_for_line(path: &Path) -> String {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text.trim().to_owned();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn signal(pid: u32, signal: &str) {
@@ -290,19 +272,7 @@ run = "kill -9 $PPID; sleep 5"
 
 #[test]
 fn muster_cancel_stops_every_module_on_every_worker() {
-    let (dir, file) = pipeline(
-        r#"
-[modules.one]
-run = "sleep 60 & echo $! > one.pid; wait"
-[modules.two]
-run = "sleep 60 & echo $! > two.pid; wait"
-[modules.three]
-run = "sleep 60 & echo $! > three.pid; wait"
-[modules.after]
-needs = ["one"]
-run = "echo never"
-"#,
-    );
+    let (dir, file) = pipeline(common::SLEEPERS);
     let hub = HubProcess::start(&file, TOKEN, &[]);
     let workers: Vec<Child> = ["w1", "w2", "w3"]
         .iter()

@@ -253,35 +253,15 @@ fn missing_pipeline_file_is_named() {
 
 #[test]
 fn sigterm_cancels_the_run_and_kills_every_module() {
-    let (dir, file) = pipeline(
-        r#"
-[modules.one]
-run = "sleep 60 & echo $! > one.pid; wait"
-[modules.two]
-run = "sleep 60 & echo $! > two.pid; wait"
-[modules.three]
-run = "sleep 60 & echo $! > three.pid; wait"
-[modules.after]
-needs = ["one"]
-run = "echo never"
-"#,
-    );
+    let (dir, file) = pipeline(common::SLEEPERS);
     let child = muster(&["run", file.to_str().unwrap(), "--workers", "3"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid_files = ["one.pid", "two.pid", "three.pid"].map(|f| dir.path().join(f));
-    let deadline = std::time::Instant::now() + common::LIMIT;
-    while !pid_files
-        .iter()
-        .all(|f| std::fs::read_to_string(f).is_ok_and(|t| t.ends_with('\n')))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "modules never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    for file in &pid_files {
+        common::wait_for_line(file);
     }
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

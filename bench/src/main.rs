@@ -308,7 +308,7 @@ async fn idle_workers(processes: u32, per_process: u32) -> Result<Value> {
     Ok(json!({
         "scenario": "idle-workers", "who": "muster", "workers": wanted,
         "rss_before_kib": before, "rss_after_kib": after,
-        "kib_per_worker": round1(per),
+        "kib_per_worker": (per * 10.0).round() / 10.0,
     }))
 }
 
@@ -347,20 +347,27 @@ fn chain_line(who: &str, runs: &[Dispatch]) -> Value {
     })
 }
 
-/// Median, min and max of several runs.
+/// Median, min and max of several runs, and the runs, to one decimal.
 fn stats(values: &[f64]) -> Value {
+    stats_to(values, 1)
+}
+
+/// [`stats`] to three decimals, for figures well under one.
+fn stats_precise(values: &[f64]) -> Value {
+    stats_to(values, 3)
+}
+
+fn stats_to(values: &[f64], decimals: i32) -> Value {
+    let scale = 10f64.powi(decimals);
+    let round = |v: f64| (v * scale).round() / scale;
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     json!({
-        "median": round1(sorted[sorted.len() / 2]),
-        "min": round1(sorted[0]),
-        "max": round1(sorted[sorted.len() - 1]),
-        "runs": sorted.iter().map(|v| round1(*v)).collect::<Vec<_>>(),
+        "median": round(sorted[sorted.len() / 2]),
+        "min": round(sorted[0]),
+        "max": round(sorted[sorted.len() - 1]),
+        "runs": sorted.iter().map(|v| round(*v)).collect::<Vec<_>>(),
     })
-}
-
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
 }
 
 /// 2,000 `true` commands in 10 layers of 200, each needing two modules of
@@ -471,15 +478,6 @@ fn plan_line(modules: usize, runs: usize) -> Result<Value> {
         "scenario": "plan", "who": "muster", "modules": modules, "edges": edges,
         "seconds": stats_precise(&seconds), "peak_rss_mib": stats(&peak),
     }))
-}
-
-fn stats_precise(values: &[f64]) -> Value {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let r = |v: f64| (v * 1000.0).round() / 1000.0;
-    json!({
-        "median": r(sorted[sorted.len() / 2]), "min": r(sorted[0]), "max": r(sorted[sorted.len() - 1]),
-    })
 }
 
 fn plan_size(file: &Path) -> Result<()> {

@@ -35,6 +35,14 @@ pub struct DiscoveryRecord {
     pub token: Option<String>,
 }
 
+impl DiscoveryRecord {
+    /// How the run ended, once it has (a finished record without an
+    /// outcome counts as succeeded).
+    pub fn finished(&self) -> Option<RunOutcome> {
+        (self.state == RunState::Finished).then(|| self.outcome.unwrap_or(RunOutcome::Succeeded))
+    }
+}
+
 /// The Redis key of a run's record.
 pub fn record_key(run_id: &str) -> String {
     format!("muster:run:{run_id}")

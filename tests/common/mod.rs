@@ -217,6 +217,40 @@ impl Drop for HubProcess {
     }
 }
 
+/// Three modules that each leave a `sleep 60` running (its pid in
+/// `one.pid`, `two.pid`, `three.pid`) and one that needs the first: for
+/// tests that cancel a run and check every process is gone.
+pub const SLEEPERS: &str = r#"
+[modules.one]
+run = "sleep 60 & echo $! > one.pid; wait"
+[modules.two]
+run = "sleep 60 & echo $! > two.pid; wait"
+[modules.three]
+run = "sleep 60 & echo $! > three.pid; wait"
+[modules.after]
+needs = ["one"]
+run = "echo never"
+"#;
+
+/// Waits (within [`LIMIT`]) for a file to hold a whole line; returns it
+/// trimmed.
+pub fn wait_for_line(path: &Path) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text.trim().to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// True while a process with this pid exists.
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
