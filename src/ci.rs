@@ -26,6 +26,8 @@ use crate::report::Reporter;
 
 /// How long one hub URL has to answer its health check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between rounds of probing a published hub that does not answer.
+const PROBE_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct CiArgs {
@@ -298,49 +300,54 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         record_key(&run.run_id),
         store.shown_url()
     );
-    let record = match store.wait_for(&run.run_id, args.discover_timeout).await {
-        Ok(record) => record,
-        Err(e @ StoreError::BadUrl { .. }) => {
-            eprintln!("muster: error: {e}");
-            return Ok(exit::BAD_INPUT);
-        }
-        Err(e) => {
-            eprintln!("muster: error: {e}");
-            return Ok(exit::INFRASTRUCTURE);
-        }
-    };
-    if let Some(outcome) = record.finished() {
-        println!(
-            "muster: run {} has already finished ({}); nothing left to do",
-            run.run_id,
-            outcome_word(outcome)
-        );
-        return Ok(exit::SUCCESS);
-    }
-    let Some(token) = args.token.clone().or(record.token.clone()) else {
-        eprintln!(
-            "muster: error: no token: set MUSTER_TOKEN to the secret the master uses (the record does not carry it)"
-        );
-        return Ok(exit::BAD_INPUT);
-    };
-    let hub = match first_answering(&record.urls).await {
-        Ok(hub) => hub,
-        Err(tried) => {
-            // The run may have ended between reading the record and now:
-            // its master marks the record finished right after closing.
-            if let Some(outcome) = finished_soon(&store, &run.run_id).await {
-                println!(
-                    "muster: run {} finished before this worker could join ({}); nothing left to do",
-                    run.run_id,
-                    outcome_word(outcome)
-                );
-                return Ok(exit::SUCCESS);
+    // The record can come before its hub answers (a tunnel's public URL
+    // often takes seconds to route), and a restarted master writes new
+    // URLs: re-read and probe again until the discover timeout.
+    let deadline = tokio::time::Instant::now() + args.discover_timeout;
+    let mut said_waiting = false;
+    let (hub, token) = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let record = match store.wait_for(&run.run_id, left).await {
+            Ok(record) => record,
+            Err(e @ StoreError::BadUrl { .. }) => {
+                eprintln!("muster: error: {e}");
+                return Ok(exit::BAD_INPUT);
             }
+            Err(e) => {
+                eprintln!("muster: error: {e}");
+                return Ok(exit::INFRASTRUCTURE);
+            }
+        };
+        if let Some(outcome) = record.finished() {
+            println!(
+                "muster: run {} has already finished ({}); nothing left to do",
+                run.run_id,
+                outcome_word(outcome)
+            );
+            return Ok(exit::SUCCESS);
+        }
+        let Some(token) = args.token.clone().or(record.token.clone()) else {
             eprintln!(
-                "muster: error: none of the master's hub URLs answered:\n{tried}\n  = help: check the master's tunnel (--tunnel) or --advertise address"
+                "muster: error: no token: set MUSTER_TOKEN to the secret the master uses (the record does not carry it)"
+            );
+            return Ok(exit::BAD_INPUT);
+        };
+        let tried = match first_answering(&record.urls).await {
+            Ok(hub) => break (hub, token),
+            Err(tried) => tried,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "muster: error: none of the master's hub URLs answered within {}:\n{tried}\n  = help: check the master's tunnel (--tunnel) or --advertise address",
+                humantime::format_duration(args.discover_timeout)
             );
             return Ok(exit::INFRASTRUCTURE);
         }
+        if !said_waiting {
+            println!("muster: the master's hub does not answer yet; trying again until the discover timeout:\n{tried}");
+            said_waiting = true;
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + PROBE_PAUSE)).await;
     };
     println!("muster: joining the hub at {hub}");
     let workdir = match &args.workdir {

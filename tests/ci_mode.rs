@@ -82,11 +82,9 @@ fn three_instances_split_a_run_and_all_exit_with_its_status() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let master = instance(&file, &redis.url(), "split-run", 0, 3, &[]);
-    let master = common::wait(master, LIMIT);
-    let workers: Vec<common::Output> = workers
-        .into_iter()
-        .map(|w| common::wait(w, LIMIT))
-        .collect();
+    let mut all = common::wait_all(std::iter::once(master).chain(workers).collect(), LIMIT);
+    let workers = all.split_off(1);
+    let master = all.remove(0);
 
     assert_eq!(master.code(), 1, "the run failed: {master}");
     assert!(
@@ -143,8 +141,9 @@ run = "touch arrived-b; until [ $(ls arrived-* | wc -l) -ge 2 ]; do sleep 0.05; 
 "#,
     );
     let worker = instance(&file, &redis.url(), "ok-run", 1, 2, &[]);
-    let master = common::wait(instance(&file, &redis.url(), "ok-run", 0, 2, &[]), LIMIT);
-    let worker = common::wait(worker, LIMIT);
+    let master = instance(&file, &redis.url(), "ok-run", 0, 2, &[]);
+    let mut all = common::wait_all(vec![master, worker], LIMIT);
+    let (worker, master) = (all.pop().unwrap(), all.pop().unwrap());
     assert_eq!(master.code(), 0, "{master}");
     assert_eq!(worker.code(), 0, "{worker}");
     assert!(
@@ -220,6 +219,60 @@ fn discovery_problems_end_in_one_clear_line() {
     let out = common::run(command);
     assert_eq!(out.code(), 2, "{out}");
     assert!(out.stderr.contains("muster ci needs a token"), "{out}");
+}
+
+#[test]
+fn a_published_hub_that_never_answers_ends_in_one_clear_line() {
+    use muster_discovery::record::{record_key, DiscoveryRecord, RunState};
+    use redis::Commands;
+
+    let redis = RedisServer::start();
+    let (_dir, file) = pipeline("[modules.a]\nrun = \"true\"\n");
+    // A master that published and then vanished without marking the run.
+    let dead = format!("http://127.0.0.1:{}/hub", common::free_port());
+    let record = DiscoveryRecord {
+        run_id: "silent".into(),
+        urls: vec![dead.clone()],
+        protocol_version: 1,
+        state: RunState::Running,
+        outcome: None,
+        started_at: 1,
+        epoch: 1,
+        token: None,
+    };
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = connection
+        .set(
+            record_key("silent"),
+            serde_json::to_string(&record).unwrap(),
+        )
+        .unwrap();
+
+    let out = common::wait(
+        instance(
+            &file,
+            &redis.url(),
+            "silent",
+            1,
+            2,
+            &["--discover-timeout", "3s"],
+        ),
+        LIMIT,
+    );
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(
+        out.stdout.contains("does not answer yet; trying again"),
+        "the worker keeps probing a hub that may still be starting: {out}"
+    );
+    let error = out.stderr.lines().find(|l| l.contains("error:"));
+    assert!(
+        error.is_some_and(|l| l.contains("none of the master's hub URLs answered within 3s")),
+        "{out}"
+    );
+    assert!(out.stderr.contains(&dead), "the error names the URL: {out}");
 }
 
 /// A real `bore server` on a loopback address of its own (bore's control

@@ -125,6 +125,64 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// Waits for several children together, killing all of them if any
+/// outlives `limit`; the panic then shows every child's output, since the
+/// one that hangs is often waiting on another.
+#[allow(dead_code)]
+pub fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
+    let deadline = Instant::now() + limit;
+    let mut pending: Vec<_> = children
+        .into_iter()
+        .map(|mut child| {
+            let stdout = drain(child.stdout.take());
+            let stderr = drain(child.stderr.take());
+            (child, stdout, stderr, None)
+        })
+        .collect();
+    let mut timed_out = false;
+    loop {
+        for (child, _, _, status) in &mut pending {
+            if status.is_none() {
+                *status = child.try_wait().expect("wait");
+            }
+        }
+        if pending.iter().all(|(_, _, _, status)| status.is_some()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            for (child, _, _, status) in &mut pending {
+                if status.is_none() {
+                    let _ = child.kill();
+                    *status = Some(child.wait().expect("wait after kill"));
+                }
+            }
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let outputs: Vec<Output> = pending
+        .into_iter()
+        .map(|(_, stdout, stderr, status)| Output {
+            status: status.expect("every child ended"),
+            stdout: stdout.recv().unwrap_or_default(),
+            stderr: stderr.recv().unwrap_or_default(),
+        })
+        .collect();
+    if timed_out {
+        let shown: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| format!("=== process {i}\n{out}"))
+            .collect();
+        panic!(
+            "not every command finished within {limit:?}:\n{}",
+            shown.join("\n")
+        );
+    }
+    outputs
+}
+
 fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
