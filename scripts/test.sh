@@ -34,12 +34,14 @@ if ! command -v bore >/dev/null; then
   cargo install bore-cli --version 0.6.0 --locked --quiet --root "$tools"
 fi
 
-# Run every test, then close with one line that totals all test binaries,
-# so the last line speaks for the whole run (doc-test runners print 0).
+# Run every test (--no-fail-fast: a failure in one test binary does not
+# hide the results of the rest), then close with one line that totals all
+# test binaries, so the last line speaks for the whole run (doc-test
+# runners print 0).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
