@@ -1,6 +1,7 @@
 //! Artifacts end to end: files produced on one worker process, uploaded to
 //! the hub, and consumed on others with their own folders; a corrupted blob
-//! caught by its digest; a symlink leading out refused; and a large file
+//! caught by its digest; a symlink leading out refused; too many files to
+//! list failing their module; and a large file
 //! moved with flat memory in the hub and the workers.
 
 mod common;
@@ -196,6 +197,37 @@ run = "mkdir -p out && ln -sf /etc/hostname out/host"
     assert_eq!(out.status_of("sneaky"), "failed", "{out}");
     assert!(out.stdout.contains("out/host"), "{out}");
     assert!(out.stdout.contains("outside the module's folder"), "{out}");
+}
+
+#[test]
+fn too_many_produced_files_fail_the_module_instead_of_looping() {
+    // 20,000 files cannot be listed in one report under the hub's 1 MiB
+    // record cap: the module fails with advice, the run ends at once.
+    let (_dir, file) = pipeline(
+        r#"
+[modules.sprawl]
+produces = ["out/**"]
+run = "mkdir -p out && cd out && seq 20000 | sed s/^/file-number-/ | xargs touch"
+[modules.after]
+needs = ["sprawl"]
+consumes = ["sprawl"]
+run = "true"
+"#,
+    );
+    let out = common::run(muster(&["run", file.to_str().unwrap(), "--workers", "1"]));
+    assert_eq!(out.code(), 1, "{out}");
+    assert_eq!(out.status_of("sprawl"), "failed", "{out}");
+    assert_eq!(out.status_of("after"), "skipped", "{out}");
+    assert!(
+        out.stdout
+            .contains("matched 20000 files, too many for one report"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("pack them into one archive"), "{out}");
+    assert!(
+        !out.stdout.contains("reconnect") && !out.stderr.contains("reconnect"),
+        "the worker never lost the hub: {out}"
+    );
 }
 
 /// Resident memory of a process now, and its peak so far, in KiB.

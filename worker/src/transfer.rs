@@ -45,6 +45,21 @@ const CHUNK: usize = 64 * 1024;
 /// terminal) and log their throughput.
 pub const LARGE_TRANSFER: u64 = 4 * 1024 * 1024;
 
+/// How much of a `Complete` record the list of a module's artifacts may
+/// take: the hub closes the connection on a record over 1 MiB, and a worker
+/// would re-send that report on every reconnect, so a list that cannot fit
+/// fails the module instead (room is left for outputs and the rest).
+pub const MAX_LISTED_BYTES: usize = 768 * 1024;
+/// The JSON of one artifact besides its path: `{"path":"","size":…,
+/// "sha256":"<64 hex>","mode":…}` with the largest size and mode.
+const LISTED_OVERHEAD: usize = 132;
+
+/// An upper bound on what the artifact at `path` adds to a report's list,
+/// its separating comma included.
+pub fn listed_bytes(path: &str) -> usize {
+    serde_json::to_string(path).map_or(0, |json| json.len()) + LISTED_OVERHEAD
+}
+
 /// A file a module produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -127,6 +142,16 @@ pub enum Fetched {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
+    #[error(
+        "its artifact patterns matched {files} files, too many for one report (listing them takes \
+         {listed} KiB of the {allowed} KiB allowed): pack them into one archive in the command \
+         (e.g. `tar czf out.tar.gz out/`) and produce that"
+    )]
+    TooMany {
+        files: usize,
+        listed: usize,
+        allowed: usize,
+    },
     #[error("artifact pattern {pattern:?} {reason}")]
     BadPattern { pattern: String, reason: String },
     #[error(
@@ -250,6 +275,14 @@ pub fn find_produced(cwd: &Path, patterns: &[String]) -> Result<Vec<Found>, Arti
                 cwd: cwd.to_owned(),
             });
         }
+    }
+    let listed: usize = found.keys().map(|path| listed_bytes(path)).sum();
+    if listed > MAX_LISTED_BYTES {
+        return Err(ArtifactError::TooMany {
+            files: found.len(),
+            listed: listed.div_ceil(1024),
+            allowed: MAX_LISTED_BYTES / 1024,
+        });
     }
     Ok(found.into_values().collect())
 }

@@ -19,7 +19,8 @@ use axum::Router;
 use futures_util::StreamExt;
 use muster_core::protocol::{Artifact, Consumed};
 use muster_worker::transfer::{
-    describe, find_produced, ArtifactError, Fetched, Found, Transfer, TransferSettings, Uploaded,
+    describe, find_produced, listed_bytes, ArtifactError, Fetched, Found, Transfer,
+    TransferSettings, Uploaded, MAX_LISTED_BYTES,
 };
 use sha2::{Digest, Sha256};
 
@@ -246,6 +247,50 @@ fn files_below(dir: &Path) -> Vec<String> {
     }
     files.sort();
     files
+}
+
+#[test]
+fn a_list_of_artifacts_too_long_for_one_report_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for i in 0..8000 {
+        std::fs::File::create(out.join(format!("file-number-{i}"))).unwrap();
+    }
+    match find_produced(dir.path(), &patterns(&["out/**"])) {
+        Err(ArtifactError::TooMany { files, allowed, .. }) => {
+            assert_eq!(files, 8000);
+            assert_eq!(allowed * 1024, MAX_LISTED_BYTES);
+        }
+        other => panic!("expected TooMany, got {other:?}"),
+    }
+    // Half as many fit.
+    for i in 4000..8000 {
+        std::fs::remove_file(out.join(format!("file-number-{i}"))).unwrap();
+    }
+    let found = find_produced(dir.path(), &patterns(&["out/**"])).unwrap();
+    assert_eq!(found.len(), 4000);
+
+    // The estimate never undercounts: with the largest possible fields, an
+    // artifact and its comma take no more than it allowed for.
+    for path in [
+        "a",
+        "out/file-number-1",
+        "dir/with \"quotes\" and \\ and \u{7}",
+    ] {
+        let artifact = Artifact {
+            path: path.into(),
+            size: u64::MAX,
+            sha256: "f".repeat(64),
+            mode: u32::MAX,
+        };
+        let listed = serde_json::to_string(&artifact).unwrap().len() + 1;
+        assert!(
+            listed <= listed_bytes(path),
+            "{path}: {listed} > {}",
+            listed_bytes(path)
+        );
+    }
 }
 
 #[test]
