@@ -1,7 +1,8 @@
 //! Artifacts end to end: files produced on one worker process, uploaded to
 //! the hub, and consumed on others with their own folders; a corrupted blob
 //! caught by its digest; a symlink leading out refused; too many files to
-//! list failing their module; and a large file
+//! list, or a report too large for one message, failing their module; and
+//! a large file
 //! moved with flat memory in the hub and the workers.
 
 mod common;
@@ -224,6 +225,36 @@ run = "true"
         "{out}"
     );
     assert!(out.stdout.contains("pack them into one archive"), "{out}");
+    assert!(
+        !out.stdout.contains("reconnect") && !out.stderr.contains("reconnect"),
+        "the worker never lost the hub: {out}"
+    );
+}
+
+#[test]
+fn a_report_too_large_for_one_message_fails_its_module() {
+    // 3,300 artifacts with long paths pass the list check, but with 64 KiB
+    // of control characters in an output (six bytes each in JSON) the
+    // report is over the hub's 1 MiB cap: the worker sends a failure
+    // instead of a report the hub would refuse on every reconnect.
+    let (_dir, file) = pipeline(
+        r#"
+[modules.bulky]
+produces = ["out/**"]
+run = """
+mkdir -p out && cd out && seq -f '%096.0f' 1 3300 | xargs touch
+{ printf 'x='; head -c 65500 /dev/zero | tr '\\0' '\\001'; echo; } >> "$MUSTER_OUTPUT"
+"""
+"#,
+    );
+    let out = common::run(muster(&["run", file.to_str().unwrap(), "--workers", "1"]));
+    assert_eq!(out.code(), 1, "{out}");
+    assert_eq!(out.status_of("bulky"), "failed", "{out}");
+    assert!(
+        out.stdout
+            .contains("over the 1024 KiB a hub accepts in one message"),
+        "{out}"
+    );
     assert!(
         !out.stdout.contains("reconnect") && !out.stderr.contains("reconnect"),
         "the worker never lost the hub: {out}"

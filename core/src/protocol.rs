@@ -13,6 +13,11 @@ use crate::signalr::Message;
 /// of `docs/protocol.md`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The largest record a hub accepts by default (`docs/protocol.md` §2):
+/// workers keep their calls under it, since a larger one closes the
+/// connection.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
 /// What a worker says about itself in `Register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -84,7 +84,7 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
-            max_message_bytes: 1024 * 1024,
+            max_message_bytes: muster_core::protocol::MAX_RECORD_BYTES,
             capability_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(15),
             result_grace: Duration::from_secs(30 * 60),

@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use muster_core::protocol::{
-    Assignment, Held, HubCall, Registration, Report, Resume, RunOutcome, Welcome, WorkerCall,
+    Assignment, Held, HubCall, Registration, Report, ReportStatus, Resume, RunOutcome, Welcome,
+    WorkerCall, MAX_RECORD_BYTES,
 };
 use muster_core::signalr::Message;
 use rand::Rng;
@@ -540,7 +541,17 @@ impl Work {
             return result;
         };
         let id = self.invocation_id();
-        let message = WorkerCall::Complete(report.clone()).to_message(Some(id.clone()));
+        let mut message = WorkerCall::Complete(report.clone()).to_message(Some(id.clone()));
+        let size = message.to_frame().len();
+        let report = if size > MAX_RECORD_BYTES {
+            // The hub would close the connection on it, and it would be
+            // re-sent on every reconnect: fail the attempt instead.
+            let failed = report_too_large(report, size);
+            message = WorkerCall::Complete(failed.clone()).to_message(Some(id.clone()));
+            failed
+        } else {
+            report
+        };
         self.ended(report, Some(id));
         sender.send(&message).await
     }
@@ -691,6 +702,24 @@ async fn await_welcome(
     tokio::time::timeout(timeout, wait)
         .await
         .map_err(|_| WorkerError::Register(format!("no answer within {timeout:?}")))?
+}
+
+/// A report that would not fit one record, replaced by a failure that says
+/// why; outputs and the artifact list are what can grow.
+fn report_too_large(report: Report, size: usize) -> Report {
+    let error = format!(
+        "its report took {} KiB, over the {} KiB a hub accepts in one message: \
+         produce fewer or shorter outputs, or pack its artifacts into one archive",
+        size.div_ceil(1024),
+        MAX_RECORD_BYTES / 1024
+    );
+    Report {
+        status: ReportStatus::Failed,
+        outputs: Default::default(),
+        artifacts: Vec::new(),
+        error: Some(error),
+        ..report
+    }
 }
 
 #[cfg(test)]
