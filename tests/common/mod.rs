@@ -341,7 +341,18 @@ impl RedisServer {
         Self::launch(true, extra)
     }
 
+    /// Starts it on a free port; a port taken between [`free_port`] and
+    /// redis-server's bind by another test's listener means another try.
     fn launch(tls: bool, extra: &[&str]) -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = Self::launch_once(tls, extra) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    fn launch_once(tls: bool, extra: &[&str]) -> Option<RedisServer> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -388,16 +399,40 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + LIMIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer {
+        let mut server = RedisServer {
             child,
             port,
             _dir: dir,
+        };
+        // Ready when it answers as Redis does (plain) or accepts (TLS);
+        // gone when its bind failed.
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if server.child.try_wait().expect("wait").is_some() {
+                return None;
+            }
+            if server.answers(tls) {
+                return Some(server);
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether what listens on the port is this Redis: `PING` gets `+PONG`
+    /// (or `-NOAUTH` with a password). Over TLS, a connection must do.
+    fn answers(&self, tls: bool) -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        if tls {
+            return true;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut reply = [0u8; 7];
+        std::io::Write::write_all(&mut stream, b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH"))
     }
 
     pub fn url(&self) -> String {
