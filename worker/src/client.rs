@@ -116,7 +116,7 @@ pub async fn connect(
     };
     let handshake = serde_json::to_string(&HandshakeRequest::json()).expect("serializes");
     sender
-        .send_text(muster_core::signalr::frame(&handshake))
+        .send_frame(muster_core::signalr::frame(&handshake))
         .await?;
     let answer = match tokio::time::timeout(timeout, receiver.record()).await {
         Err(_) => {
@@ -149,10 +149,11 @@ impl ClientError {
 
 impl Sender {
     pub async fn send(&mut self, message: &Message) -> Result<(), ClientError> {
-        self.send_text(message.to_frame()).await
+        self.send_frame(message.to_frame()).await
     }
 
-    async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+    /// Sends a record already framed (see [`Message::to_frame`]).
+    pub async fn send_frame(&mut self, text: String) -> Result<(), ClientError> {
         self.sink
             .send(WsMessage::Text(text.into()))
             .await

@@ -541,19 +541,23 @@ impl Work {
             return result;
         };
         let id = self.invocation_id();
-        let mut message = WorkerCall::Complete(report.clone()).to_message(Some(id.clone()));
-        let size = message.to_frame().len();
-        let report = if size > MAX_RECORD_BYTES {
+        let frame_of = |report: &Report| {
+            WorkerCall::Complete(report.clone())
+                .to_message(Some(id.clone()))
+                .to_frame()
+        };
+        let mut frame = frame_of(&report);
+        let report = if frame.len() > MAX_RECORD_BYTES {
             // The hub would close the connection on it, and it would be
             // re-sent on every reconnect: fail the attempt instead.
-            let failed = report_too_large(report, size);
-            message = WorkerCall::Complete(failed.clone()).to_message(Some(id.clone()));
+            let failed = report_too_large(report, frame.len());
+            frame = frame_of(&failed);
             failed
         } else {
             report
         };
         self.ended(report, Some(id));
-        sender.send(&message).await
+        sender.send_frame(frame).await
     }
 
     /// Records an attempt's end; one this worker no longer owns is sent
