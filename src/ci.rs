@@ -69,7 +69,7 @@ pub struct CiArgs {
     /// key can then join); without MUSTER_TOKEN the master makes one up.
     #[arg(long)]
     token_in_record: bool,
-    /// How long a worker waits for the master's record.
+    /// How long a worker waits for the master's record and for its hub to answer.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     discover_timeout: Duration,
     /// How long the master waits for its tunnel's public URL.
