@@ -98,37 +98,13 @@ pub fn run(mut command: Command) -> Output {
 }
 
 /// Waits for a child with piped output, killing it if it outlives `limit`.
-pub fn wait(mut child: Child, limit: Duration) -> Output {
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let status = child.wait().expect("wait after kill");
-            let out = Output {
-                status,
-                stdout: stdout.recv().unwrap_or_default(),
-                stderr: stderr.recv().unwrap_or_default(),
-            };
-            panic!("command did not finish within {limit:?}:\n{out}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.recv().unwrap_or_default(),
-        stderr: stderr.recv().unwrap_or_default(),
-    }
+pub fn wait(child: Child, limit: Duration) -> Output {
+    wait_all(vec![child], limit).remove(0)
 }
 
 /// Waits for several children together, killing all of them if any
 /// outlives `limit`; the panic then shows every child's output, since the
 /// one that hangs is often waiting on another.
-#[allow(dead_code)]
 pub fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
     let deadline = Instant::now() + limit;
     let mut pending: Vec<_> = children
@@ -176,7 +152,7 @@ pub fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
             .map(|(i, out)| format!("=== process {i}\n{out}"))
             .collect();
         panic!(
-            "not every command finished within {limit:?}:\n{}",
+            "not every command finished within {limit:?} (those still running were killed):\n{}",
             shown.join("\n")
         );
     }
