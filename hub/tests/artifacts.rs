@@ -48,6 +48,11 @@ impl Setup {
         self.dir.path().join("store")
     }
 
+    /// Where the store keeps the blob named `digest`.
+    fn stored(&self, digest: &str) -> PathBuf {
+        self.store().join("sha256").join(&digest[..2]).join(digest)
+    }
+
     fn url(&self, digest: &str) -> String {
         artifact_url(self.hub.url(), digest)
     }
@@ -193,11 +198,7 @@ async fn round_trip() {
     let body = got.bytes().await.unwrap();
     assert!(body[..] == data[..], "the downloaded bytes differ");
 
-    let stored = setup
-        .store()
-        .join("sha256")
-        .join(&digest[..2])
-        .join(&digest);
+    let stored = setup.stored(&digest);
     assert_eq!(setup.files(), vec![stored]);
 }
 
@@ -304,11 +305,7 @@ async fn a_second_upload_is_skipped() {
         setup.put(&digest, data.clone()).await.status(),
         StatusCode::CREATED
     );
-    let stored = setup
-        .store()
-        .join("sha256")
-        .join(&digest[..2])
-        .join(&digest);
+    let stored = setup.stored(&digest);
     let before = std::fs::metadata(&stored).unwrap().modified().unwrap();
 
     assert_eq!(
@@ -340,11 +337,7 @@ async fn concurrent_uploads_of_the_same_content_both_succeed() {
             "{status}"
         );
     }
-    let stored = setup
-        .store()
-        .join("sha256")
-        .join(&digest[..2])
-        .join(&digest);
+    let stored = setup.stored(&digest);
     assert_eq!(sha(&std::fs::read(&stored).unwrap()), digest);
     assert!(setup.temp_cleared().await);
     assert_eq!(setup.files(), vec![stored]);
@@ -442,11 +435,7 @@ async fn a_corrupted_blob_is_served_as_it_is() {
         setup.put(&digest, data.clone()).await.status(),
         StatusCode::CREATED
     );
-    let stored = setup
-        .store()
-        .join("sha256")
-        .join(&digest[..2])
-        .join(&digest);
+    let stored = setup.stored(&digest);
     let corrupt = content(10, 9);
     std::fs::write(&stored, &corrupt).unwrap();
 
