@@ -15,6 +15,8 @@ pub mod protocol;
 pub mod run;
 pub mod signalr;
 pub mod state;
+pub mod text;
+pub mod url;
 
 pub use pipeline::{parse_pipeline, PipelineError};
 pub use plan::{Consume, ModuleIndex, Plan, PlannedModule};

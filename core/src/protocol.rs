@@ -59,6 +59,81 @@ fn one() -> u32 {
     1
 }
 
+/// The longest worker name a hub accepts.
+pub const MAX_NAME_CHARS: usize = 64;
+/// The longest capability a hub accepts.
+pub const MAX_CAPABILITY_CHARS: usize = 128;
+/// The most capabilities one registration may list.
+pub const MAX_CAPABILITIES: usize = 64;
+/// The longest `version` a hub accepts.
+pub const MAX_VERSION_CHARS: usize = 64;
+
+/// Characters a worker name may use besides ASCII letters and digits.
+const NAME_EXTRA: &str = "._-:@+";
+/// Characters a capability or version may use besides ASCII letters and
+/// digits.
+const CAPABILITY_EXTRA: &str = "._-:@+/=";
+
+impl Registration {
+    /// Checks what the master will print and match on: names and
+    /// capabilities come from the network and end up on a terminal, so
+    /// only a small, documented character set is accepted
+    /// (`docs/protocol.md` §4). The error names the rule broken.
+    pub fn check(&self) -> Result<(), String> {
+        check_word("worker name", &self.name, MAX_NAME_CHARS, NAME_EXTRA)?;
+        if self.capabilities.len() > MAX_CAPABILITIES {
+            return Err(format!(
+                "{} capabilities listed; at most {MAX_CAPABILITIES} are accepted",
+                self.capabilities.len()
+            ));
+        }
+        for capability in &self.capabilities {
+            check_word(
+                "capability",
+                capability,
+                MAX_CAPABILITY_CHARS,
+                CAPABILITY_EXTRA,
+            )?;
+        }
+        if !self.version.is_empty() {
+            check_word(
+                "version",
+                &self.version,
+                MAX_VERSION_CHARS,
+                CAPABILITY_EXTRA,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn check_word(what: &str, value: &str, max_chars: usize, extra: &str) -> Result<(), String> {
+    let shown = crate::text::escape(&value.chars().take(max_chars).collect::<String>());
+    if value.is_empty() {
+        return Err(format!("the {what} is empty"));
+    }
+    if value.chars().count() > max_chars {
+        return Err(format!(
+            "the {what} \"{shown}...\" is longer than {max_chars} characters"
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c)))
+    {
+        let bad = crate::text::escape(&bad.to_string());
+        return Err(format!(
+            "the {what} \"{shown}\" has the character '{bad}', outside A-Z a-z 0-9 {}",
+            extra
+                .chars()
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    Ok(())
+}
+
 /// The hub's answer to `Register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -398,6 +473,46 @@ impl HubCall {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn registration(name: &str, capabilities: &[&str]) -> Registration {
+        Registration {
+            name: name.into(),
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            slots: 1,
+            version: "0.1.0".into(),
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn registrations_are_checked_against_the_documented_rules() {
+        fn check(name: &str, capabilities: &[&str], expected: Result<(), &str>) {
+            let got = registration(name, capabilities).check();
+            match (got, expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), Err(part)) => assert!(e.contains(part), "{name:?}: {e}"),
+                (got, expected) => panic!("{name:?}: got {got:?}, expected {expected:?}"),
+            }
+        }
+        check("local-1", &["os:linux", "arch:x86_64", "docker"], Ok(()));
+        check("ci-runner.3@host", &["gpu:nvidia/a100", "mem=64g"], Ok(()));
+        check("", &[], Err("the worker name is empty"));
+        check(&"a".repeat(65), &[], Err("longer than 64 characters"));
+        check(
+            "evil\n[hold] ** succeeded on evil\x1b[2J",
+            &[],
+            Err("the worker name \"evil\\n[hold] ** succeeded on evil\\x1b[2J\" has the character '\\n'"),
+        );
+        check(
+            "w",
+            &["os:linux", "bad cap"],
+            Err("the capability \"bad cap\" has the character ' '"),
+        );
+        check("w", &["\u{202e}rtl"], Err("has the character '\\u{202e}'"));
+        let many: Vec<String> = (0..65).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        check("w", &many, Err("65 capabilities listed"));
+    }
 
     #[test]
     fn worker_calls_round_trip() {

@@ -196,6 +196,32 @@ impl Run {
         changes
     }
 
+    /// Takes back a module assigned to `worker` that it did not start in
+    /// time: it runs elsewhere as the next attempt. This counts as losing
+    /// the worker, so a worker that takes modules and never starts them
+    /// cannot hold one forever.
+    pub fn not_started(
+        &mut self,
+        module: ModuleIndex,
+        worker: WorkerId,
+        name: &str,
+        waited: &str,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let ModuleState::Assigned {
+            worker: holder,
+            attempt,
+        } = self.states[module]
+        {
+            if holder == worker {
+                let reason =
+                    format!("worker {name} did not start attempt {attempt} within {waited}");
+                self.give_back(module, worker, name, reason, &mut changes);
+            }
+        }
+        changes
+    }
+
     fn lose(
         &mut self,
         module: ModuleIndex,
@@ -206,13 +232,27 @@ impl Run {
         let attempt = self.states[module]
             .attempt()
             .expect("a held module has an attempt");
+        let reason = format!("worker {name} was lost during attempt {attempt}");
+        self.give_back(module, worker, name, reason, changes);
+    }
+
+    /// Hands a held module back for another attempt, or fails it once it
+    /// has lost `max_worker_losses` workers.
+    fn give_back(
+        &mut self,
+        module: ModuleIndex,
+        worker: WorkerId,
+        name: &str,
+        reason: String,
+        changes: &mut Vec<Change>,
+    ) {
+        let attempt = self.states[module]
+            .attempt()
+            .expect("a held module has an attempt");
         self.lost[module].push(name.to_owned());
         let lost = &self.lost[module];
         let event = if (lost.len() as u32) < self.limits.max_worker_losses {
-            Event::Retry {
-                attempt,
-                reason: format!("worker {name} was lost during attempt {attempt}"),
-            }
+            Event::Retry { attempt, reason }
         } else {
             Event::Finish {
                 worker,
@@ -518,6 +558,42 @@ run = "e"
         run.module_lost(0, W1, "one");
         assert_eq!(run.state(0).name(), "failed");
         assert!(run.is_finished());
+    }
+
+    #[test]
+    fn a_module_not_started_in_time_runs_again_as_the_next_attempt() {
+        let plan = parse_pipeline("t.toml", "[modules.a]\nrun = \"a\"\n").unwrap();
+        let limits = Limits {
+            max_worker_losses: 2,
+        };
+        let mut run = Run::new(plan, limits).0;
+        run.handle(0, Event::Assign { worker: W1 }).unwrap();
+        // Only the worker it was assigned to can be blamed.
+        assert!(run.not_started(0, W2, "two", "1m").is_empty());
+        let changes = run.not_started(0, W1, "one", "1m");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(*run.state(0), ModuleState::Ready { attempt: 2 });
+        assert_eq!(
+            changes[0].note.as_deref(),
+            Some("worker one did not start attempt 1 within 1m")
+        );
+        // Once started, it is the worker's: not taken back for being late.
+        run.handle(0, Event::Assign { worker: W2 }).unwrap();
+        let start = Event::Start {
+            worker: W2,
+            attempt: 2,
+            at: Instant::now(),
+        };
+        run.handle(0, start).unwrap();
+        assert!(run.not_started(0, W2, "two", "1m").is_empty());
+        // It counts as a lost worker: a worker that never starts anything
+        // cannot keep a module going round forever.
+        let mut run = Run::new(run.plan().clone(), limits).0;
+        for _ in 0..2 {
+            run.handle(0, Event::Assign { worker: W1 }).unwrap();
+            run.not_started(0, W1, "one", "1m");
+        }
+        assert_eq!(run.state(0).name(), "failed");
     }
 
     #[test]
