@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Args;
 use muster_core::protocol::{RunOutcome, PROTOCOL_VERSION};
+use muster_core::url::redact_url;
 use muster_discovery::identity::{self, Instance, Role, RunIdentity};
 use muster_discovery::record::{record_key, DiscoveryRecord, RunState};
 use muster_discovery::store::{Store, StoreError, Written};
@@ -119,8 +120,10 @@ pub async fn ci(args: CiArgs) -> Result<u8> {
             return Ok(exit::BAD_INPUT);
         }
     };
+    // Redis is often a service container still starting when the job
+    // does: every instance keeps trying for --discover-timeout, and says so.
     let store = match Store::open(&args.redis_url) {
-        Ok(store) => store,
+        Ok(store) => store.when_not_answering(|n| println!("muster: {n}")),
         Err(e) => {
             eprintln!("muster: error: {e}");
             return Ok(exit::BAD_INPUT);
@@ -200,7 +203,14 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         epoch: started_at,
         token: args.token_in_record.then(|| token.clone()),
     };
-    match store.write(&record, args.record_ttl).await {
+    let written = tokio::select! {
+        written = store.write_within(&record, args.record_ttl, args.discover_timeout) => written,
+        () = cli::wait_for_interrupt() => {
+            eprintln!("muster: interrupted while waiting for Redis");
+            return Ok(exit::CANCELLED);
+        }
+    };
+    match written {
         Ok(Written::Yes) => {}
         Ok(Written::Superseded) => {
             eprintln!(
@@ -220,7 +230,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         instance.total - 1,
         record_key(&run.run_id),
         store.shown_url(),
-        urls.join(", ")
+        shown_urls(&urls)
     );
     let (latest, watched) = tokio::sync::watch::channel(record.clone());
     let stop_refresh = CancellationToken::new();
@@ -233,7 +243,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         .workdir
         .clone()
         .unwrap_or_else(|| cli::pipeline_dir(&args.file.file));
-    let summary = cli::master_summary(
+    let ran = cli::master_summary(
         hub,
         &token,
         &cli::LocalWorkers {
@@ -248,7 +258,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
     .await?;
     stop_refresh.cancel();
     let _ = refresh.await;
-    let outcome = summary.outcome();
+    let outcome = ran.summary.outcome();
     record.state = RunState::Finished;
     record.outcome = Some(outcome);
     latest.send_replace(record.clone());
@@ -256,7 +266,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         eprintln!("muster: warning: could not mark the run finished in Redis: {e}");
     }
     drop(tunnel);
-    Ok(cli::outcome_code(outcome))
+    Ok(ran.exit_code())
 }
 
 /// The hub's URLs in order of preference: this machine's own address
@@ -349,7 +359,7 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         }
         tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + PROBE_PAUSE)).await;
     };
-    println!("muster: joining the hub at {hub}");
+    println!("muster: joining the hub at {}", redact_url(&hub));
     let workdir = match &args.workdir {
         Some(dir) => dir.clone(),
         None => cli::pipeline_dir(&args.file.file),
@@ -435,7 +445,9 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
             match client.get(&health).send().await {
                 Ok(response) if response.status().is_success() => Ok(()),
                 Ok(response) => Err(format!("HTTP {}", response.status())),
-                Err(e) => Err(e.to_string()),
+                // The line names the URL, redacted; the error's own copy
+                // of it is not.
+                Err(e) => Err(reqwest_reason(e)),
             }
         }
     });
@@ -444,13 +456,34 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
     for (url, result) in urls.iter().zip(results) {
         match result {
             Ok(()) => return Ok(url.clone()),
-            Err(why) => tried.push(format!("  {url}: {why}")),
+            Err(why) => tried.push(format!("  {}: {why}", redact_url(url))),
         }
     }
     if tried.is_empty() {
         tried.push("  (the record lists no URL)".into());
     }
     Err(tried.join("\n"))
+}
+
+/// The hub URLs as they may be printed, comma-separated.
+fn shown_urls(urls: &[String]) -> String {
+    urls.iter()
+        .map(|url| redact_url(url))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A reqwest error and its causes, without the URL it carries.
+fn reqwest_reason(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 fn outcome_word(outcome: RunOutcome) -> &'static str {

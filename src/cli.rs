@@ -95,6 +95,20 @@ pub(crate) struct HubLimits {
     /// How long a new connection has to finish the SignalR handshake.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
     handshake_timeout: Duration,
+    /// How long a new TCP connection has to send a request carrying the
+    /// token (headers included); a silent or slow one is closed then.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    auth_timeout: Duration,
+    /// Connections that have not yet shown the token, held at once; a new
+    /// one beyond this closes the oldest, so a flood of idle sockets cannot
+    /// lock workers out. Kept under a quarter of the open-file limit.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Timeouts")]
+    max_unauthenticated: u32,
+    /// How long a worker has to say Started for a module assigned to it;
+    /// then the hub tells it to drop the module and runs it elsewhere as
+    /// the next attempt.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    start_timeout: Duration,
     /// How long a ready module waits for a worker with the capabilities it
     /// requires before it fails.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
@@ -152,6 +166,9 @@ impl HubLimits {
             ping_interval: self.ping_interval,
             client_timeout: self.client_timeout,
             handshake_timeout: self.handshake_timeout,
+            auth_timeout: self.auth_timeout,
+            max_unauthenticated: self.max_unauthenticated as usize,
+            start_timeout: self.start_timeout,
             capability_timeout: self.capability_timeout,
             cancel_grace: self.cancel_grace,
             result_grace: self.result_grace,
@@ -368,8 +385,8 @@ async fn hub(args: HubArgs) -> Result<u8> {
 /// Runs a started hub with its local workers to the end of the run and
 /// returns the exit code.
 async fn master(hub: Hub, token: &str, local: LocalWorkers, reporter: Reporter) -> Result<u8> {
-    let summary = master_summary(hub, token, &local, reporter).await?;
-    Ok(finish(&summary))
+    let ran = master_summary(hub, token, &local, reporter).await?;
+    Ok(ran.exit_code())
 }
 
 /// Workers the master runs as tasks beside its hub, over loopback.
@@ -404,15 +421,15 @@ pub(crate) async fn master_summary(
     token: &str,
     local: &LocalWorkers,
     reporter: Reporter,
-) -> Result<Summary> {
+) -> Result<Ran> {
     let stop = CancellationToken::new();
     let tasks = spawn_local_workers(&hub, token, local, &stop);
-    let summary = supervise(hub, reporter).await?;
+    let ran = supervise(hub, reporter).await?;
     stop.cancel();
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    Ok(summary)
+    Ok(ran)
 }
 
 async fn worker(args: WorkerArgs) -> Result<u8> {
@@ -464,10 +481,11 @@ async fn cancel(args: CancelArgs) -> Result<u8> {
         eprintln!("muster: error: {e}");
         return Ok(exit::BAD_INPUT);
     }
-    let url = format!("{}/cancel", args.hub.trim_end_matches('/'));
-    let url = url
+    let url = muster_core::url::join(&args.hub, "cancel")
         .replacen("ws://", "http://", 1)
         .replacen("wss://", "https://", 1);
+    // What is printed never carries a token given in the URL.
+    let shown = muster_core::url::redact_url(&url);
     let mut body = serde_json::Map::new();
     if let Some(reason) = args.reason {
         body.insert("reason".into(), reason.into());
@@ -476,13 +494,28 @@ async fn cancel(args: CancelArgs) -> Result<u8> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot set up an HTTP client")?;
-    let response = client
+    let sent = client
         .post(&url)
         .bearer_auth(&args.token)
         .json(&body)
         .send()
-        .await
-        .with_context(|| format!("could not reach the hub at {url}"))?;
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            // A hub exits a few seconds after its run ends: no answer at
+            // all most often means there is no run left to cancel.
+            let why = if e.is_connect() {
+                "nothing is listening there".to_owned()
+            } else {
+                e.without_url().to_string()
+            };
+            eprintln!(
+                "muster: error: no hub answered at {shown} ({why}); the run may have finished, or the URL is wrong"
+            );
+            return Ok(exit::INFRASTRUCTURE);
+        }
+    };
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -501,11 +534,12 @@ async fn cancel(args: CancelArgs) -> Result<u8> {
             Ok(exit::RUN_FAILED)
         }
         401 => {
-            eprintln!("muster: error: the hub at {url} refused the token (HTTP 401): check --token or MUSTER_TOKEN");
+            eprintln!("muster: error: the hub at {shown} refused the token (HTTP 401): check --token or MUSTER_TOKEN");
             Ok(exit::BAD_INPUT)
         }
         code => {
-            eprintln!("muster: error: the hub at {url} answered HTTP {code}: {reason}");
+            let reason = muster_core::text::escape(reason);
+            eprintln!("muster: error: the hub at {shown} answered HTTP {code}: {reason}");
             Ok(exit::INFRASTRUCTURE)
         }
     }
@@ -573,7 +607,7 @@ fn spawn_local_workers(
 }
 
 /// Prints the run as it goes, cancels it on Ctrl-C, and returns its summary.
-async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Summary> {
+async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Ran> {
     let events = hub.take_events().expect("events are taken once");
     let printer = tokio::spawn(reporter.print(events));
     let canceller = hub.canceller();
@@ -586,10 +620,37 @@ async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Summary> {
     });
     let summary = hub.wait(Duration::from_secs(5)).await?;
     interrupt.abort();
-    // The event stream ends when the scheduler does; bound the wait anyway.
-    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
-    print!("{}", report::summary_table(&summary));
-    Ok(summary)
+    // The event stream ends with the run: every line is printed before the
+    // table, however slowly stdout is read.
+    let printed = printer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let output =
+        printed.and_then(|()| report::write_stdout(report::summary_table(&summary).as_bytes()));
+    if let Err(e) = &output {
+        eprintln!("muster: error: the run's output was not all written to stdout: {e}");
+    }
+    Ok(Ran { summary, output })
+}
+
+/// A finished run as the master saw it.
+pub(crate) struct Ran {
+    pub summary: Summary,
+    /// Whether all of the run's output reached stdout.
+    pub output: std::io::Result<()>,
+}
+
+impl Ran {
+    /// The run's exit code; a run that succeeded but whose output could
+    /// not be written exits 3, so CI never trusts a log that was cut short.
+    pub fn exit_code(&self) -> u8 {
+        let code = outcome_code(self.summary.outcome());
+        if code == exit::SUCCESS && self.output.is_err() {
+            exit::INFRASTRUCTURE
+        } else {
+            code
+        }
+    }
 }
 
 pub(crate) async fn wait_for_interrupt() {
@@ -605,10 +666,6 @@ pub(crate) async fn wait_for_interrupt() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn finish(summary: &Summary) -> u8 {
-    outcome_code(summary.outcome())
 }
 
 /// The exit code for a run's outcome, the same on every instance.

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    raise_open_file_limit();
+    return_large_blocks_to_the_system();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -45,4 +47,34 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(runtime.block_on(cli::dispatch(args)))
+}
+
+/// glibc serves blocks of 128 KiB and more with their own mappings, but
+/// raises that threshold each time such a block is freed, after which large
+/// records and log batches come from the heap and stay resident after they
+/// are freed. A fixed threshold keeps the hub's memory returning to the
+/// system when a burst of large messages is over.
+fn return_large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit. Many systems
+/// start processes at a soft limit of 1,024: a hub with hundreds of
+/// workers, or under a flood of connections, would run out of descriptors
+/// long before the hard limit that it is allowed to use.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("raised the open-file limit from {soft} to {hard}"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::debug!("cannot read the open-file limit: {e}"),
+    }
 }

@@ -2,7 +2,14 @@
 //! (coloured on a terminal), state changes as they happen, the plan for
 //! `validate`, and the final table. Everything printed while the run goes
 //! passes through a [`Masker`] for the secrets the master knows, on top of
-//! the workers' own masking.
+//! the workers' own masking, and text that came from the network (worker
+//! names, reasons, log lines) is escaped so it cannot move the cursor or
+//! forge a line of muster's own.
+//!
+//! Output is never dropped: the printer reads the hub's bounded event
+//! stream only as fast as stdout takes it, which slows the run down to the
+//! reader's pace. A failed write to stdout is remembered and reported, not
+//! ignored.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -12,6 +19,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use muster_core::mask::Masker;
 use muster_core::protocol::RunOutcome;
+use muster_core::text::{escape, escape_log_line};
 use muster_core::{ModuleState, Plan};
 use muster_hub::{RunEvent, Summary};
 use tokio::sync::mpsc;
@@ -61,26 +69,40 @@ impl Reporter {
         self
     }
 
-    pub async fn print(mut self, mut events: mpsc::UnboundedReceiver<RunEvent>) {
+    /// Prints every event until the run ends. Writes block (on a blocking
+    /// thread) while stdout is full, and the hub waits meanwhile. After a
+    /// write fails (a closed pipe), the rest of the run is drained without
+    /// printing and the error is returned at the end.
+    pub async fn print(mut self, mut events: mpsc::Receiver<RunEvent>) -> std::io::Result<()> {
+        let mut failed: Option<std::io::Error> = None;
         while let Some(event) = events.recv().await {
+            if failed.is_some() {
+                continue;
+            }
             self.track(&event);
             let text = self.show(event);
             if text.is_empty() {
                 continue;
             }
-            let write = || {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            };
-            match &self.progress {
-                Some(bar) => bar.suspend(write),
-                None => write(),
+            let progress = self.progress.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let write = || write_stdout(text.as_bytes());
+                match &progress {
+                    Some(bar) => bar.suspend(write),
+                    None => write(),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = written {
+                eprintln!("muster: error: cannot write the run's output to stdout: {e}; the run goes on, its exit code will say output was lost");
+                failed = Some(e);
             }
         }
         if let Some(bar) = self.progress {
             bar.finish_and_clear();
         }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Keeps the progress line's counts.
@@ -115,12 +137,14 @@ impl Reporter {
             } => {
                 let _ = writeln!(
                     out,
-                    "muster: worker {name} joined ({}; {slots} slot{})",
-                    capabilities.join(", "),
+                    "muster: worker {} joined ({}; {slots} slot{})",
+                    escape(&name),
+                    escape(&capabilities.join(", ")),
                     if slots == 1 { "" } else { "s" }
                 );
             }
             RunEvent::WorkerLeft { name, reason } => {
+                let (name, reason) = (escape(&name), escape(&reason));
                 let _ = writeln!(out, "muster: worker {name} left: {reason}");
             }
             RunEvent::WorkerAway {
@@ -129,6 +153,7 @@ impl Reporter {
                 held,
                 within,
             } => {
+                let (name, reason) = (escape(&name), escape(&reason));
                 let _ = writeln!(
                     out,
                     "muster: worker {name} dropped ({reason}); keeping its {held} module{} for {} while it reconnects",
@@ -137,6 +162,7 @@ impl Reporter {
                 );
             }
             RunEvent::WorkerBack { name, kept } => {
+                let name = escape(&name);
                 let _ = writeln!(
                     out,
                     "muster: worker {name} reconnected and kept {kept} module{}",
@@ -146,7 +172,7 @@ impl Reporter {
             RunEvent::Log { module, text, .. } => {
                 let prefix = self.prefix(&module);
                 for line in text.lines() {
-                    let _ = writeln!(out, "{prefix} {line}");
+                    let _ = writeln!(out, "{prefix} {}", escape_log_line(line));
                 }
             }
             RunEvent::Module {
@@ -155,7 +181,13 @@ impl Reporter {
                 worker,
                 note,
             } => {
-                let on = worker.map(|w| format!(" on {w}")).unwrap_or_default();
+                let on = worker
+                    .map(|w| format!(" on {}", escape(&w)))
+                    .unwrap_or_default();
+                let note = note.map(|n| escape(&n));
+                let reason = |e: &muster_core::Ended| {
+                    escape(e.reason.as_deref().unwrap_or("no reason given"))
+                };
                 let line = match &state {
                     ModuleState::Running { attempt, .. } if *attempt > 1 => {
                         format!("started{on} (attempt {attempt})")
@@ -165,16 +197,14 @@ impl Reporter {
                         format!("will retry: {}", note.unwrap_or_default())
                     }
                     ModuleState::Succeeded(e) => format!("succeeded{on}{}", took(e.duration)),
-                    ModuleState::Failed(e) | ModuleState::TimedOut(e) => format!(
-                        "{}{on}{}: {}",
-                        state.name(),
-                        took(e.duration),
-                        e.reason.as_deref().unwrap_or("no reason given")
-                    ),
-                    ModuleState::Cancelled(e) => {
-                        format!("cancelled: {}", e.reason.as_deref().unwrap_or("cancelled"))
+                    ModuleState::Failed(e) | ModuleState::TimedOut(e) => {
+                        format!("{}{on}{}: {}", state.name(), took(e.duration), reason(e))
                     }
-                    ModuleState::Skipped { reason } => format!("skipped: {reason}"),
+                    ModuleState::Cancelled(e) => format!(
+                        "cancelled: {}",
+                        escape(e.reason.as_deref().unwrap_or("cancelled"))
+                    ),
+                    ModuleState::Skipped { reason } => format!("skipped: {}", escape(reason)),
                     _ => return out,
                 };
                 let prefix = self.prefix(&module);
@@ -294,7 +324,7 @@ pub fn summary_table(summary: &Summary) -> String {
                     .and_then(|e| e.duration)
                     .map(seconds)
                     .unwrap_or_else(|| "-".into()),
-                m.worker.clone().unwrap_or_else(|| "-".into()),
+                m.worker.as_deref().map_or_else(|| "-".into(), escape),
             ]
         })
         .collect();
@@ -330,9 +360,16 @@ pub fn summary_table(summary: &Summary) -> String {
         summary.modules.len()
     );
     if let Some(reason) = &summary.cancelled {
-        let _ = writeln!(out, "cancelled: {reason}");
+        let _ = writeln!(out, "cancelled: {}", escape(reason));
     }
     out
+}
+
+/// Writes all of `bytes` to stdout and flushes; the error says why not.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
 }
 
 /// Durations in messages read better without nanoseconds.
@@ -362,6 +399,27 @@ mod tests {
             text: "token: hunter2-very-secret\nok".into(),
         };
         assert_eq!(reporter.show(log), "[deploy] token: ***\n[deploy] ok\n");
+    }
+
+    #[test]
+    fn text_from_the_network_cannot_forge_lines_or_move_the_cursor() {
+        let mut reporter = reporter(&[]);
+        let joined = RunEvent::WorkerJoined {
+            name: "evil\n[hold] ** succeeded on evil\x1b[2J".into(),
+            capabilities: vec!["os:linux\r".into()],
+            slots: 1,
+        };
+        assert_eq!(
+            reporter.show(joined),
+            "muster: worker evil\\n[hold] ** succeeded on evil\\x1b[2J joined (os:linux\\r; 1 slot)\n"
+        );
+        let log = RunEvent::Log {
+            module: "m".into(),
+            attempt: 1,
+            stream: LogStream::Stdout,
+            text: "\x1b[32mok\x1b[0m\x1b[2J\rfake".into(),
+        };
+        assert_eq!(reporter.show(log), "[m] \x1b[32mok\x1b[0m\\x1b[2J\\rfake\n");
     }
 
     #[test]

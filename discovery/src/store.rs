@@ -4,7 +4,17 @@
 //! channel so waiting workers wake at once. A write never replaces a record
 //! with a higher epoch (a newer master of the same run id): the check and
 //! the write are one Lua script.
+//!
+//! In CI, Redis is often a service container still starting when the job
+//! does: the calls an instance makes at start ([`Store::write_within`],
+//! [`Store::wait_for`]) keep trying while Redis does not answer, until their
+//! limit, and say so once ([`Store::when_not_answering`]). A refusal that
+//! waiting cannot fix (a wrong password) ends them at once.
 
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,6 +31,15 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 /// notification: a safety net if the subscription was lost (a Redis
 /// restart), not the way workers normally wake.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// While Redis does not answer, the first pause before trying again; it
+/// doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The least time one attempt gets, even when the limit is (nearly) spent:
+/// a Redis that answers is always asked once.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Replaces the record unless the stored one has a higher epoch; publishes
 /// every write on the channel.
@@ -41,8 +60,14 @@ return 1
 pub enum StoreError {
     #[error("the Redis URL {url} is not valid: {reason} (use redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for TLS)")]
     BadUrl { url: String, reason: String },
+    /// No connection, a dropped one, no answer in time, or a Redis that is
+    /// still loading its data: trying again later may work.
     #[error("cannot reach Redis at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// Redis answered with an error waiting will not change (a wrong or
+    /// missing password, a command it refuses).
+    #[error("Redis at {url} refused: {reason}")]
+    Refused { url: String, reason: String },
     #[error("no discovery record under key {key} in Redis at {url} after waiting {waited}\n  = help: is instance 0 (the master) of this run up, with the same run id and Redis? Its log says which key it wrote")]
     NotFound {
         key: String,
@@ -61,12 +86,57 @@ pub enum Written {
     Superseded,
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. })
+    }
+}
+
+/// Redis did not answer a call that keeps trying: said once per store, the
+/// first time (see [`Store::when_not_answering`]).
+#[derive(Debug, Clone)]
+pub struct NotAnswering {
+    /// The URL as it may be printed.
+    pub url: String,
+    /// Why the first attempt failed, e.g. `connection refused`.
+    pub reason: String,
+    /// How long the call keeps trying.
+    pub limit: Duration,
+}
+
+impl fmt::Display for NotAnswering {
+    /// `Redis at redis://127.0.0.1:6379 is not answering yet (connection
+    /// refused); retrying for up to 40s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole seconds: the limit left is rarely round.
+        let limit = if self.limit >= Duration::from_secs(1) {
+            Duration::from_secs(self.limit.as_secs_f64().round() as u64)
+        } else {
+            Duration::from_millis(self.limit.as_millis() as u64)
+        };
+        write!(
+            f,
+            "Redis at {} is not answering yet ({}); retrying for up to {}",
+            self.url,
+            self.reason,
+            humantime::format_duration(limit)
+        )
+    }
+}
+
+type NotAnsweringHook = Arc<dyn Fn(&NotAnswering) + Send + Sync>;
+
 /// A Redis server holding discovery records.
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
     /// The URL with any password replaced, for messages.
     shown: String,
+    /// Told the first time Redis does not answer a call that keeps trying.
+    not_answering: NotAnsweringHook,
+    /// Whether it was told; shared by clones, so an instance says it once.
+    said_not_answering: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -84,7 +154,23 @@ impl Store {
             return Err(bad("it must start with redis:// or rediss://".into()));
         }
         let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
-        Ok(Store { client, shown })
+        Ok(Store {
+            client,
+            shown,
+            not_answering: Arc::new(|n: &NotAnswering| tracing::warn!("{n}")),
+            said_not_answering: Arc::default(),
+        })
+    }
+
+    /// What to do, once, when Redis does not answer a call that keeps
+    /// trying (by default, a warning in the log). The message never holds
+    /// a password.
+    pub fn when_not_answering(
+        mut self,
+        hook: impl Fn(&NotAnswering) + Send + Sync + 'static,
+    ) -> Store {
+        self.not_answering = Arc::new(hook);
+        self
     }
 
     /// The URL as it may be printed.
@@ -99,6 +185,39 @@ impl Store {
         }
     }
 
+    fn silent(&self) -> StoreError {
+        self.unreachable(format!(
+            "no answer within {}",
+            humantime::format_duration(REDIS_TIMEOUT)
+        ))
+    }
+
+    /// A Redis error as a [`StoreError`]: no connection, a dropped one, and
+    /// a server still loading or failing over are worth waiting for;
+    /// anything else Redis answered (a wrong password, say) is not.
+    fn redis_error(&self, error: redis::RedisError) -> StoreError {
+        use redis::ErrorKind;
+        if error.is_connection_refusal() {
+            return self.unreachable("connection refused");
+        }
+        let transient = error.is_io_error()
+            || matches!(
+                error.kind(),
+                ErrorKind::BusyLoadingError
+                    | ErrorKind::TryAgain
+                    | ErrorKind::ClusterDown
+                    | ErrorKind::MasterDown
+            );
+        if transient {
+            self.unreachable(error)
+        } else {
+            StoreError::Refused {
+                url: self.shown.clone(),
+                reason: error.to_string(),
+            }
+        }
+    }
+
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
         match timeout(
             REDIS_TIMEOUT,
@@ -107,8 +226,55 @@ impl Store {
         .await
         {
             Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => Err(self.unreachable(e)),
-            Err(_) => Err(self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}"))),
+            Ok(Err(e)) => Err(self.redis_error(e)),
+            Err(_) => Err(self.silent()),
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails in a way waiting cannot fix,
+    /// or `deadline` passes (when a transient failure is returned), pausing
+    /// between tries. Each try gets the time left, at least
+    /// [`MIN_ATTEMPT`]. The first failure is said once per store, with
+    /// `limit` (the caller's whole wait) in the message.
+    async fn patiently<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        limit: Duration,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut pause = RETRY_PAUSE;
+        loop {
+            let bound = deadline.max(Instant::now() + MIN_ATTEMPT);
+            let error = match timeout_at(bound, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => e,
+                Err(_) => self.silent(),
+            };
+            let now = Instant::now();
+            if !error.is_transient() || now >= deadline {
+                return Err(error);
+            }
+            self.say_not_answering(&error, limit);
+            tracing::debug!("{error}; trying again");
+            tokio::time::sleep_until((now + pause).min(deadline)).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+        }
+    }
+
+    fn say_not_answering(&self, error: &StoreError, limit: Duration) {
+        let StoreError::Unreachable { url, reason } = error else {
+            return;
+        };
+        if !self.said_not_answering.swap(true, Ordering::SeqCst) {
+            (self.not_answering)(&NotAnswering {
+                url: url.clone(),
+                reason: reason.clone(),
+                limit,
+            });
         }
     }
 
@@ -130,13 +296,26 @@ impl Store {
             .arg(ttl.as_secs().max(1));
         let written: i64 = timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut connection))
             .await
-            .map_err(|_| self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}")))?
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|_| self.silent())?
+            .map_err(|e| self.redis_error(e))?;
         Ok(if written == 1 {
             Written::Yes
         } else {
             Written::Superseded
         })
+    }
+
+    /// [`Store::write`], trying again for up to `limit` while Redis does
+    /// not answer (it may still be starting).
+    pub async fn write_within(
+        &self,
+        record: &DiscoveryRecord,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Result<Written, StoreError> {
+        let deadline = Instant::now() + limit;
+        self.patiently(deadline, limit, || self.write(record, ttl))
+            .await
     }
 
     /// The run's record, if there is one.
@@ -153,8 +332,8 @@ impl Store {
         let key = record_key(run_id);
         let text: Option<String> = timeout(REDIS_TIMEOUT, connection.get(&key))
             .await
-            .map_err(|_| self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}")))?
-            .map_err(|e| self.unreachable(e))?;
+            .map_err(|_| self.silent())?
+            .map_err(|e| self.redis_error(e))?;
         text.map(|text| {
             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
                 key,
@@ -166,35 +345,31 @@ impl Store {
 
     /// Waits up to `limit` for the run's record: subscribes first, then
     /// reads, so a record written in between is not missed; wakes on every
-    /// notification.
+    /// notification. A Redis that does not answer yet, or goes away
+    /// meanwhile, is tried again until `limit`.
     pub async fn wait_for(
         &self,
         run_id: &str,
         limit: Duration,
     ) -> Result<DiscoveryRecord, StoreError> {
         let deadline = Instant::now() + limit;
-        let mut pubsub = match timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => return Err(self.unreachable(e)),
-            Err(_) => return Err(self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}"))),
-        };
-        timeout(REDIS_TIMEOUT, pubsub.subscribe(notify_channel(run_id)))
-            .await
-            .map_err(|_| self.unreachable(format!("no answer within {REDIS_TIMEOUT:?}")))?
-            .map_err(|e| self.unreachable(e))?;
+        let pubsub = self
+            .patiently(deadline, limit, || self.subscribe(run_id))
+            .await?;
         let mut notifications = pubsub.into_on_message();
-        let mut connection = self.connection().await?;
+        let mut connection = self
+            .patiently(deadline, limit, || self.connection())
+            .await?;
         let mut subscribed = true;
         loop {
             match self.read_on(&mut connection, run_id).await {
                 Ok(Some(record)) => return Ok(record),
                 Ok(None) => {}
-                Err(e @ StoreError::Corrupt { .. }) => return Err(e),
                 // Redis went away (a restart): keep trying until the
                 // deadline, re-reading instead of waiting for notifications.
-                Err(e) if Instant::now() + RECHECK < deadline => {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!("{e}; trying again");
-                    tokio::time::sleep(RECHECK).await;
+                    tokio::time::sleep_until(deadline.min(Instant::now() + RECHECK)).await;
                     if let Ok(fresh) = self.connection().await {
                         connection = fresh;
                     }
@@ -222,6 +397,20 @@ impl Store {
                 tokio::time::sleep_until(wake).await;
             }
         }
+    }
+
+    /// A connection subscribed to the run's channel.
+    async fn subscribe(&self, run_id: &str) -> Result<redis::aio::PubSub, StoreError> {
+        let mut pubsub = match timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => return Err(self.redis_error(e)),
+            Err(_) => return Err(self.silent()),
+        };
+        timeout(REDIS_TIMEOUT, pubsub.subscribe(notify_channel(run_id)))
+            .await
+            .map_err(|_| self.silent())?
+            .map_err(|e| self.redis_error(e))?;
+        Ok(pubsub)
     }
 
     /// Re-writes the record every third of `ttl` until `stop` fires, taking
@@ -324,6 +513,32 @@ mod tests {
             redact("rediss://:pw@h:6380/#insecure"),
             "rediss://:***@h:6380/#insecure"
         );
+    }
+
+    #[test]
+    fn not_answering_says_the_limit_in_round_seconds() {
+        let cases = [
+            (Duration::from_secs(40), "40s"),
+            (Duration::from_millis(39_600), "40s"),
+            (Duration::from_millis(1_400), "1s"),
+            (Duration::from_millis(300), "300ms"),
+            (Duration::from_secs(300), "5m"),
+        ];
+        for (limit, shown) in cases {
+            let line = NotAnswering {
+                url: "redis://:***@h:6379".into(),
+                reason: "connection refused".into(),
+                limit,
+            }
+            .to_string();
+            assert_eq!(
+                line,
+                format!(
+                    "Redis at redis://:***@h:6379 is not answering yet (connection refused); \
+                     retrying for up to {shown}"
+                )
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! One worker connection: the SignalR handshake, then records in, typed
 //! calls to the scheduler, Completions and hub calls out. The socket is
-//! split into a reader (this task) and a writer task fed by an outbox, so
-//! the scheduler never waits on a slow peer. Written over any
-//! `Sink + Stream` of WebSocket messages, so it does not care how the
-//! socket was accepted.
+//! split into a reader (this task) and a writer task fed by a bounded
+//! outbox, so the scheduler never waits on a slow peer, and a peer that
+//! does not read is closed rather than queued for without limit. Written
+//! over any `Sink + Stream` of WebSocket messages, so it does not care how
+//! the socket was accepted.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use muster_core::protocol::{CallError, WorkerCall};
 use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
 use serde_json::Value;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,61 @@ pub(crate) enum Outbound {
     Framed(String),
     /// Send a Close message with this error, then close the socket.
     Close(Option<String>),
+}
+
+/// The most messages waiting to be written to one peer. The hub sends a
+/// worker a handful of calls per module it holds; a peer this far behind is
+/// not reading, and is closed.
+pub(crate) const OUTBOX_CAPACITY: usize = 4096;
+
+/// A connection's outgoing queue. Sending never waits: when the queue is
+/// full the peer is not reading, and the connection is closed with a reason
+/// instead of buffering without bound.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    queue: mpsc::Sender<Outbound>,
+    overflow: CancellationToken,
+}
+
+impl Outbox {
+    fn new() -> (Outbox, mpsc::Receiver<Outbound>) {
+        let (queue, outgoing) = mpsc::channel(OUTBOX_CAPACITY);
+        let outbox = Outbox {
+            queue,
+            overflow: CancellationToken::new(),
+        };
+        (outbox, outgoing)
+    }
+
+    /// Queues `message`; false when the connection is ending (closed, or
+    /// just found too far behind).
+    pub(crate) fn send(&self, message: Outbound) -> bool {
+        match self.queue.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.overflow.cancel();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// A Completion answering `invocation_id`.
+    pub(crate) fn answer(&self, invocation_id: String, result: Result<Value, String>) {
+        let (result, error) = match result {
+            Ok(value) => (Some(value), None),
+            Err(error) => (None, Some(error)),
+        };
+        self.send(Outbound::Message(Message::Completion {
+            invocation_id,
+            result,
+            error,
+        }));
+    }
+}
+
+fn overflow_reason() -> String {
+    format!("the peer is not reading: {OUTBOX_CAPACITY} messages are waiting for it")
 }
 
 /// Limits every connection shares.
@@ -52,8 +109,14 @@ pub(crate) async fn serve<S>(
         + 'static,
 {
     let (sink, stream) = socket.split();
-    let (outbox, outgoing) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(sink, outgoing, settings.ping_interval));
+    let (outbox, outgoing) = Outbox::new();
+    let overflow = outbox.overflow.clone();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outgoing,
+        overflow.clone(),
+        settings.ping_interval,
+    ));
     let mut reader = Reader {
         commands: &commands,
         outbox: &outbox,
@@ -61,11 +124,14 @@ pub(crate) async fn serve<S>(
         decoder: FrameDecoder::new(settings.max_message),
         worker: None,
         handshake_done: false,
+        refusals: 0,
         last_heard: Instant::now(),
     };
     let end = tokio::select! {
         end = reader.read(stream) => end,
         () = shutdown.cancelled() => End::Close(Some("the hub is shutting down".into())),
+        // The writer sends the Close itself: the queue has no room for it.
+        () = overflow.cancelled() => End::Close(Some(overflow_reason())),
     };
     let registered = reader.worker;
     // A socket that just dropped may be a network blip: the worker may
@@ -84,7 +150,9 @@ pub(crate) async fn serve<S>(
         End::Close(error) => {
             let reason = error.clone().unwrap_or_else(|| "closed by the hub".into());
             tracing::warn!(%peer, "closing connection: {reason}");
-            let _ = outbox.send(Outbound::Close(error));
+            if !overflow.is_cancelled() {
+                outbox.send(Outbound::Close(error));
+            }
             (reason, None)
         }
     };
@@ -122,11 +190,13 @@ enum End {
 
 struct Reader<'a> {
     commands: &'a mpsc::Sender<Command>,
-    outbox: &'a mpsc::UnboundedSender<Outbound>,
+    outbox: &'a Outbox,
     settings: &'a ConnectionSettings,
     decoder: FrameDecoder,
     worker: Option<Registered>,
     handshake_done: bool,
+    /// Invocations refused so far, to keep their logging bounded.
+    refusals: u32,
     /// When the peer last sent anything.
     last_heard: Instant,
 }
@@ -237,7 +307,7 @@ impl Reader<'_> {
             error: error.clone(),
         };
         let json = serde_json::to_string(&answer).expect("handshake answers serialize");
-        let _ = self.outbox.send(Outbound::Framed(frame(&json)));
+        self.outbox.send(Outbound::Framed(frame(&json)));
         match error {
             None => {
                 self.handshake_done = true;
@@ -261,7 +331,19 @@ impl Reader<'_> {
             }
         };
         let result = match (call, self.worker) {
+            (WorkerCall::Register(_), None) if invocation_id.is_none() => {
+                return Some(End::Close(Some(
+                    "Register must be sent with invoke (an invocation with an invocationId): \
+                     its answer carries the worker's id and resumeKey"
+                        .into(),
+                )));
+            }
             (WorkerCall::Register(registration), None) => {
+                if let Err(rule) = registration.check() {
+                    tracing::warn!("refused a registration: {rule}");
+                    self.complete(invocation_id, Err(format!("Register refused: {rule}")));
+                    return None;
+                }
                 let (reply, registered) = oneshot::channel();
                 let command = Command::Register {
                     registration,
@@ -278,23 +360,17 @@ impl Reader<'_> {
             }
             (_, None) => Err("call Register first".to_owned()),
             (call, Some(Registered { worker, .. })) => {
-                let (reply, answer) = match invocation_id {
-                    Some(_) => {
-                        let (tx, rx) = oneshot::channel();
-                        (Some(tx), Some(rx))
-                    }
-                    None => (None, None),
-                };
+                // The scheduler answers on this connection's outbox itself,
+                // so the answer goes out before anything that follows from
+                // the call (an Assign, a Cancel, the Shutdown).
+                let answer = invocation_id.map(|id| (id, self.outbox.clone()));
                 let command = Command::Call {
                     worker,
                     call,
-                    reply,
+                    answer,
                 };
                 self.commands.send(command).await.ok()?;
-                match answer {
-                    Some(rx) => rx.await.ok()?.map(|()| Value::Null),
-                    None => Ok(Value::Null),
-                }
+                return None;
             }
         };
         if let Err(e) = &result {
@@ -306,31 +382,30 @@ impl Reader<'_> {
         None
     }
 
-    fn refuse(&self, invocation_id: Option<String>, error: CallError) {
-        tracing::warn!("refused invocation: {error}");
+    fn refuse(&mut self, invocation_id: Option<String>, error: CallError) {
+        // A few warnings per connection, the rest at debug level: the peer
+        // gets every refusal as an answer, stderr need not.
+        self.refusals += 1;
+        if self.refusals <= 10 {
+            tracing::warn!("refused invocation: {error}");
+        } else {
+            tracing::debug!("refused invocation: {error}");
+        }
         self.complete(invocation_id, Err(error.to_string()));
     }
 
     /// Answers an invocation that asked for it.
     fn complete(&self, invocation_id: Option<String>, result: Result<Value, String>) {
-        let Some(invocation_id) = invocation_id else {
-            return;
-        };
-        let (result, error) = match result {
-            Ok(value) => (Some(value), None),
-            Err(error) => (None, Some(error)),
-        };
-        let _ = self.outbox.send(Outbound::Message(Message::Completion {
-            invocation_id,
-            result,
-            error,
-        }));
+        if let Some(invocation_id) = invocation_id {
+            self.outbox.answer(invocation_id, result);
+        }
     }
 }
 
 async fn write_loop<K>(
     mut sink: K,
-    mut outgoing: mpsc::UnboundedReceiver<Outbound>,
+    mut outgoing: mpsc::Receiver<Outbound>,
+    overflow: CancellationToken,
     ping_interval: Duration,
 ) where
     K: Sink<WsMessage, Error = axum::Error> + Unpin,
@@ -356,6 +431,12 @@ async fn write_loop<K>(
                 None => break,
             },
             _ = ping.tick(), if handshake_sent => Message::Ping.to_frame(),
+            () = overflow.cancelled() => {
+                let close = Message::Close { error: Some(overflow_reason()), allow_reconnect: false };
+                let _ = sink.send(WsMessage::Text(close.to_frame().into())).await;
+                let _ = sink.send(WsMessage::Close(None)).await;
+                break;
+            }
         };
         if sink.send(WsMessage::Text(text.into())).await.is_err() {
             break;
@@ -478,7 +559,7 @@ mod tests {
             Some(Command::Call {
                 worker,
                 call,
-                reply: None,
+                answer: None,
             }) => {
                 assert_eq!(worker, WorkerId(7));
                 assert_eq!(

@@ -9,6 +9,7 @@
 mod artifacts;
 mod connection;
 mod events;
+mod front_door;
 mod scheduler;
 mod server;
 
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use muster_core::{Limits, Plan};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +34,15 @@ pub use server::random_id;
 
 use connection::ConnectionSettings;
 use scheduler::{Command, Scheduler, SchedulerSettings};
+
+/// Commands (worker calls, most of them log batches of up to 32 KiB) that
+/// wait for the scheduler; a full queue makes connections stop reading,
+/// which slows their workers down.
+const COMMAND_QUEUE: usize = 256;
+
+/// Run events that wait for the owner (the printer); a full queue makes
+/// the scheduler wait.
+const EVENT_QUEUE: usize = 64;
 
 /// How the hub runs. `Default` gives SignalR's usual timings.
 #[derive(Debug, Clone)]
@@ -50,6 +59,13 @@ pub struct HubConfig {
     pub client_timeout: Duration,
     /// How long a new connection has to send its handshake.
     pub handshake_timeout: Duration,
+    /// How long a new TCP connection has to send a request carrying the
+    /// token (headers included) before it is closed.
+    pub auth_timeout: Duration,
+    /// Connections that have not shown the token held at once; beyond it
+    /// the oldest is closed. Also kept under a quarter of the open-file
+    /// limit.
+    pub max_unauthenticated: usize,
     /// The largest SignalR record the hub accepts, in bytes.
     pub max_message_bytes: usize,
     /// How long a ready module waits for a worker with the capabilities
@@ -61,6 +77,9 @@ pub struct HubConfig {
     /// How long past a module's own timeout the hub waits for its result
     /// (room to upload its artifacts) before timing it out itself.
     pub result_grace: Duration,
+    /// How long a worker has to say `Started` for a module assigned to it
+    /// before the hub takes it back and runs it elsewhere.
+    pub start_timeout: Duration,
     /// A module whose worker is lost this many times fails as a poison
     /// module.
     pub max_worker_losses: u32,
@@ -84,10 +103,13 @@ impl Default for HubConfig {
             ping_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
+            auth_timeout: Duration::from_secs(10),
+            max_unauthenticated: 256,
             max_message_bytes: muster_core::protocol::MAX_RECORD_BYTES,
             capability_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(15),
             result_grace: Duration::from_secs(30 * 60),
+            start_timeout: Duration::from_secs(60),
             max_worker_losses: Limits::default().max_worker_losses,
             artifact_dir: std::env::temp_dir().join(format!("muster-artifacts-{}", random_id())),
             max_artifact_bytes: 16 << 30,
@@ -107,7 +129,7 @@ pub enum HubError {
 /// A running hub.
 pub struct Hub {
     url: String,
-    events: Option<mpsc::UnboundedReceiver<RunEvent>>,
+    events: Option<mpsc::Receiver<RunEvent>>,
     done: oneshot::Receiver<Summary>,
     commands: mpsc::Sender<Command>,
     connected: watch::Receiver<usize>,
@@ -144,8 +166,8 @@ impl Hub {
             config.transfer_stall_timeout,
         )
         .await?;
-        let (commands, command_rx) = mpsc::channel(1024);
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let (connected_tx, connected) = watch::channel(0);
         let settings = SchedulerSettings {
@@ -154,6 +176,7 @@ impl Hub {
             capability_timeout: config.capability_timeout,
             cancel_grace: config.cancel_grace,
             result_grace: config.result_grace,
+            start_timeout: config.start_timeout,
             limits: Limits {
                 max_worker_losses: config.max_worker_losses.max(1),
             },
@@ -176,20 +199,23 @@ impl Hub {
             negotiated: Mutex::new(HashMap::new()),
             artifacts,
         });
-        let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
-        // Small messages go out at once: without TCP_NODELAY, Nagle's
-        // algorithm and delayed ACKs stall a dispatch round trip for 40 ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let app = server::router(state);
+        let (max_unauthenticated, ceiling) = front_door::unauthenticated_caps(
+            config.max_unauthenticated,
+            front_door::open_file_limit(),
+        );
+        let door = front_door::DoorSettings {
+            auth_timeout: config.auth_timeout,
+            max_unauthenticated,
+            ceiling,
+        };
+        let server = tokio::spawn(front_door::serve(
+            listener,
+            app,
+            door,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
         Ok(Hub {
             url: hub_url(addr),
             events: Some(events),
@@ -207,8 +233,10 @@ impl Hub {
         &self.url
     }
 
-    /// The stream of run events; the first call takes it.
-    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<RunEvent>> {
+    /// The stream of run events; the first call takes it. It is bounded:
+    /// read it, or the run slows to the reader's pace (log text is held,
+    /// never dropped). It ends when the run does.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<RunEvent>> {
         self.events.take()
     }
 
@@ -218,7 +246,9 @@ impl Hub {
 
     /// Waits for the run to finish, gives workers up to `linger` to leave
     /// after their Shutdown, then stops the server.
-    pub async fn wait(self, linger: Duration) -> Result<Summary, HubError> {
+    pub async fn wait(mut self, linger: Duration) -> Result<Summary, HubError> {
+        // Events nobody took must not hold the scheduler up.
+        drop(self.events.take());
         let summary = self.done.await.map_err(|_| HubError::SchedulerGone)?;
         let mut connected = self.connected;
         let _ = tokio::time::timeout(linger, connected.wait_for(|&n| n == 0)).await;

@@ -7,10 +7,16 @@
 //!
 //! Every wait has a bound, kept as a [`Timer`]: a worker whose connection
 //! dropped keeps its modules only until it could have been heard again; a
-//! ready module nobody can take fails after the capability timeout; after a
-//! cancel, workers have a grace period to confirm.
+//! ready module nobody can take fails after the capability timeout; an
+//! assigned module its worker does not start in time is taken back; after
+//! a cancel, workers have a grace period to confirm.
+//!
+//! The owner's event stream is bounded: events are queued while a command
+//! is handled and sent before the next one is taken, so a slow reader of
+//! the events (a terminal, a pipe) slows the scheduler, then the
+//! connections, then the workers, and nothing piles up in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use muster_core::plan::needs_env_name;
@@ -18,20 +24,23 @@ use muster_core::protocol::{
     Assignment, Consumed, Held, HubCall, LogStream, Registration, Report, ReportStatus, RunOutcome,
     Welcome, WorkerCall, PROTOCOL_VERSION,
 };
-use muster_core::signalr::Message;
 use muster_core::{
     Change, Ended, Event, Limits, ModuleIndex, ModuleState, Outcome, Plan, Run, TransitionError,
     WorkerId,
 };
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::connection::Outbound;
+use crate::connection::{Outbound, Outbox};
 use crate::events::{ModuleSummary, RunEvent, Summary};
 
 /// The most slots one worker may claim; more is taken as this many.
 pub(crate) const MAX_SLOTS: u32 = 1024;
+
+/// Refused calls per worker logged as warnings before the rest go to debug.
+const REFUSALS_WARNED: u32 = 10;
 
 /// How many workers a "no worker can take it" message lists.
 const WORKERS_LISTED: usize = 8;
@@ -44,14 +53,16 @@ pub(crate) enum Command {
     Register {
         registration: Registration,
         invocation_id: Option<String>,
-        outbox: mpsc::UnboundedSender<Outbound>,
+        outbox: Outbox,
         reply: oneshot::Sender<Registered>,
     },
-    /// `Started`, `Log` or `Complete` from a registered worker.
+    /// `Started`, `Log` or `Complete` from a registered worker. With
+    /// `answer`, the scheduler sends the Completion for that invocation id
+    /// on that outbox before any message that follows from the call.
     Call {
         worker: WorkerId,
         call: WorkerCall,
-        reply: Option<oneshot::Sender<Result<(), String>>>,
+        answer: Option<(String, Outbox)>,
     },
     /// A registered worker's connection ended. With `return_by`, the
     /// socket dropped without a goodbye and the worker may reconnect until
@@ -100,6 +111,8 @@ enum Timer {
     CancelGrace,
     /// A started attempt has had its timeout and the grace to report.
     Result { module: ModuleIndex, attempt: u32 },
+    /// An assigned attempt has had its time to be started.
+    Start { module: ModuleIndex, attempt: u32 },
 }
 
 struct Worker {
@@ -110,7 +123,9 @@ struct Worker {
     session: u64,
     resume_key: String,
     /// `None` while the worker is away (its socket dropped).
-    outbox: Option<mpsc::UnboundedSender<Outbound>>,
+    outbox: Option<Outbox>,
+    /// Calls refused so far, to keep their logging bounded.
+    refusals: u32,
 }
 
 impl Worker {
@@ -126,7 +141,7 @@ impl Worker {
         // A closed outbox means the connection is ending; its Disconnected
         // command is on the way and will hand the modules back.
         if let Some(outbox) = &self.outbox {
-            let _ = outbox.send(Outbound::Message(call.to_message()));
+            outbox.send(Outbound::Message(call.to_message()));
         }
     }
 }
@@ -141,13 +156,21 @@ pub(crate) struct Scheduler {
     holder: Vec<Option<WorkerId>>,
     /// Ready modules no worker in the table could take, and since when.
     unplaceable: HashMap<ModuleIndex, Instant>,
+    /// Workers that did not start a module in time: another worker gets
+    /// its next attempt when one can take it.
+    passed_over: HashMap<ModuleIndex, BTreeSet<WorkerId>>,
     timers: BTreeSet<(Instant, Timer)>,
     next_worker: u64,
     next_session: u64,
     settings: SchedulerSettings,
     /// Dropped with the summary, so the owner's event stream ends then.
-    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    events: Option<mpsc::Sender<RunEvent>>,
+    /// Events of the command being handled, sent before the next one.
+    queued: VecDeque<RunEvent>,
     done: Option<oneshot::Sender<Summary>>,
+    /// The run's summary, once it finished, until the events before it
+    /// are sent.
+    summary: Option<Summary>,
     /// Set once the run finished.
     outcome: Option<RunOutcome>,
     connected: watch::Sender<usize>,
@@ -162,6 +185,8 @@ pub(crate) struct SchedulerSettings {
     pub cancel_grace: Duration,
     /// How long past a module's timeout its result may take.
     pub result_grace: Duration,
+    /// How long an assigned module waits for its worker's `Started`.
+    pub start_timeout: Duration,
     pub limits: Limits,
 }
 
@@ -169,7 +194,7 @@ impl Scheduler {
     pub(crate) fn new(
         plan: Plan,
         settings: SchedulerSettings,
-        events: mpsc::UnboundedSender<RunEvent>,
+        events: mpsc::Sender<RunEvent>,
         done: oneshot::Sender<Summary>,
         connected: watch::Sender<usize>,
     ) -> Scheduler {
@@ -181,12 +206,15 @@ impl Scheduler {
             seen: BTreeMap::new(),
             holder: vec![None; n],
             unplaceable: HashMap::new(),
+            passed_over: HashMap::new(),
             timers: BTreeSet::new(),
             next_worker: 1,
             next_session: 1,
             settings,
             events: Some(events),
+            queued: VecDeque::new(),
             done: Some(done),
+            summary: None,
             outcome: None,
             connected,
         };
@@ -213,6 +241,28 @@ impl Scheduler {
             }
             self.dispatch();
             self.finish_if_done();
+            self.flush_events().await;
+        }
+    }
+
+    /// Sends the queued events, waiting for room: a slow reader slows the
+    /// scheduler down rather than filling memory. The summary is sent only
+    /// after the events that led to it.
+    async fn flush_events(&mut self) {
+        while let Some(event) = self.queued.pop_front() {
+            if let Some(events) = &self.events {
+                if events.send(event).await.is_err() {
+                    // The owner stopped listening: nothing more to tell.
+                    self.events = None;
+                }
+            }
+        }
+        if let Some(summary) = self.summary.take() {
+            // The owner's event stream ends with the run.
+            self.events = None;
+            if let Some(done) = self.done.take() {
+                let _ = done.send(summary);
+            }
         }
     }
 
@@ -227,15 +277,26 @@ impl Scheduler {
             Command::Call {
                 worker,
                 call,
-                reply,
+                answer,
             } => {
-                let result = self.call(worker, call);
-                if let Err(error) = &result {
-                    tracing::warn!(worker = %worker, "ignored: {error}");
+                let decided = self.call(worker, call);
+                let (result, changes, cancel) = match decided {
+                    Ok(changes) => (Ok(Value::Null), changes, None),
+                    Err(Refused { error, cancel }) => {
+                        self.log_refusal(worker, &error);
+                        (Err(error), Vec::new(), cancel)
+                    }
+                };
+                // The answer first: everything that follows from the call
+                // (a Cancel, dependents' Assigns, the Shutdown) comes after
+                // it on the wire.
+                if let Some((invocation_id, outbox)) = answer {
+                    outbox.answer(invocation_id, result);
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+                if let (Some(cancel), Some(w)) = (cancel, self.workers.get(&worker)) {
+                    w.send(*cancel);
                 }
+                self.record(changes);
             }
             Command::Disconnected {
                 worker,
@@ -263,7 +324,7 @@ impl Scheduler {
         &mut self,
         registration: Registration,
         invocation_id: Option<String>,
-        outbox: mpsc::UnboundedSender<Outbound>,
+        outbox: Outbox,
         reply: oneshot::Sender<Registered>,
     ) {
         let session = self.next_session;
@@ -331,7 +392,7 @@ impl Scheduler {
         send_welcome(&outbox, invocation_id, &welcome);
         if let Some(old) = self.workers[&id].outbox.as_ref() {
             // The hub had not noticed the old socket die yet.
-            let _ = old.send(Outbound::Close(Some(
+            old.send(Outbound::Close(Some(
                 "replaced by a newer connection of the same worker".into(),
             )));
         }
@@ -389,7 +450,7 @@ impl Scheduler {
         session: u64,
         resume_key: String,
         registration: Registration,
-        outbox: mpsc::UnboundedSender<Outbound>,
+        outbox: Outbox,
     ) {
         tracing::info!(worker = %id, name = %registration.name, capabilities = ?registration.capabilities, slots = registration.slots, "worker joined");
         self.emit(RunEvent::WorkerJoined {
@@ -409,6 +470,7 @@ impl Scheduler {
             session,
             resume_key,
             outbox: Some(outbox),
+            refusals: 0,
         };
         if let Some(outcome) = self.outcome {
             worker.send(shutdown(outcome));
@@ -511,8 +573,42 @@ impl Scheduler {
                     self.record(changes);
                 }
                 Timer::Result { module, attempt } => self.no_result(module, attempt),
+                Timer::Start { module, attempt } => self.not_started(module, attempt),
             }
         }
+    }
+
+    /// The bound on the hand-off: a module still assigned (not `Started`)
+    /// when its start timeout fires is taken back and runs elsewhere as the
+    /// next attempt; the worker is told to drop it.
+    fn not_started(&mut self, module: ModuleIndex, attempt: u32) {
+        let ModuleState::Assigned {
+            worker,
+            attempt: current,
+        } = *self.run.state(module)
+        else {
+            return;
+        };
+        if current != attempt {
+            return;
+        }
+        let id = self.run.plan().modules[module].id.clone();
+        let name = self
+            .seen
+            .get(&worker)
+            .map_or_else(|| "?".to_owned(), |(name, _)| name.clone());
+        let waited = humantime::format_duration(self.settings.start_timeout).to_string();
+        tracing::warn!(module = %id, attempt, worker = %name, "not started within {waited}: running it elsewhere");
+        if let Some(w) = self.workers.get(&worker) {
+            w.send(HubCall::Cancel {
+                module_id: id,
+                attempt,
+                reason: format!("not started within {waited}: the hub runs it elsewhere"),
+            });
+        }
+        self.passed_over.entry(module).or_default().insert(worker);
+        let changes = self.run.not_started(module, worker, &name, &waited);
+        self.record(changes);
     }
 
     /// The backstop for a worker that stays connected but never reports:
@@ -645,15 +741,37 @@ impl Scheduler {
         )
     }
 
-    fn emit(&self, event: RunEvent) {
-        if let Some(events) = &self.events {
-            let _ = events.send(event);
+    /// Logs a refused call: the first few of each worker as warnings, the
+    /// rest at debug level, so a broken or hostile worker cannot flood the
+    /// master's stderr (each refusal is also answered to the worker).
+    fn log_refusal(&mut self, worker: WorkerId, error: &str) {
+        let refusals = self.workers.get_mut(&worker).map_or(0, |w| {
+            w.refusals += 1;
+            w.refusals
+        });
+        match refusals {
+            0..REFUSALS_WARNED => tracing::warn!(worker = %worker, "ignored: {error}"),
+            REFUSALS_WARNED => {
+                tracing::warn!(worker = %worker, "ignored: {error} (further refusals for this worker are logged at debug level)")
+            }
+            _ => tracing::debug!(worker = %worker, "ignored: {error}"),
         }
     }
 
-    fn call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<(), String> {
+    /// Queues an event for the owner; `flush_events` sends it.
+    fn emit(&mut self, event: RunEvent) {
+        if self.events.is_some() && self.summary.is_none() && self.outcome.is_none() {
+            self.queued.push_back(event);
+        }
+    }
+
+    /// Applies a worker's call to the run and returns the changes to
+    /// record once the call is answered.
+    fn call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<Vec<Change>, Refused> {
         let (module_id, event) = match call {
-            WorkerCall::Register(_) => return Err("this connection is already registered".into()),
+            WorkerCall::Register(_) => {
+                return Err(Refused::because("this connection is already registered"))
+            }
             WorkerCall::Started { module_id, attempt } => (
                 module_id,
                 Event::Start {
@@ -667,22 +785,24 @@ impl Scheduler {
                 attempt,
                 stream,
                 text,
-            } => return self.log(worker, module_id, attempt, stream, text),
+            } => {
+                return self
+                    .log(worker, module_id, attempt, stream, text)
+                    .map(|()| Vec::new())
+                    .map_err(Refused::because)
+            }
             WorkerCall::Complete(report) => {
                 let module_id = report.module_id.clone();
                 (module_id, finish_event(worker, report))
             }
         };
-        let module = self.module_index(&module_id)?;
+        let module = self.module_index(&module_id).map_err(Refused::because)?;
         let started = match &event {
             Event::Start { attempt, .. } => Some(*attempt),
             _ => None,
         };
         match self.run.handle(module, event) {
-            Ok(changes) => {
-                self.record(changes);
-                Ok(())
-            }
+            Ok(changes) => Ok(changes),
             Err(e) => {
                 let state = self.run.state(module);
                 let why = match (&e, state.holder()) {
@@ -694,16 +814,20 @@ impl Scheduler {
                     }
                     _ => e.to_string(),
                 };
-                if let (Some(attempt), Some(w)) = (started, self.workers.get(&worker)) {
-                    // The hub no longer wants this attempt (cancelled before
-                    // the hand-off, or superseded): the worker must stop it.
-                    w.send(HubCall::Cancel {
+                // The hub no longer wants a refused Started's attempt
+                // (cancelled before the hand-off, or superseded): the worker
+                // must stop it.
+                let cancel = started.map(|attempt| {
+                    Box::new(HubCall::Cancel {
                         module_id: module_id.clone(),
                         attempt,
                         reason: format!("the hub refused Started: {why}"),
-                    });
-                }
-                Err(format!("module '{module_id}': {why}"))
+                    })
+                });
+                Err(Refused {
+                    error: format!("module '{module_id}': {why}"),
+                    cancel,
+                })
             }
         }
     }
@@ -759,6 +883,14 @@ impl Scheduler {
                 self.check_placeable(change.module);
             } else {
                 self.unplaceable.remove(&change.module);
+            }
+            if let ModuleState::Assigned { attempt, .. } = change.state {
+                let at = Instant::now() + self.settings.start_timeout;
+                let timer = Timer::Start {
+                    module: change.module,
+                    attempt,
+                };
+                self.timers.insert((at, timer));
             }
             if let ModuleState::Running { attempt, .. } = change.state {
                 let timeout = self.run.plan().modules[change.module].timeout;
@@ -863,11 +995,15 @@ impl Scheduler {
                 break;
             }
             let requires = &self.run.plan().modules[module].requires;
+            let passed_over = self.passed_over.get(&module);
             let Some((&id, _)) = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.can_take(requires))
-                .max_by_key(|(id, w)| (w.slots - w.held, std::cmp::Reverse(**id)))
+                .max_by_key(|(id, w)| {
+                    let fresh = passed_over.is_none_or(|p| !p.contains(*id));
+                    (fresh, w.slots - w.held, std::cmp::Reverse(**id))
+                })
             else {
                 skipped = true;
                 continue;
@@ -948,12 +1084,9 @@ impl Scheduler {
     }
 
     fn finish_if_done(&mut self) {
-        if !self.run.is_finished() {
+        if !self.run.is_finished() || self.outcome.is_some() {
             return;
         }
-        let Some(done) = self.done.take() else {
-            return;
-        };
         let plan = self.run.plan();
         let modules = plan
             .modules
@@ -974,9 +1107,24 @@ impl Scheduler {
         for worker in self.workers.values() {
             worker.send(shutdown(outcome));
         }
-        let _ = done.send(summary);
-        self.events = None;
+        self.summary = Some(summary);
         self.timers.clear();
+    }
+}
+
+/// A worker's call the run refused: the error to answer with, and a
+/// `Cancel` to send after the answer when the worker must stop an attempt.
+struct Refused {
+    error: String,
+    cancel: Option<Box<HubCall>>,
+}
+
+impl Refused {
+    fn because(error: impl Into<String>) -> Refused {
+        Refused {
+            error: error.into(),
+            cancel: None,
+        }
     }
 }
 
@@ -988,18 +1136,10 @@ fn shutdown(outcome: RunOutcome) -> HubCall {
     }
 }
 
-fn send_welcome(
-    outbox: &mpsc::UnboundedSender<Outbound>,
-    invocation_id: Option<String>,
-    welcome: &Welcome,
-) {
+fn send_welcome(outbox: &Outbox, invocation_id: Option<String>, welcome: &Welcome) {
     if let Some(invocation_id) = invocation_id {
         let result = serde_json::to_value(welcome).expect("welcome serializes");
-        let _ = outbox.send(Outbound::Message(Message::Completion {
-            invocation_id,
-            result: Some(result),
-            error: None,
-        }));
+        outbox.answer(invocation_id, Ok(result));
     }
 }
 

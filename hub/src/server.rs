@@ -1,14 +1,15 @@
-//! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub`, the
-//! cancel endpoint for `muster cancel`, the artifact store's routes
-//! (`artifacts.rs`), and token checks that answer 401 before anything else
-//! happens.
+//! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub` (and
+//! `/hub/`), the cancel endpoint for `muster cancel`, the artifact store's
+//! routes (`artifacts.rs`), and token checks that answer 401 before
+//! anything else happens. A request that passes the check admits its
+//! connection at the front door (`front_door.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use crate::artifacts;
 use crate::connection::{self, ConnectionSettings};
+use crate::front_door::Admission;
 use crate::scheduler::{CancelAnswer, Command};
 use crate::Canceller;
 
@@ -55,6 +57,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/hub/negotiate", post(negotiate))
         .route("/hub", get(upgrade))
+        // Some clients are given the URL with a trailing slash; the
+        // official ones then negotiate at /hub/negotiate and connect here.
+        .route("/hub/", get(upgrade))
         .route("/hub/cancel", post(cancel))
         .route("/hub/artifacts/{sha256}", artifacts)
         .route("/healthz", get(|| async { "ok" }))
@@ -101,15 +106,26 @@ struct HubQuery {
     negotiate_version: Option<u32>,
 }
 
+/// The connection a request came on, when it came through the front door.
+type Door = Option<Extension<Arc<Admission>>>;
+
 /// Compares digests in constant time, so a wrong token and a short one
-/// take the same time to refuse.
-fn authorize(state: &AppState, headers: &HeaderMap, query: &HubQuery) -> Result<(), HttpError> {
+/// take the same time to refuse. The right token admits the connection.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HubQuery,
+    door: &Door,
+) -> Result<(), HttpError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let given = bearer.or(query.access_token.as_deref()).unwrap_or("");
     if bool::from(digest(given).ct_eq(&state.token_digest)) {
+        if let Some(Extension(admission)) = door {
+            admission.admit();
+        }
         Ok(())
     } else {
         Err(HttpError::Unauthorized)
@@ -122,10 +138,11 @@ async fn require_token(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
+    door: Door,
     request: Request,
     next: Next,
 ) -> Result<Response, HttpError> {
-    authorize(&state, &headers, &query)?;
+    authorize(&state, &headers, &query, &door)?;
     Ok(next.run(request).await)
 }
 
@@ -133,8 +150,9 @@ async fn negotiate(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
+    door: Door,
 ) -> Result<Response, HttpError> {
-    authorize(&state, &headers, &query)?;
+    authorize(&state, &headers, &query, &door)?;
     let connection_id = random_id();
     let connection_token = random_id();
     let version = query.negotiate_version.unwrap_or(0).min(1);
@@ -169,9 +187,10 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
+    door: Door,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, HttpError> {
-    authorize(&state, &headers, &query)?;
+    authorize(&state, &headers, &query, &door)?;
     if let Some(id) = &query.id {
         let known = state
             .negotiated
@@ -217,9 +236,10 @@ async fn cancel(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
+    door: Door,
     body: axum::body::Bytes,
 ) -> Result<Response, HttpError> {
-    authorize(&state, &headers, &query)?;
+    authorize(&state, &headers, &query, &door)?;
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {

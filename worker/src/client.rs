@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use muster_core::signalr::{FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
+use muster_core::url::{self, redact_url};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -23,6 +24,8 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Every URL an error holds is redacted ([`redact_url`]): it may be
+/// printed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("hub URL {0:?} must start with http://, https://, ws:// or wss://")]
@@ -53,18 +56,19 @@ pub struct Receiver {
     ready: VecDeque<String>,
 }
 
-/// Turns the hub's http(s) URL into its ws(s) URL.
+/// Turns the hub's http(s) URL into its ws(s) URL, without a trailing
+/// slash on its path (`…/hub/` is `…/hub`); a query is kept.
 pub fn websocket_url(hub: &str) -> Result<String, ClientError> {
-    for (from, to) in [("http://", "ws://"), ("https://", "wss://")] {
-        if let Some(rest) = hub.strip_prefix(from) {
-            return Ok(format!("{to}{rest}"));
-        }
-    }
-    if hub.starts_with("ws://") || hub.starts_with("wss://") {
-        Ok(hub.to_owned())
-    } else {
-        Err(ClientError::BadUrl(hub.to_owned()))
-    }
+    let mapped = [
+        ("http://", "ws://"),
+        ("https://", "wss://"),
+        ("ws://", "ws://"),
+        ("wss://", "wss://"),
+    ]
+    .iter()
+    .find_map(|(from, to)| hub.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+    .ok_or_else(|| ClientError::BadUrl(redact_url(hub)))?;
+    Ok(url::join(&mapped, ""))
 }
 
 /// Connects, authenticates with a bearer header and does the handshake.
@@ -74,10 +78,13 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<(Sender, Receiver), ClientError> {
     let url = websocket_url(hub)?;
+    // Every error names the hub as it may be printed: a token in its query
+    // or a password in it never shows.
+    let shown = redact_url(hub);
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|_| ClientError::BadUrl(hub.to_owned()))?;
+        .map_err(|_| ClientError::BadUrl(shown.clone()))?;
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| ClientError::Handshake("the token holds characters a header cannot".into()))?;
     request.headers_mut().insert("Authorization", bearer);
@@ -88,20 +95,18 @@ pub async fn connect(
     let (socket, _) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => {
             return Err(ClientError::Timeout {
-                url: hub.to_owned(),
+                url: shown,
                 timeout,
             })
         }
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response)))
             if response.status() == 401 =>
         {
-            return Err(ClientError::Unauthorized {
-                url: hub.to_owned(),
-            })
+            return Err(ClientError::Unauthorized { url: shown })
         }
         Ok(Err(e)) => {
             return Err(ClientError::Connect {
-                url: hub.to_owned(),
+                url: shown,
                 reason: e.to_string(),
             })
         }
@@ -121,7 +126,7 @@ pub async fn connect(
     let answer = match tokio::time::timeout(timeout, receiver.record()).await {
         Err(_) => {
             return Err(ClientError::Timeout {
-                url: hub.to_owned(),
+                url: shown,
                 timeout,
             })
         }
@@ -215,14 +220,52 @@ mod tests {
             ),
             ("ws://h/hub", "ws://h/hub"),
             ("wss://h/hub", "wss://h/hub"),
+            // A trailing slash is the same hub.
+            ("http://10.0.0.5:7400/hub/", "ws://10.0.0.5:7400/hub"),
+            ("https://h/hub//", "wss://h/hub"),
+            ("ws://h/hub/", "ws://h/hub"),
+            // A query (a token the hub also reads there) is kept.
+            (
+                "http://h:1/hub/?access_token=t",
+                "ws://h:1/hub?access_token=t",
+            ),
         ];
         for (hub, ws) in cases {
-            assert_eq!(websocket_url(hub).unwrap(), ws);
+            assert_eq!(websocket_url(hub).unwrap(), ws, "{hub}");
         }
-        assert!(matches!(
-            websocket_url("ftp://h/hub"),
-            Err(ClientError::BadUrl(_))
-        ));
+        let bad = websocket_url("ftp://user:pw@h/hub?access_token=s3cret")
+            .err()
+            .unwrap();
+        assert!(matches!(bad, ClientError::BadUrl(_)));
+        let shown = bad.to_string();
+        assert!(
+            shown.contains("ftp://user:***@h/hub?access_token=***"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw"),
+            "{shown}"
+        );
+    }
+
+    /// A refused connection names the hub without its token.
+    #[tokio::test]
+    async fn errors_name_the_hub_without_its_secrets() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let hub = format!("http://127.0.0.1:{port}/hub/?access_token=s3cret");
+        let error = connect(&hub, "t", Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error}");
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&format!("127.0.0.1:{port}/hub/?access_token=***")),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     /// wss:// is compiled in: against a server that does not speak TLS the

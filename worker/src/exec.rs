@@ -89,6 +89,14 @@ pub(crate) async fn execute(
             .await;
         return;
     }
+    // The hand-off: from here the worker owns the attempt. Said before the
+    // artifacts are fetched, since the hub takes back an assignment that
+    // is not started within its start timeout, and downloads can be long.
+    let started = WorkerCall::Started {
+        module_id: assignment.module_id.clone(),
+        attempt: assignment.attempt,
+    };
+    let _ = out.send(started).await;
     let cwd = context.workdir.join(&assignment.cwd);
     let fetched = tokio::select! {
         fetched = fetch_consumed(&assignment, &cwd, context.transfer, &out) => fetched,
@@ -120,11 +128,6 @@ pub(crate) async fn execute(
         }
     };
     let group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
-    let started = WorkerCall::Started {
-        module_id: assignment.module_id.clone(),
-        attempt: assignment.attempt,
-    };
-    let _ = out.send(started).await;
     let pumps = [
         child
             .stdout

@@ -22,6 +22,7 @@ use muster_core::protocol::{
     WorkerCall, MAX_RECORD_BYTES,
 };
 use muster_core::signalr::Message;
+use muster_core::url::redact_url;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -36,7 +37,9 @@ pub use client::{websocket_url, ClientError};
 /// How a worker joins and what it offers.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The hub's URL, `http(s)://host:port/hub` or `ws(s)://...`.
+    /// The hub's URL, `http(s)://host:port/hub` or `ws(s)://...`; a
+    /// trailing slash is dropped, a query kept. Printed only through
+    /// [`redact_url`].
     pub hub: String,
     pub token: String,
     pub name: String,
@@ -108,6 +111,7 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
     let mut work = Work::new(&config, &stop, out)?;
     let mut session: Option<Welcome> = None;
     let mut sender: Option<client::Sender> = None;
+    let shown_hub = redact_url(&config.hub);
     let exit = loop {
         let joined = match join(&config, &stop, &mut calls, &mut work, session.as_ref()).await {
             Ok(Some(joined)) => joined,
@@ -116,7 +120,7 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
         };
         let (mut tx, mut rx, welcome) = joined;
         let resumed = welcome.resumed;
-        tracing::info!(worker = %welcome.worker_id, hub = %config.hub, resumed, "registered");
+        tracing::info!(worker = %welcome.worker_id, hub = %shown_hub, resumed, "registered");
         let resumed = tokio::time::timeout(config.connect_timeout, work.resume(&welcome, &mut tx));
         let failed = match resumed.await {
             Ok(Ok(())) => None,
@@ -144,7 +148,7 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
                 break Err(WorkerError::HubClosed(error));
             }
             Served::Dropped(why) => {
-                tracing::warn!(hub = %config.hub, "lost the hub: {why}; reconnecting");
+                tracing::warn!(hub = %shown_hub, "lost the hub: {why}; reconnecting");
                 eprintln!(
                     "muster: worker {}: lost the hub ({why}); reconnecting",
                     config.name
@@ -165,9 +169,11 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
 type Joined = (client::Sender, client::Receiver, Welcome);
 
 /// Connects and registers, retrying transient failures with capped,
-/// jittered exponential backoff until `reconnect_timeout` has passed.
-/// Executions go on meanwhile: their calls are buffered. `Ok(None)` when
-/// `stop` fired.
+/// jittered exponential backoff until `reconnect_timeout` has passed: an
+/// attempt is cut off at that deadline, and so is the wait before the next
+/// one, after which one last attempt gets [`LAST_LOOK`] (a hub that came
+/// back during the wait is not missed). Executions go on meanwhile: their
+/// calls are buffered. `Ok(None)` when `stop` fired.
 async fn join(
     config: &WorkerConfig,
     stop: &CancellationToken,
@@ -178,9 +184,11 @@ async fn join(
     let started = Instant::now();
     let deadline = started + config.reconnect_timeout;
     let mut backoff = Backoff::new();
+    let mut last: Option<String> = None;
     loop {
         let registration = work.registration(config, earlier);
-        let attempt = connect_and_register(config, registration);
+        let bound = deadline.max(Instant::now() + LAST_LOOK);
+        let attempt = timeout_at(bound, connect_and_register(config, registration));
         tokio::pin!(attempt);
         let result = loop {
             tokio::select! {
@@ -190,17 +198,26 @@ async fn join(
             }
         };
         let error = match result {
-            Ok(joined) => return Ok(Some(joined)),
-            Err(WorkerError::Client(e)) if !e.is_transient() => return Err(e.into()),
-            Err(e) => e,
+            Ok(Ok(joined)) => return Ok(Some(joined)),
+            Ok(Err(WorkerError::Client(e))) if !e.is_transient() => return Err(e.into()),
+            Ok(Err(e)) => e.to_string(),
+            // Cut off at the deadline: the error before it says more.
+            Err(_) => last.take().unwrap_or_else(|| {
+                format!(
+                    "no answer from {} within {}",
+                    redact_url(&config.hub),
+                    humantime::format_duration(config.reconnect_timeout)
+                )
+            }),
         };
-        let wait = backoff.next();
-        if Instant::now() + wait >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(WorkerError::HubGone {
                 waited: started.elapsed(),
-                last: error.to_string(),
+                last: error,
             });
         }
+        let wait = backoff.next();
         if backoff.tries == 1 {
             eprintln!(
                 "muster: worker {}: {error}; retrying for up to {}",
@@ -210,7 +227,8 @@ async fn join(
         } else {
             tracing::info!("still cannot reach the hub: {error}");
         }
-        let sleep = tokio::time::sleep(wait);
+        last = Some(error);
+        let sleep = tokio::time::sleep_until((now + wait).min(deadline));
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -221,6 +239,11 @@ async fn join(
         }
     }
 }
+
+/// How long the attempt made once the deadline has come may take: long
+/// enough to register with a hub that answers, short enough that giving up
+/// stays close to the deadline.
+const LAST_LOOK: Duration = Duration::from_millis(500);
 
 async fn connect_and_register(
     config: &WorkerConfig,

@@ -33,6 +33,7 @@ use futures_util::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use muster_core::protocol::{Artifact, Consumed};
+use muster_core::url::{self, redact_url};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,10 +103,11 @@ impl Default for TransferSettings {
 #[derive(Clone)]
 pub struct Transfer {
     client: reqwest::Client,
-    /// `{hub}/artifacts`, http(s).
-    base: String,
-    /// `base` as errors show it: without any password in the URL.
-    shown_base: String,
+    /// The hub's URL, http(s), without a trailing slash on its path (see
+    /// [`Transfer::url`]).
+    hub: String,
+    /// `hub` as logs and errors show it ([`redact_url`]).
+    shown_hub: String,
     token: String,
     cache: PathBuf,
     settings: TransferSettings,
@@ -190,6 +192,7 @@ pub enum ArtifactError {
         attempts: u32,
         failure: Box<Failure>,
     },
+    /// The hub URL, redacted.
     #[error("hub URL {0:?} must start with http://, https://, ws:// or wss://")]
     BadHubUrl(String),
     #[error("could not set up the HTTP client: {0}")]
@@ -329,22 +332,18 @@ impl Transfer {
         ]
         .iter()
         .find_map(|(from, to)| hub_url.strip_prefix(from).map(|rest| format!("{to}{rest}")))
-        .ok_or_else(|| ArtifactError::BadHubUrl(hub_url.to_owned()))?;
-        let mut url = reqwest::Url::parse(&mapped)
-            .map_err(|_| ArtifactError::BadHubUrl(hub_url.to_owned()))?;
-        let base = format!("{}/artifacts", mapped.trim_end_matches('/'));
-        if url.password().is_some() {
-            let _ = url.set_password(Some("***"));
-        }
-        let shown_base = format!("{}/artifacts", url.as_str().trim_end_matches('/'));
+        .ok_or_else(|| ArtifactError::BadHubUrl(redact_url(hub_url)))?;
+        reqwest::Url::parse(&mapped).map_err(|_| ArtifactError::BadHubUrl(redact_url(hub_url)))?;
+        let hub = url::join(&mapped, "");
+        let shown_hub = redact_url(&hub);
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(|e| ArtifactError::Client(e.to_string()))?;
         Ok(Transfer {
             client,
-            base,
-            shown_base,
+            hub,
+            shown_hub,
             token: token.into(),
             cache: cache_dir.into(),
             settings,
@@ -450,9 +449,16 @@ impl Transfer {
             .map_err(self.failed(&consumed.from, &artifact.path, &artifact.sha256, "GET"))
     }
 
-    /// `{hub}/artifacts/{sha256}`.
+    /// `{hub}/artifacts/{sha256}`, with the hub URL's query (if any) after
+    /// it; one slash between the parts whether or not the hub URL ended
+    /// with one.
     fn url(&self, sha256: &str) -> String {
-        format!("{}/{sha256}", self.base)
+        artifact_url(&self.hub, sha256)
+    }
+
+    /// [`Transfer::url`] as logs and errors show it.
+    fn shown_url(&self, sha256: &str) -> String {
+        artifact_url(&self.shown_hub, sha256)
     }
 
     fn failed<'a>(
@@ -466,7 +472,7 @@ impl Transfer {
             path: path.to_owned(),
             module: module.to_owned(),
             method,
-            url: format!("{}/{sha256}", self.shown_base),
+            url: self.shown_url(sha256),
             attempts,
             failure: Box::new(failure),
         }
@@ -671,7 +677,7 @@ impl Transfer {
 impl fmt::Debug for Transfer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transfer")
-            .field("base", &self.shown_base)
+            .field("hub", &self.shown_hub)
             .field("token", &"***")
             .field("cache", &self.cache)
             .field("settings", &self.settings)
@@ -1056,7 +1062,7 @@ impl Placed {
                 path: artifact.path.clone(),
                 module: from.to_owned(),
                 method: "GET",
-                url: format!("{}/{}", transfer.shown_base, artifact.sha256),
+                url: transfer.shown_url(&artifact.sha256),
                 attempts: 1,
                 failure: Box::new(failure),
             },
@@ -1234,6 +1240,11 @@ fn progress_bar(size: u64, message: &str) -> Bar {
     Bar(bar)
 }
 
+/// The URL of one blob in the store of the hub at `hub`.
+fn artifact_url(hub: &str, sha256: &str) -> String {
+    url::join(hub, &format!("artifacts/{sha256}"))
+}
+
 fn status_failure(status: StatusCode) -> Failure {
     let hint = match status {
         StatusCode::UNAUTHORIZED => ": the hub refused the token",
@@ -1272,6 +1283,49 @@ mod tests {
         let pattern = Pattern::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
         assert_eq!(pattern.base, base, "{raw}");
         assert_eq!(pattern.depth, depth, "{raw}");
+    }
+
+    #[test]
+    fn artifact_urls_sit_below_the_hub_with_one_slash() {
+        let settings = TransferSettings::default;
+        let cases = [
+            ("http://h:1/hub", "http://h:1/hub/artifacts/ab"),
+            ("http://h:1/hub/", "http://h:1/hub/artifacts/ab"),
+            ("ws://h:1/hub/", "http://h:1/hub/artifacts/ab"),
+            ("wss://h/x/hub", "https://h/x/hub/artifacts/ab"),
+            (
+                "https://h/hub/?access_token=t",
+                "https://h/hub/artifacts/ab?access_token=t",
+            ),
+        ];
+        for (hub, expected) in cases {
+            let transfer = Transfer::new(hub, "t", "/nonexistent", settings()).unwrap();
+            assert_eq!(transfer.url("ab"), expected, "{hub}");
+            let url = transfer.url("ab");
+            let (_, after_scheme) = url.split_once("://").unwrap();
+            assert!(!after_scheme.contains("//"), "{hub}");
+        }
+        // What errors and logs show hides the token and the password.
+        let transfer = Transfer::new(
+            "http://u:pw-s3cret@h/hub/?access_token=tok-s3cret",
+            "t",
+            "/nonexistent",
+            settings(),
+        )
+        .unwrap();
+        assert_eq!(
+            transfer.shown_url("ab"),
+            "http://u:***@h/hub/artifacts/ab?access_token=***"
+        );
+        assert!(!format!("{transfer:?}").contains("s3cret"));
+        let bad = Transfer::new("ftp://h/hub?token=s3cret", "t", "/x", settings())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            bad.contains("ftp://h/hub?token=***") && !bad.contains("s3cret"),
+            "{bad}"
+        );
     }
 
     #[test]
