@@ -1,8 +1,9 @@
 //! `muster ci` as separate processes against a real `redis-server`: three
 //! instances split a run and all exit with its status, a worker that starts
 //! before the master waits for it, a worker that comes after the run exits
-//! 0, and bad Redis URLs, a missing tunnel binary and a discovery timeout
-//! each end in one clear line.
+//! 0, every instance waits for a Redis that starts late, and bad Redis
+//! URLs, a missing tunnel binary and a discovery timeout each end in one
+//! clear line.
 
 mod common;
 
@@ -128,6 +129,90 @@ fn three_instances_split_a_run_and_all_exit_with_its_status() {
     );
 }
 
+/// A `redis-server` on a port picked before (the instances were pointed
+/// at it while nothing listened there); killed on drop.
+struct LateRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl LateRedis {
+    fn start(port: u16) -> LateRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        LateRedis { child, _dir: dir }
+    }
+}
+
+impl Drop for LateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In CI, Redis is often a service container still starting when the job
+/// does: all three instances, the master too, wait for it (saying so once)
+/// and the run goes on as usual, one module on each instance.
+#[test]
+fn every_instance_waits_for_a_redis_that_starts_late() {
+    let (_dir, file) = pipeline(
+        r#"
+[modules.zero]
+requires = ["on-0"]
+run = "echo zero on $MUSTER_WORKER"
+[modules.one]
+requires = ["on-1"]
+run = "echo one on $MUSTER_WORKER"
+[modules.two]
+requires = ["on-2"]
+run = "echo two on $MUSTER_WORKER"
+"#,
+    );
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let instances: Vec<Child> = (0..3)
+        .map(|i| {
+            let capability = format!("on-{i}");
+            let extra = ["--discover-timeout", "40s", "-c", &capability];
+            instance(&file, &url, "late-redis", i, 3, &extra)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let _redis = LateRedis::start(port);
+    let mut all = common::wait_all(instances, LIMIT);
+    let master = all.remove(0);
+    assert_eq!(master.code(), 0, "{master}");
+    assert_eq!(master.row("zero")[3], "instance-0-1", "{master}");
+    assert_eq!(master.row("one")[3], "instance-1", "{master}");
+    assert_eq!(master.row("two")[3], "instance-2", "{master}");
+    let waiting = format!(
+        "muster: Redis at {url} is not answering yet (connection refused); retrying for up to 40s"
+    );
+    for out in std::iter::once(&master).chain(&all) {
+        assert_eq!(out.code(), 0, "{out}");
+        assert_eq!(
+            out.stdout.matches(&waiting).count(),
+            1,
+            "each instance says once that it waits: {out}"
+        );
+    }
+    for worker in &all {
+        assert!(
+            worker.stdout.contains("the run has finished: succeeded"),
+            "{worker}"
+        );
+    }
+}
+
 #[test]
 fn a_run_that_succeeds_ends_every_instance_with_zero() {
     let redis = RedisServer::start();
@@ -189,15 +274,40 @@ fn discovery_problems_end_in_one_clear_line() {
     assert_eq!(out.code(), 2, "{out}");
     assert!(last_line(&out).contains("http://:***@host"), "{out}");
 
-    // Nothing listens there.
+    // Nothing listens there: the worker says it keeps trying, then gives
+    // up at --discover-timeout.
     let nowhere = format!("redis://127.0.0.1:{}", common::free_port());
-    let out = common::wait(instance(&file, &nowhere, "x", 1, 2, &[]), LIMIT);
+    let out = common::wait(
+        instance(&file, &nowhere, "x", 1, 2, &["--discover-timeout", "2s"]),
+        LIMIT,
+    );
     assert_eq!(out.code(), 3, "{out}");
     assert!(
-        out.stderr
-            .contains(&format!("cannot reach Redis at {nowhere}")),
+        out.stdout.contains(&format!(
+            "Redis at {nowhere} is not answering yet (connection refused); retrying for up to 2s"
+        )),
         "{out}"
     );
+    assert!(
+        last_line(&out).contains(&format!("cannot reach Redis at {nowhere}")),
+        "{out}"
+    );
+
+    // A wrong password will not change by waiting: refused at once, named
+    // without it.
+    let wrong = format!("redis://:not-{}@127.0.0.1:{}", "s3cret-pass", redis.port);
+    let started = std::time::Instant::now();
+    let out = common::wait(instance(&file, &wrong, "x", 1, 2, &[]), LIMIT);
+    assert_eq!(out.code(), 3, "{out}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{out}");
+    assert!(
+        last_line(&out).contains(&format!(
+            "Redis at redis://:***@127.0.0.1:{} refused",
+            redis.port
+        )),
+        "{out}"
+    );
+    assert!(!format!("{out}").contains("s3cret-pass"), "{out}");
 
     // A tunnel whose binary is missing.
     let mut command = ci_command(

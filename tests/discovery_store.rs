@@ -1,11 +1,14 @@
 //! The discovery record against a real `redis-server`: write and read,
 //! a waiting reader woken by the master's notification, epochs that keep
 //! an older master from overwriting a newer one, a record that comes back
-//! after Redis loses it, and a timeout that names the key and hides the
-//! password.
+//! after Redis loses it, a timeout that names the key and hides the
+//! password, a Redis that starts late waited for (and said so once), and a
+//! wrong password refused at once.
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::RedisServer;
@@ -121,11 +124,110 @@ async fn a_missing_record_times_out_naming_the_key_not_the_password() {
     assert!(text.contains(":***@127.0.0.1"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 
-    // A wrong password is an unreachable Redis, named the same way.
+    // A wrong password is refused, named the same way; waiting would not
+    // help, so a call that keeps trying ends at once.
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let error = Store::open(&wrong).unwrap().read("x").await.unwrap_err();
-    assert!(matches!(error, StoreError::Unreachable { .. }), "{error}");
+    assert!(matches!(error, StoreError::Refused { .. }), "{error}");
     assert!(!error.to_string().contains("wrong@"), "{error}");
+    let started = tokio::time::Instant::now();
+    let error = Store::open(&wrong)
+        .unwrap()
+        .wait_for("x", Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Refused { .. }), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+}
+
+/// A `redis-server` on a port picked earlier (so clients can be pointed at
+/// it before anything listens there); killed on drop.
+struct LateRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl LateRedis {
+    fn start_with_password(port: u16, password: &str) -> LateRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--requirepass", password])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        LateRedis { child, _dir: dir }
+    }
+}
+
+impl Drop for LateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis still starting, as a CI service container often is: the
+/// master's write and a worker's wait keep trying until Redis answers,
+/// and the store says so once, without the password.
+#[tokio::test]
+async fn a_redis_that_starts_late_is_waited_for() {
+    let port = common::free_port();
+    let url = format!("redis://:late-pass@127.0.0.1:{port}");
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let heard = said.clone();
+    let store = Store::open(&url)
+        .unwrap()
+        .when_not_answering(move |n| heard.lock().unwrap().push(n.to_string()));
+    let limit = Duration::from_secs(20);
+    let waiter = store.clone();
+    let wait = tokio::spawn(async move { waiter.wait_for("late", limit).await });
+    let writer = store.clone();
+    let write = tokio::spawn(async move {
+        writer
+            .write_within(&record("late", 5), Duration::from_secs(60), limit)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!wait.is_finished() && !write.is_finished());
+    let _redis = LateRedis::start_with_password(port, "late-pass");
+    let started = tokio::time::Instant::now();
+    assert_eq!(write.await.unwrap().unwrap(), Written::Yes);
+    assert_eq!(wait.await.unwrap().unwrap(), record("late", 5));
+    // Retries are at most a second apart.
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let said = said.lock().unwrap().clone();
+    assert_eq!(said.len(), 1, "said once per store: {said:?}");
+    assert_eq!(
+        said[0],
+        format!(
+            "Redis at redis://:***@127.0.0.1:{port} is not answering yet (connection refused); \
+             retrying for up to 20s"
+        )
+    );
+
+    // Nobody ever answers: the wait ends at its limit, with the reason.
+    let nowhere = Store::open(&format!("redis://127.0.0.1:{}", common::free_port())).unwrap();
+    let started = tokio::time::Instant::now();
+    let error = nowhere
+        .write_within(
+            &record("never", 1),
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains("connection refused"), "{error}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ impl Setup {
             ..HubConfig::default()
         };
         tune(&mut config);
-        let hub = Hub::start(listener, plan, config).await.unwrap();
+        let mut hub = Hub::start(listener, plan, config).await.unwrap();
+        drop(hub.take_events());
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()

@@ -193,11 +193,14 @@ impl HubProcess {
         env: &[(&str, &str)],
     ) -> HubProcess {
         let mut command = muster(&["hub", file.to_str().unwrap(), "--token", token]);
-        command
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        command.args(extra).envs(env.iter().copied());
+        HubProcess::spawn(command)
+    }
+
+    /// Runs `command`, a `muster hub` (perhaps started through a shell),
+    /// and reads the URL it prints first.
+    pub fn spawn(mut command: Command) -> HubProcess {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn hub");
         let stdout = child.stdout.take().unwrap();
         let (first_tx, first) = mpsc::channel();
