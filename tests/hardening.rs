@@ -52,14 +52,15 @@ fn host_port(url: &str) -> String {
 }
 
 /// `muster hub` started by a shell that first sets the open-file limits
-/// (`ulimit_args`, such as `-Sn 1024`).
+/// (`ulimit`, such as `-Sn 1024`); a soft limit above a machine's hard
+/// one is left as it is, which the hub then raises all the same.
 fn hub_under_ulimit(
     file: &std::path::Path,
     token: &str,
     ulimit: &str,
     extra: &[&str],
 ) -> HubProcess {
-    let script = format!("ulimit {ulimit} && exec \"$0\" \"$@\"");
+    let script = format!("ulimit {ulimit} 2>/dev/null; exec \"$0\" \"$@\"");
     let mut command = Command::new("sh");
     command
         .args([
