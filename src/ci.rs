@@ -17,6 +17,7 @@ use muster_discovery::record::{record_key, DiscoveryRecord, RunState};
 use muster_discovery::store::{Store, StoreError, Written};
 use muster_discovery::tunnel::{self, Tunnel};
 use muster_hub::Hub;
+use muster_worker::transfer::describe_reqwest;
 use muster_worker::{ClientError, Exit, WorkerConfig, WorkerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -447,7 +448,7 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
                 Ok(response) => Err(format!("HTTP {}", response.status())),
                 // The line names the URL, redacted; the error's own copy
                 // of it is not.
-                Err(e) => Err(reqwest_reason(e)),
+                Err(e) => Err(describe_reqwest(e)),
             }
         }
     });
@@ -471,19 +472,6 @@ fn shown_urls(urls: &[String]) -> String {
         .map(|url| redact_url(url))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A reqwest error and its causes, without the URL it carries.
-fn reqwest_reason(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(&error);
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 fn outcome_word(outcome: RunOutcome) -> &'static str {

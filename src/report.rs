@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 
 const PALETTE: [u8; 6] = [36, 35, 33, 32, 34, 31];
 
+/// Text gathered from waiting events before one write to stdout.
+const BATCH_BYTES: usize = 64 * 1024;
+
 pub struct Reporter {
     colour: bool,
     colours: HashMap<String, u8>,
@@ -70,8 +73,9 @@ impl Reporter {
     }
 
     /// Prints every event until the run ends. Writes block (on a blocking
-    /// thread) while stdout is full, and the hub waits meanwhile. After a
-    /// write fails (a closed pipe), the rest of the run is drained without
+    /// thread) while stdout is full, and the hub waits meanwhile; events
+    /// that are already waiting go out in the same write. After a write
+    /// fails (a closed pipe), the rest of the run is drained without
     /// printing and the error is returned at the end.
     pub async fn print(mut self, mut events: mpsc::Receiver<RunEvent>) -> std::io::Result<()> {
         let mut failed: Option<std::io::Error> = None;
@@ -79,8 +83,15 @@ impl Reporter {
             if failed.is_some() {
                 continue;
             }
-            self.track(&event);
-            let text = self.show(event);
+            let mut text = String::new();
+            let mut next = Some(event);
+            while let Some(event) = next.take() {
+                self.track(&event);
+                text.push_str(&self.show(event));
+                if text.len() < BATCH_BYTES {
+                    next = events.try_recv().ok();
+                }
+            }
             if text.is_empty() {
                 continue;
             }

@@ -129,36 +129,6 @@ fn three_instances_split_a_run_and_all_exit_with_its_status() {
     );
 }
 
-/// A `redis-server` on a port picked before (the instances were pointed
-/// at it while nothing listened there); killed on drop.
-struct LateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl LateRedis {
-    fn start(port: u16) -> LateRedis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        LateRedis { child, _dir: dir }
-    }
-}
-
-impl Drop for LateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// In CI, Redis is often a service container still starting when the job
 /// does: all three instances, the master too, wait for it (saying so once)
 /// and the run goes on as usual, one module on each instance.
@@ -187,7 +157,7 @@ run = "echo two on $MUSTER_WORKER"
         })
         .collect();
     std::thread::sleep(Duration::from_secs(4));
-    let _redis = LateRedis::start(port);
+    let _redis = RedisServer::start_late(port, &[]);
     let mut all = common::wait_all(instances, LIMIT);
     let master = all.remove(0);
     assert_eq!(master.code(), 0, "{master}");

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,37 +139,6 @@ async fn a_missing_record_times_out_naming_the_key_not_the_password() {
     assert!(started.elapsed() < Duration::from_secs(5), "{error}");
 }
 
-/// A `redis-server` on a port picked earlier (so clients can be pointed at
-/// it before anything listens there); killed on drop.
-struct LateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl LateRedis {
-    fn start_with_password(port: u16, password: &str) -> LateRedis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--requirepass", password])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        LateRedis { child, _dir: dir }
-    }
-}
-
-impl Drop for LateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Redis still starting, as a CI service container often is: the
 /// master's write and a worker's wait keep trying until Redis answers,
 /// and the store says so once, without the password.
@@ -194,7 +162,7 @@ async fn a_redis_that_starts_late_is_waited_for() {
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!wait.is_finished() && !write.is_finished());
-    let _redis = LateRedis::start_with_password(port, "late-pass");
+    let _redis = RedisServer::start_late(port, &["--requirepass", "late-pass"]);
     let started = tokio::time::Instant::now();
     assert_eq!(write.await.unwrap().unwrap(), Written::Yes);
     assert_eq!(wait.await.unwrap().unwrap(), record("late", 5));

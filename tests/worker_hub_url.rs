@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{muster, pipeline, HubProcess, Output};
 
 const TOKEN: &str = "url-token-f00dfeed";
@@ -45,6 +47,14 @@ fn run_worker(hub: &str, extra: &[&str]) -> Output {
     common::run(command)
 }
 
+/// A hub for [`HANDOFF`] keeping its artifacts in `state`; a worker that
+/// never joins fails the run soon.
+fn handoff_hub(file: &Path, state: &Path) -> HubProcess {
+    let state = state.to_str().unwrap();
+    let extra = ["--state-dir", state, "--capability-timeout", "15s"];
+    HubProcess::start(file, TOKEN, &extra)
+}
+
 fn assert_hidden(out: &Output, secret: &str) {
     assert!(
         !out.stdout.contains(secret) && !out.stderr.contains(secret),
@@ -58,17 +68,7 @@ fn assert_hidden(out: &Output, secret: &str) {
 fn a_token_in_the_hub_url_is_never_printed() {
     let (_dir, file) = pipeline(HANDOFF);
     let state = tempfile::tempdir().expect("temp dir");
-    let hub = HubProcess::start(
-        &file,
-        TOKEN,
-        &[
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            // A worker that never joins fails the run soon.
-            "--capability-timeout",
-            "15s",
-        ],
-    );
+    let hub = handoff_hub(&file, state.path());
     let url = format!("{}?access_token={TOKEN}", hub.url);
     let worker = run_worker(&url, &[]);
     let master = hub.finish();
@@ -121,17 +121,7 @@ fn a_token_in_the_hub_url_is_never_printed() {
 fn a_trailing_slash_on_the_hub_url_is_the_same_hub() {
     let (_dir, file) = pipeline(HANDOFF);
     let state = tempfile::tempdir().expect("temp dir");
-    let hub = HubProcess::start(
-        &file,
-        TOKEN,
-        &[
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            // A worker that never joins fails the run soon.
-            "--capability-timeout",
-            "15s",
-        ],
-    );
+    let hub = handoff_hub(&file, state.path());
     let url = format!("{}/", hub.url);
     let worker = run_worker(&url, &["--reconnect-timeout", "10s"]);
     let master = hub.finish();

@@ -5,13 +5,14 @@
 //! valid is still redacted (it is most likely to be printed in an error).
 
 /// Query parameters whose values are secrets (compared without regard to
-/// case, after percent-decoding, as the hub reads them).
-const SECRET_PARAMETERS: &[&str] = &["access_token", "token"];
+/// case, after percent-decoding, as the hub reads them): the hub's token,
+/// and the password forms Redis URLs take.
+const SECRET_PARAMETERS: &[&str] = &["access_token", "token", "pass", "password"];
 
 /// `url` as it may be printed: the password of its user info (or a lone
 /// user part, which is how tokens are often passed, `https://TOKEN@host`)
-/// and the values of its `access_token` and `token` query (or fragment)
-/// parameters become `***`. Everything else is kept as written.
+/// and the values of its `access_token`, `token`, `pass` and `password`
+/// query (or fragment) parameters become `***`. Everything else is kept as written.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),

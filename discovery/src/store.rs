@@ -443,41 +443,9 @@ impl Store {
 }
 
 /// The URL with its password (or a lone user part, which Redis also takes
-/// as a password) and any `pass`/`password` query value replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The user info ends at the last '@' before the query or fragment: a
-    // password may itself hold '/' or '@'.
-    let (main, tail) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
-    let main = match main.rfind('@') {
-        Some(at) => {
-            let user = match main[..at].split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
-            };
-            format!("{user}@{}", &main[at + 1..])
-        }
-        None => main.to_owned(),
-    };
-    let (query, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
-    let query: Vec<String> = query
-        .trim_start_matches('?')
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if matches!(key, "pass" | "password") => format!("{key}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", query.join("&"))
-    };
-    format!("{scheme}://{main}{query}{fragment}")
-}
+/// as a password) and any `pass`/`password` query value replaced by `***`:
+/// the same rules as every URL muster prints.
+pub use muster_core::url::redact_url as redact;
 
 #[cfg(test)]
 mod tests {

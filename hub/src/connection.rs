@@ -55,16 +55,12 @@ impl Outbox {
         (outbox, outgoing)
     }
 
-    /// Queues `message`; false when the connection is ending (closed, or
-    /// just found too far behind).
-    pub(crate) fn send(&self, message: Outbound) -> bool {
-        match self.queue.try_send(message) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                self.overflow.cancel();
-                false
-            }
-            Err(TrySendError::Closed(_)) => false,
+    /// Queues `message`. Dropped when the connection is ending: closed (its
+    /// Disconnected command is on the way), or just found too far behind
+    /// (it is being closed for that).
+    pub(crate) fn send(&self, message: Outbound) {
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(message) {
+            self.overflow.cancel();
         }
     }
 

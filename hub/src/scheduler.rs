@@ -593,10 +593,7 @@ impl Scheduler {
             return;
         }
         let id = self.run.plan().modules[module].id.clone();
-        let name = self
-            .seen
-            .get(&worker)
-            .map_or_else(|| "?".to_owned(), |(name, _)| name.clone());
+        let name = self.seen_name(worker).to_owned();
         let waited = humantime::format_duration(self.settings.start_timeout).to_string();
         tracing::warn!(module = %id, attempt, worker = %name, "not started within {waited}: running it elsewhere");
         if let Some(w) = self.workers.get(&worker) {
@@ -627,10 +624,7 @@ impl Scheduler {
         }
         let m = &self.run.plan().modules[module];
         let (id, timeout) = (m.id.clone(), m.timeout);
-        let name = self
-            .seen
-            .get(&worker)
-            .map_or("?", |(name, _)| name.as_str());
+        let name = self.seen_name(worker);
         let reason = format!(
             "no result from worker {name} within the module's timeout ({}) and {} more",
             humantime::format_duration(timeout),
@@ -760,7 +754,8 @@ impl Scheduler {
 
     /// Queues an event for the owner; `flush_events` sends it.
     fn emit(&mut self, event: RunEvent) {
-        if self.events.is_some() && self.summary.is_none() && self.outcome.is_none() {
+        // Nothing after the run's end: the summary closes the stream.
+        if self.events.is_some() && self.outcome.is_none() {
             self.queued.push_back(event);
         }
     }
@@ -920,6 +915,13 @@ impl Scheduler {
             let id = self.run.plan().modules[module].id.clone();
             self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
         }
+    }
+
+    /// The name a worker joined with, `?` for one never seen.
+    fn seen_name(&self, worker: WorkerId) -> &str {
+        self.seen
+            .get(&worker)
+            .map_or("?", |(name, _)| name.as_str())
     }
 
     /// The name of the worker holding the module, or that ran it last.

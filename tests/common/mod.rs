@@ -314,6 +314,18 @@ impl RedisServer {
         Self::launch(false, extra)
     }
 
+    /// Starts it on `port`, picked earlier, without waiting for it: for
+    /// tests that point muster at a Redis that is not up yet.
+    pub fn start_late(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = spawn_redis(&["--port".into(), port.to_string()], dir.path(), extra);
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
     /// Starts it speaking only TLS (`rediss://`), with a self-signed
     /// certificate made by `openssl` for 127.0.0.1.
     pub fn start_tls(extra: &[&str]) -> RedisServer {
@@ -367,17 +379,7 @@ impl RedisServer {
             }
             listen.extend(["--tls-auth-clients".into(), "no".into()]);
         }
-        let child = Command::new("redis-server")
-            .args(&listen)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let child = spawn_redis(&listen, dir.path(), extra);
         let mut server = RedisServer {
             child,
             port,
@@ -424,6 +426,21 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback redis-server with no persistence, its files in `dir`.
+fn spawn_redis(listen: &[String], dir: &Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(listen)
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/test.sh installs it)")
 }
 
 /// A loopback port nobody listens on (bound, then released).

@@ -1262,8 +1262,9 @@ fn network(error: reqwest::Error) -> Failure {
     Failure::Network(describe_reqwest(error))
 }
 
-/// A reqwest error with its causes, without the URL (the caller names it).
-fn describe_reqwest(error: reqwest::Error) -> String {
+/// A reqwest error with its causes, without the URL (the caller names it,
+/// redacted).
+pub fn describe_reqwest(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
     let mut cause = std::error::Error::source(&error);
