@@ -550,3 +550,38 @@ fn cancel_without_a_hub_says_the_run_may_have_finished() {
     assert!(out.stderr.contains("the run may have finished"), "{out}");
     assert!(!out.stderr.contains("t0ken-value"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_does_not_keep_its_buffer() {
+    let (_dir, file) = pipeline("[modules.a]\nrequires = [\"never\"]\nrun = \"true\"\n");
+    let token = "large-token";
+    let hub = HubProcess::start(&file, token, &["--capability-timeout", "300s"]);
+    let pid = hub.pid();
+    let text = "x".repeat(900_000);
+    let record = format!(
+        "{{\"type\":1,\"invocationId\":\"big\",\"target\":\"Log\",\"arguments\":[\"nope\",1,\"stdout\",\"{text}\"]}}{RS}"
+    );
+    // Connections stay open; each one's idle cost is counted in the bound.
+    let mut open = Vec::new();
+    let mut before = 0;
+    for i in 0..200 {
+        let mut raw = Raw::connect(&hub.url, token).await;
+        raw.register(&format!("large-{i}"), &["os:linux"]).await;
+        if i == 0 {
+            before = rss_kib(pid);
+        }
+        raw.send(&record).await;
+        let answer = raw.until(|r| r.contains("\"invocationId\":\"big\"")).await;
+        assert!(answer.contains("\"error\""), "{answer}");
+        open.push(raw);
+    }
+    let after = rss_kib(pid);
+    // 200 x 900 KB went through; what stays is each connection's idle cost
+    // (about 20 KiB), not the largest frame it ever sent.
+    assert!(
+        after < before + 40 * 1024,
+        "the hub grew from {before} KiB to {after} KiB holding 200 connections that each sent one 900 KB record"
+    );
+    drop(open);
+    drop(hub);
+}

@@ -3,12 +3,11 @@
 //! split into a reader (this task) and a writer task fed by a bounded
 //! outbox, so the scheduler never waits on a slow peer, and a peer that
 //! does not read is closed rather than queued for without limit. Written
-//! over any `Sink + Stream` of WebSocket messages, so it does not care how
-//! the socket was accepted.
+//! over any `Sink + Stream` of WebSocket messages (`websocket.rs` makes
+//! them from the upgraded socket), so a unit test drives it with channels.
 
 use std::time::Duration;
 
-use axum::extract::ws::Message as WsMessage;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use muster_core::protocol::{CallError, WorkerCall};
 use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
@@ -19,6 +18,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{Command, Registered};
+use crate::websocket::{WsError, WsMessage};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub(crate) enum Outbound {
     Framed(String),
     /// Send a Close message with this error, then close the socket.
     Close(Option<String>),
+    /// The answer to a WebSocket ping.
+    Pong(Vec<u8>),
 }
 
 /// The most messages waiting to be written to one peer. The hub sends a
@@ -92,19 +94,17 @@ pub(crate) struct ConnectionSettings {
 }
 
 /// Serves one connection until it closes, times out or breaks the protocol.
-pub(crate) async fn serve<S>(
-    socket: S,
+pub(crate) async fn serve<K, S>(
+    sink: K,
+    stream: S,
     peer: String,
     commands: mpsc::Sender<Command>,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
 ) where
-    S: Stream<Item = Result<WsMessage, axum::Error>>
-        + Sink<WsMessage, Error = axum::Error>
-        + Send
-        + 'static,
+    K: Sink<WsMessage, Error = WsError> + Send + Unpin + 'static,
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    let (sink, stream) = socket.split();
     let (outbox, outgoing) = Outbox::new();
     let overflow = outbox.overflow.clone();
     let writer = tokio::spawn(write_loop(
@@ -200,7 +200,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     async fn read<R>(&mut self, mut stream: R) -> End
     where
-        R: Stream<Item = Result<WsMessage, axum::Error>> + Unpin,
+        R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
     {
         let mut deadline = Instant::now() + self.settings.handshake_timeout;
         loop {
@@ -223,18 +223,23 @@ impl Reader<'_> {
                 match next {
                     None => return End::Dropped("the socket closed without a goodbye".into()),
                     Some(Err(e)) => return End::Dropped(format!("socket error: {e}")),
-                    Some(Ok(WsMessage::Text(text))) => text.to_string(),
-                    Some(Ok(WsMessage::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
+                    Some(Ok(WsMessage::Text(text))) => text,
+                    Some(Ok(WsMessage::Binary(bytes))) => match String::from_utf8(bytes) {
                         Ok(text) => text,
                         Err(_) => return End::Close(Some(
                             "binary frames are not supported: this hub speaks the JSON protocol"
                                 .into(),
                         )),
                     },
-                    Some(Ok(WsMessage::Close(_))) => {
+                    Some(Ok(WsMessage::Close)) => {
                         return End::PeerClosed("the peer sent a WebSocket close".into())
                     }
-                    Some(Ok(_)) => {
+                    Some(Ok(WsMessage::Ping(payload))) => {
+                        self.outbox.send(Outbound::Pong(payload));
+                        self.last_heard = Instant::now();
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Pong(_))) => {
                         self.last_heard = Instant::now();
                         continue;
                     }
@@ -404,78 +409,68 @@ async fn write_loop<K>(
     overflow: CancellationToken,
     ping_interval: Duration,
 ) where
-    K: Sink<WsMessage, Error = axum::Error> + Unpin,
+    K: Sink<WsMessage, Error = WsError> + Unpin,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     // No pings before the handshake answer: the first record a client gets
     // must be that answer.
     let mut handshake_sent = false;
-    loop {
-        let text = tokio::select! {
+    // A SignalR Close record to send before the WebSocket close, if any.
+    let goodbye = loop {
+        let message = tokio::select! {
             next = outgoing.recv() => match next {
-                Some(Outbound::Message(message)) => message.to_frame(),
+                Some(Outbound::Message(message)) => WsMessage::Text(message.to_frame()),
                 Some(Outbound::Framed(text)) => {
                     handshake_sent = true;
-                    text
+                    WsMessage::Text(text)
                 }
-                Some(Outbound::Close(error)) => {
-                    let close = Message::Close { error, allow_reconnect: false };
-                    let _ = sink.send(WsMessage::Text(close.to_frame().into())).await;
-                    let _ = sink.send(WsMessage::Close(None)).await;
-                    break;
-                }
-                None => break,
+                Some(Outbound::Pong(payload)) => WsMessage::Pong(payload),
+                Some(Outbound::Close(error)) => break Some(error),
+                None => break None,
             },
-            _ = ping.tick(), if handshake_sent => Message::Ping.to_frame(),
-            () = overflow.cancelled() => {
-                let close = Message::Close { error: Some(overflow_reason()), allow_reconnect: false };
-                let _ = sink.send(WsMessage::Text(close.to_frame().into())).await;
-                let _ = sink.send(WsMessage::Close(None)).await;
-                break;
-            }
+            _ = ping.tick(), if handshake_sent => WsMessage::Text(Message::Ping.to_frame()),
+            () = overflow.cancelled() => break Some(Some(overflow_reason())),
         };
-        if sink.send(WsMessage::Text(text.into())).await.is_err() {
-            break;
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    };
+    if let Some(error) = goodbye {
+        let close = Message::Close {
+            error,
+            allow_reconnect: false,
+        };
+        if sink.send(WsMessage::Text(close.to_frame())).await.is_err() {
+            return;
         }
     }
-    let _ = sink.close().await;
+    let _ = sink.send(WsMessage::Close).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use muster_core::WorkerId;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
 
     /// Both ends of a socket as channels, so the connection runs without
     /// any network.
-    struct Duplex {
+    fn duplex(
         incoming: mpsc::UnboundedReceiver<WsMessage>,
         outgoing: mpsc::UnboundedSender<WsMessage>,
-    }
-
-    impl Stream for Duplex {
-        type Item = Result<WsMessage, axum::Error>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
-        }
-    }
-
-    impl Sink<WsMessage> for Duplex {
-        type Error = axum::Error;
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
-            self.outgoing.send(item).map_err(axum::Error::new)
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
+    ) -> (
+        impl Sink<WsMessage, Error = WsError> + Send + Unpin + 'static,
+        impl Stream<Item = Result<WsMessage, WsError>> + Send + Unpin + 'static,
+    ) {
+        let stream = futures_util::stream::unfold(incoming, |mut incoming| async move {
+            incoming.recv().await.map(|message| (Ok(message), incoming))
+        });
+        let sink = futures_util::sink::unfold(outgoing, |outgoing, message| async move {
+            outgoing
+                .send(message)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            Ok::<_, WsError>(outgoing)
+        });
+        (Box::pin(sink), Box::pin(stream))
     }
 
     struct Peer {
@@ -495,10 +490,11 @@ mod tests {
                 ping_interval: Duration::from_secs(60),
                 max_message: 1024,
             };
-            let socket = Duplex { incoming, outgoing };
+            let (sink, stream) = duplex(incoming, outgoing);
             let shutdown = CancellationToken::new();
             tokio::spawn(serve(
-                socket,
+                sink,
+                stream,
                 "test".into(),
                 commands_tx,
                 settings,
@@ -517,7 +513,7 @@ mod tests {
 
         async fn hear(&mut self) -> String {
             match self.recv.recv().await {
-                Some(WsMessage::Text(text)) => text.to_string(),
+                Some(WsMessage::Text(text)) => text,
                 other => panic!("expected text, got {other:?}"),
             }
         }

@@ -12,6 +12,7 @@ mod events;
 mod front_door;
 mod scheduler;
 mod server;
+mod websocket;
 
 use std::collections::HashMap;
 use std::io;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Extension, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -28,13 +27,11 @@ use crate::artifacts;
 use crate::connection::{self, ConnectionSettings};
 use crate::front_door::Admission;
 use crate::scheduler::{CancelAnswer, Command};
+use crate::websocket;
 use crate::Canceller;
 
 /// The longest reason `muster cancel` may give; longer ones are cut.
 const MAX_CANCEL_REASON: usize = 200;
-
-/// Each connection's WebSocket read buffer.
-const READ_BUFFER: usize = 8 * 1024;
 
 /// How long a negotiated connection token waits for its WebSocket.
 const NEGOTIATED_TTL: Duration = Duration::from_secs(60);
@@ -188,7 +185,7 @@ async fn upgrade(
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
     door: Door,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Result<Response, HttpError> {
     authorize(&state, &headers, &query, &door)?;
     if let Some(id) = &query.id {
@@ -202,25 +199,36 @@ async fn upgrade(
             return Err(HttpError::UnknownConnection);
         }
     }
-    let ws = ws.map_err(|_| HttpError::NotWebSocket)?;
+    let accept = websocket::accept_key(&headers).ok_or(HttpError::NotWebSocket)?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
     let settings = state.settings.clone();
-    // Above twice the record cap the WebSocket layer itself refuses the
-    // frame; between the two, the decoder answers with a SignalR Close.
-    // Workers send small records: an 8 KiB read buffer (not the default
-    // 128 KiB) keeps an idle connection cheap; it grows when a frame needs.
-    let ws = ws
-        .max_message_size(settings.max_message * 2)
-        .max_frame_size(settings.max_message * 2)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
     let commands = state.commands.clone();
     let shutdown = state.shutdown.clone();
-    let tracker = state.tracker.clone();
-    Ok(ws.on_upgrade(move |socket| async move {
-        let span = tracing::info_span!("connection", %peer);
-        let serve = connection::serve(socket, peer.to_string(), commands, settings, shutdown);
-        tracker.spawn(serve.instrument(span)).await.ok();
-    }))
+    let span = tracing::info_span!("connection", %peer);
+    state.tracker.spawn(
+        async move {
+            let socket = match on_upgrade.await {
+                Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+                Err(e) => {
+                    tracing::debug!("the WebSocket upgrade did not complete: {e}");
+                    return;
+                }
+            };
+            // Above twice the record cap the WebSocket layer itself refuses
+            // the message; between the two, the decoder answers with a
+            // SignalR Close.
+            let (sink, stream) = websocket::split(socket, settings.max_message * 2);
+            connection::serve(sink, stream, peer.to_string(), commands, settings, shutdown).await
+        }
+        .instrument(span),
+    );
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .expect("a 101 with static headers is a valid response"))
 }
 
 #[derive(Deserialize, Default)]
