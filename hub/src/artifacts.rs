@@ -40,7 +40,7 @@ use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
-use crate::server::{random_id, AppState};
+use crate::ids::random_id;
 
 /// The URL of one artifact on a hub: `{hub_url}/artifacts/{sha256}`, where
 /// `hub_url` is what workers join, e.g. `http://127.0.0.1:7400/hub`.
@@ -58,7 +58,7 @@ const CHUNK: usize = 256 * 1024;
 /// The handlers for `/hub/artifacts/{sha256}`. Only PUT reads a body, and
 /// it streams it, so axum's 2 MB default limit is lifted there; the store's
 /// own `max_bytes` bounds it instead.
-pub(crate) fn routes() -> MethodRouter<Arc<AppState>> {
+pub(crate) fn routes() -> MethodRouter<Arc<ArtifactStore>> {
     get(download)
         .head(exists)
         .merge(put(upload).layer(DefaultBodyLimit::disable()))
@@ -88,7 +88,7 @@ impl fmt::Display for Sha256Hex {
 
 /// The folder artifacts are kept in, and the bounds on an upload.
 #[derive(Debug)]
-pub(crate) struct Store {
+pub(crate) struct ArtifactStore {
     blobs: PathBuf,
     tmp: PathBuf,
     max_bytes: u64,
@@ -104,15 +104,15 @@ pub(crate) enum Stored {
     AlreadyThere,
 }
 
-impl Store {
+impl ArtifactStore {
     /// Creates `root/sha256` and `root/tmp` if needed; an error names the
     /// folder.
     pub(crate) async fn open(
         root: &Path,
         max_bytes: u64,
         stall_timeout: Duration,
-    ) -> io::Result<Store> {
-        let store = Store {
+    ) -> io::Result<ArtifactStore> {
+        let store = ArtifactStore {
             blobs: root.join(BLOBS),
             tmp: root.join(TMP),
             max_bytes,
@@ -257,12 +257,11 @@ impl IntoResponse for ArtifactError {
 
 /// `HEAD`: whether the hub has it, and its size.
 async fn exists(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Arc<ArtifactStore>>,
     UrlPath(digest): UrlPath<String>,
 ) -> Result<Response, ArtifactError> {
     let digest = Sha256Hex::parse(&digest)?;
-    let size = state
-        .artifacts
+    let size = store
         .size_of(&digest)
         .await
         .map_err(ArtifactError::Io)?
@@ -273,14 +272,13 @@ async fn exists(
 /// `PUT`: stores the body if it matches its digest. What the hub already
 /// has is answered 200 without reading the body.
 async fn upload(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Arc<ArtifactStore>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(digest): UrlPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ArtifactError> {
     let digest = Sha256Hex::parse(&digest)?;
-    let store = &state.artifacts;
     if store
         .size_of(&digest)
         .await
@@ -323,12 +321,12 @@ async fn upload(
 /// `GET`: streams the stored file from disk as it is (consumers verify the
 /// digest themselves).
 async fn download(
-    State(state): State<Arc<AppState>>,
+    State(store): State<Arc<ArtifactStore>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     UrlPath(digest): UrlPath<String>,
 ) -> Result<Response, ArtifactError> {
     let digest = Sha256Hex::parse(&digest)?;
-    let file = match File::open(state.artifacts.path_of(&digest)).await {
+    let file = match File::open(store.path_of(&digest)).await {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ArtifactError::NotFound),
         Err(e) => return Err(ArtifactError::Io(e)),
@@ -479,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn layout() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 10, Duration::from_secs(1))
+        let store = ArtifactStore::open(dir.path(), 10, Duration::from_secs(1))
             .await
             .unwrap();
         let digest = Sha256Hex::parse(&"ab".repeat(32)).unwrap();
@@ -493,7 +491,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_upload_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 20, Duration::from_secs(5))
+        let store = ArtifactStore::open(dir.path(), 1 << 20, Duration::from_secs(5))
             .await
             .unwrap();
         let digest = Sha256Hex::parse(&format!("{:x}", Sha256::digest(b"hello"))).unwrap();

@@ -12,77 +12,13 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use muster_core::protocol::{CallError, WorkerCall};
 use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
 use serde_json::Value;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::{overflow_reason, Outbound, Outbox};
 use crate::scheduler::{Command, Registered};
 use crate::websocket::{WsError, WsMessage};
-
-/// What the writer task sends.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A hub-protocol message, framed on the way out.
-    Message(Message),
-    /// An already framed record (the handshake answer).
-    Framed(String),
-    /// Send a Close message with this error, then close the socket.
-    Close(Option<String>),
-    /// The answer to a WebSocket ping.
-    Pong(Vec<u8>),
-}
-
-/// The most messages waiting to be written to one peer. The hub sends a
-/// worker a handful of calls per module it holds; a peer this far behind is
-/// not reading, and is closed.
-pub(crate) const OUTBOX_CAPACITY: usize = 4096;
-
-/// A connection's outgoing queue. Sending never waits: when the queue is
-/// full the peer is not reading, and the connection is closed with a reason
-/// instead of buffering without bound.
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox {
-    queue: mpsc::Sender<Outbound>,
-    overflow: CancellationToken,
-}
-
-impl Outbox {
-    fn new() -> (Outbox, mpsc::Receiver<Outbound>) {
-        let (queue, outgoing) = mpsc::channel(OUTBOX_CAPACITY);
-        let outbox = Outbox {
-            queue,
-            overflow: CancellationToken::new(),
-        };
-        (outbox, outgoing)
-    }
-
-    /// Queues `message`. Dropped when the connection is ending: closed (its
-    /// Disconnected command is on the way), or just found too far behind
-    /// (it is being closed for that).
-    pub(crate) fn send(&self, message: Outbound) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(message) {
-            self.overflow.cancel();
-        }
-    }
-
-    /// A Completion answering `invocation_id`.
-    pub(crate) fn answer(&self, invocation_id: String, result: Result<Value, String>) {
-        let (result, error) = match result {
-            Ok(value) => (Some(value), None),
-            Err(error) => (None, Some(error)),
-        };
-        self.send(Outbound::Message(Message::Completion {
-            invocation_id,
-            result,
-            error,
-        }));
-    }
-}
-
-fn overflow_reason() -> String {
-    format!("the peer is not reading: {OUTBOX_CAPACITY} messages are waiting for it")
-}
 
 /// Limits every connection shares.
 #[derive(Debug, Clone)]

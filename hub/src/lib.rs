@@ -10,6 +10,8 @@ mod artifacts;
 mod connection;
 mod events;
 mod front_door;
+mod ids;
+mod outbox;
 mod scheduler;
 mod server;
 mod websocket;
@@ -30,8 +32,8 @@ use tokio_util::task::TaskTracker;
 
 pub use artifacts::artifact_url;
 pub use events::{ModuleSummary, RunEvent, Summary};
+pub use ids::random_id;
 pub use scheduler::CancelAnswer;
-pub use server::random_id;
 
 use connection::ConnectionSettings;
 use scheduler::{Command, Scheduler, SchedulerSettings};
@@ -161,7 +163,7 @@ impl Hub {
     /// Serves `plan` on an already bound listener (bind port 0 in tests).
     pub async fn start(listener: TcpListener, plan: Plan, config: HubConfig) -> io::Result<Hub> {
         let addr = listener.local_addr()?;
-        let artifacts = artifacts::Store::open(
+        let artifacts = artifacts::ArtifactStore::open(
             &config.artifact_dir,
             config.max_artifact_bytes,
             config.transfer_stall_timeout,
@@ -198,7 +200,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             negotiated: Mutex::new(HashMap::new()),
-            artifacts,
+            artifacts: Arc::new(artifacts),
         });
         let app = server::router(state);
         let (max_unauthenticated, ceiling) = front_door::unauthenticated_caps(

@@ -33,8 +33,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::connection::{Outbound, Outbox};
 use crate::events::{ModuleSummary, RunEvent, Summary};
+use crate::outbox::{Outbound, Outbox};
 
 /// The most slots one worker may claim; more is taken as this many.
 pub(crate) const MAX_SLOTS: u32 = 1024;
@@ -338,7 +338,7 @@ impl Scheduler {
             None => {
                 let id = WorkerId(self.next_worker);
                 self.next_worker += 1;
-                (id, crate::server::random_id())
+                (id, crate::ids::random_id())
             }
         };
         if reply

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::artifacts;
 use crate::connection::{self, ConnectionSettings};
 use crate::front_door::Admission;
+use crate::ids::random_id;
 use crate::scheduler::{CancelAnswer, Command};
 use crate::websocket;
 use crate::Canceller;
@@ -45,11 +46,12 @@ pub(crate) struct AppState {
     /// Connection tokens handed out by negotiate, not yet used.
     pub negotiated: Mutex<HashMap<String, Instant>>,
     /// Files modules hand to each other, by SHA-256.
-    pub artifacts: artifacts::Store,
+    pub artifacts: Arc<artifacts::ArtifactStore>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let artifacts = artifacts::routes()
+        .with_state(state.artifacts.clone())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/hub/negotiate", post(negotiate))
@@ -287,11 +289,4 @@ async fn cancel(
         ),
     };
     Ok((status, Json(body)).into_response())
-}
-
-/// A random identifier for connection ids and tokens.
-pub fn random_id() -> String {
-    use rand::Rng;
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
