@@ -4,7 +4,7 @@
 use muster_core::protocol::{LogStream, RunOutcome};
 use muster_core::ModuleState;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
     WorkerJoined {
         name: String,
@@ -45,7 +45,7 @@ pub enum RunEvent {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModuleSummary {
     pub id: String,
     pub state: ModuleState,
@@ -54,7 +54,7 @@ pub struct ModuleSummary {
 }
 
 /// The run's outcome, in plan order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub modules: Vec<ModuleSummary>,
     /// The run was cancelled (Ctrl-C, `muster cancel` or `--fail-fast`),

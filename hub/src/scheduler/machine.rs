@@ -1,0 +1,311 @@
+//! The scheduler's state machine: what it holds, the inputs it takes, the
+//! effects it returns, and the one `handle` that turns the first into the
+//! second. No I/O here: time comes in as an argument, and whatever must
+//! reach a socket or the hub's owner leaves as an [`Effect`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use muster_core::protocol::{HubCall, Registration, RunOutcome, Welcome, WorkerCall};
+use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
+use serde_json::Value;
+
+use super::timers::Timer;
+use super::workers::Worker;
+use super::{CancelAnswer, Registered, SchedulerSettings};
+use crate::events::{ModuleSummary, RunEvent, Summary};
+
+/// What happens to the scheduler.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A connection sent `Register`.
+    Register { registration: Registration },
+    /// `Started`, `Log` or `Complete` from a registered worker.
+    Call { worker: WorkerId, call: WorkerCall },
+    /// A registered worker's connection ended; with `return_by`, it may
+    /// come back until then.
+    Disconnected {
+        worker: WorkerId,
+        session: u64,
+        reason: String,
+        return_by: Option<Instant>,
+    },
+    /// Cancel the whole run.
+    Cancel { reason: String },
+    /// Time has passed: fire the timers that are due.
+    Tick,
+}
+
+/// What the scheduler asks its actor to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Effect {
+    /// The answer to `Register`: which worker the connection is, and the
+    /// Welcome to answer it with. Always the first effect of a Register.
+    Welcome(Registered, Welcome),
+    /// The answer to a call: first, before anything that follows from it.
+    Answer(Result<Value, String>),
+    /// The answer to `Cancel`.
+    Cancelled(CancelAnswer),
+    /// A hub call to a connected worker.
+    Send { worker: WorkerId, call: HubCall },
+    /// An event for the hub's owner.
+    Event(RunEvent),
+    /// The run has finished; the owner's event stream ends here.
+    Finished(Summary),
+    /// The number of connected workers is now this.
+    Connected(usize),
+}
+
+/// The run, the worker table, and every deadline, owned in one place.
+pub(crate) struct Machine {
+    pub(super) run: Run,
+    pub(super) workers: BTreeMap<WorkerId, Worker>,
+    /// Every worker that ever joined: name and capabilities, for the
+    /// summary and for "no worker can take it" messages.
+    pub(super) seen: BTreeMap<WorkerId, (String, Vec<String>)>,
+    /// Which worker holds each module, mirrored from the run's changes.
+    holder: Vec<Option<WorkerId>>,
+    /// Ready modules no worker in the table could take, and since when.
+    pub(super) unplaceable: HashMap<ModuleIndex, Instant>,
+    /// Workers that did not start a module in time: another worker gets
+    /// its next attempt when one can take it.
+    pub(super) passed_over: HashMap<ModuleIndex, BTreeSet<WorkerId>>,
+    pub(super) timers: BTreeSet<(Instant, Timer)>,
+    pub(super) next_worker: u64,
+    pub(super) next_session: u64,
+    pub(super) settings: SchedulerSettings,
+    /// Set once the run finished.
+    pub(super) outcome: Option<RunOutcome>,
+    /// Connected workers as last told to the actor.
+    told_connected: usize,
+    /// The time of the input being handled.
+    pub(super) now: Instant,
+    effects: Vec<Effect>,
+}
+
+impl Machine {
+    /// A machine for `plan`, and the effects of its first changes (the
+    /// modules with no needs become ready).
+    pub(crate) fn new(
+        plan: Plan,
+        settings: SchedulerSettings,
+        now: Instant,
+    ) -> (Machine, Vec<Effect>) {
+        let n = plan.len();
+        let (run, changes) = Run::new(plan, settings.limits);
+        let mut machine = Machine {
+            run,
+            workers: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            holder: vec![None; n],
+            unplaceable: HashMap::new(),
+            passed_over: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_worker: 1,
+            next_session: 1,
+            settings,
+            outcome: None,
+            told_connected: 0,
+            now,
+            effects: Vec::new(),
+        };
+        machine.record(changes);
+        machine.finish_if_done();
+        let effects = std::mem::take(&mut machine.effects);
+        (machine, effects)
+    }
+
+    /// The transition function: applies one input at `now`, then pushes
+    /// ready modules to workers, and returns what must happen outside.
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
+        self.now = now;
+        match input {
+            Input::Register { registration } => self.register(registration),
+            Input::Call { worker, call } => {
+                let answer = self.call(worker, call);
+                self.effects.insert(0, Effect::Answer(answer));
+            }
+            Input::Disconnected {
+                worker,
+                session,
+                reason,
+                return_by,
+            } => self.disconnected(worker, session, reason, return_by),
+            Input::Cancel { reason } => {
+                let answer = if self.run.is_finished() {
+                    CancelAnswer::Finished
+                } else if let Some(earlier) = self.run.cancel_reason() {
+                    CancelAnswer::AlreadyCancelled(earlier.to_owned())
+                } else {
+                    self.cancel(&reason);
+                    CancelAnswer::Cancelling
+                };
+                self.effects.insert(0, Effect::Cancelled(answer));
+            }
+            Input::Tick => self.fire_timers(),
+        }
+        self.dispatch();
+        self.finish_if_done();
+        let connected = self.workers.values().filter(|w| w.connected).count();
+        if connected != self.told_connected {
+            self.told_connected = connected;
+            self.effects.push(Effect::Connected(connected));
+        }
+        std::mem::take(&mut self.effects)
+    }
+
+    /// When the machine next needs a `Tick`, if ever.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Arms a timer; a stale one does nothing when it fires.
+    pub(super) fn arm(&mut self, at: Instant, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+
+    /// Sends a hub call to a worker if it is connected. To one that is
+    /// away the call is not sent: it is caught up when it comes back, or
+    /// its modules are handed back when it does not.
+    pub(super) fn send(&mut self, worker: WorkerId, call: HubCall) {
+        if self.workers.get(&worker).is_some_and(|w| w.connected) {
+            self.effects.push(Effect::Send { worker, call });
+        }
+    }
+
+    /// Tells the owner, unless the run has ended (the summary closes the
+    /// stream).
+    pub(super) fn emit(&mut self, event: RunEvent) {
+        if self.outcome.is_none() {
+            self.effects.push(Effect::Event(event));
+        }
+    }
+
+    pub(super) fn push(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    /// Applies the run's changes: mirrors holders and slot counts, starts
+    /// the capability clock for modules nobody can take, arms the start and
+    /// result timers, tells the owner, and cancels on a failure under
+    /// `--fail-fast`.
+    pub(super) fn record(&mut self, changes: Vec<Change>) {
+        let mut failed = None;
+        for change in changes {
+            let now = change.state.holder();
+            let before = self.holder[change.module];
+            if before != now {
+                if let Some(w) = before.and_then(|w| self.workers.get_mut(&w)) {
+                    w.held = w.held.saturating_sub(1);
+                }
+                if let Some(w) = now.and_then(|w| self.workers.get_mut(&w)) {
+                    w.held += 1;
+                }
+                self.holder[change.module] = now;
+            }
+            if matches!(change.state, ModuleState::Ready { .. }) {
+                self.check_placeable(change.module);
+            } else {
+                self.unplaceable.remove(&change.module);
+            }
+            self.arm_attempt_timers(change.module, &change.state);
+            if matches!(
+                change.state,
+                ModuleState::Failed(_) | ModuleState::TimedOut(_)
+            ) {
+                failed = Some(change.module);
+            }
+            let module = self.run.plan().modules[change.module].id.clone();
+            let worker = self.worker_name(&change.state);
+            self.emit(RunEvent::Module {
+                module,
+                state: change.state,
+                worker,
+                note: change.note,
+            });
+        }
+        if let (true, Some(module)) = (self.settings.fail_fast, failed) {
+            let id = self.run.plan().modules[module].id.clone();
+            self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
+        }
+    }
+
+    /// The name a worker joined with, `?` for one never seen.
+    pub(super) fn seen_name(&self, worker: WorkerId) -> &str {
+        self.seen
+            .get(&worker)
+            .map_or("?", |(name, _)| name.as_str())
+    }
+
+    /// The name of the worker holding the module, or that ran it last.
+    fn worker_name(&self, state: &ModuleState) -> Option<String> {
+        let worker = state
+            .holder()
+            .or_else(|| state.ended().and_then(|e| e.worker));
+        worker.and_then(|w| self.seen.get(&w).map(|(name, _)| name.clone()))
+    }
+
+    /// Cancels every module that has not ended; running ones are told to
+    /// stop and have the cancel grace to confirm.
+    pub(super) fn cancel(&mut self, reason: &str) {
+        if self.run.is_cancelled() {
+            return;
+        }
+        tracing::info!("cancelling the run: {reason}");
+        let (changes, running) = self.run.cancel_all(reason);
+        self.record(changes);
+        if !running.is_empty() {
+            self.arm(self.now + self.settings.cancel_grace, Timer::CancelGrace);
+        }
+        for (module, worker, attempt) in running {
+            let module_id = self.run.plan().modules[module].id.clone();
+            self.send(
+                worker,
+                HubCall::Cancel {
+                    module_id,
+                    attempt,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Once every module has ended: the summary, and `Shutdown` to every
+    /// connected worker. Nothing is timed after that.
+    fn finish_if_done(&mut self) {
+        if !self.run.is_finished() || self.outcome.is_some() {
+            return;
+        }
+        let plan = self.run.plan();
+        let modules = plan
+            .modules
+            .iter()
+            .zip(self.run.states())
+            .map(|(m, state)| ModuleSummary {
+                id: m.id.clone(),
+                worker: self.worker_name(state),
+                state: state.clone(),
+            })
+            .collect();
+        let summary = Summary {
+            modules,
+            cancelled: self.run.cancel_reason().map(str::to_owned),
+        };
+        let outcome = summary.outcome();
+        self.outcome = Some(outcome);
+        let workers: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for worker in workers {
+            self.send(worker, shutdown(outcome));
+        }
+        self.effects.push(Effect::Finished(summary));
+        self.timers.clear();
+    }
+}
+
+/// The call that ends a worker's part in a finished run.
+pub(super) fn shutdown(outcome: RunOutcome) -> HubCall {
+    HubCall::Shutdown {
+        reason: "the run has finished".into(),
+        outcome: Some(outcome),
+    }
+}

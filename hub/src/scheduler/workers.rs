@@ -1,0 +1,258 @@
+//! The worker table: joining, resuming after a dropped socket (keep what
+//! both sides agree is held, re-send a lost Assign, hand back what the
+//! worker no longer has), being away, and leaving.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use muster_core::protocol::{Held, HubCall, Registration, Resume, Welcome, PROTOCOL_VERSION};
+use muster_core::{ModuleIndex, ModuleState, WorkerId};
+use subtle::ConstantTimeEq;
+
+use super::machine::{shutdown, Effect, Machine};
+use super::timers::Timer;
+use super::{Registered, MAX_SLOTS};
+use crate::events::RunEvent;
+
+/// A worker in the table, connected or away.
+pub(crate) struct Worker {
+    pub name: String,
+    pub capabilities: BTreeSet<String>,
+    pub slots: u32,
+    pub held: u32,
+    pub session: u64,
+    pub resume_key: String,
+    /// False while the worker is away (its socket dropped).
+    pub connected: bool,
+    /// Calls refused so far, to keep their logging bounded.
+    pub refusals: u32,
+}
+
+impl Worker {
+    pub fn offers(&self, requires: &[String]) -> bool {
+        requires.iter().all(|r| self.capabilities.contains(r))
+    }
+
+    pub fn can_take(&self, requires: &[String]) -> bool {
+        self.connected && self.held < self.slots && self.offers(requires)
+    }
+}
+
+impl Machine {
+    /// A new connection's `Register`: a resume in time keeps the worker's
+    /// id and modules; anything else joins as a new worker.
+    pub(super) fn register(&mut self, registration: Registration) {
+        let session = self.next_session;
+        self.next_session += 1;
+        let resumed = registration
+            .resume
+            .as_ref()
+            .and_then(|resume| self.resumable(&registration.name, resume));
+        let (id, resume_key) = match resumed {
+            Some(id) => (id, self.workers[&id].resume_key.clone()),
+            None => {
+                let id = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                (id, crate::ids::random_id())
+            }
+        };
+        let welcome = Welcome {
+            worker_id: id.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            ping_interval_ms: self.settings.ping_interval.as_millis() as u64,
+            resume_key: resume_key.clone(),
+            resumed: resumed.is_some(),
+            keep: Vec::new(),
+        };
+        let registered = Registered {
+            worker: id,
+            session,
+        };
+        match resumed {
+            Some(id) => self.resume(id, session, registration, welcome),
+            None => {
+                if let Some(resume) = &registration.resume {
+                    tracing::info!(worker = %id, "{} asked to resume as {}, which the hub no longer holds: joins anew", registration.name, resume.worker_id);
+                }
+                self.push(Effect::Welcome(registered, welcome));
+                self.join(id, session, resume_key, registration);
+            }
+        }
+    }
+
+    /// The worker a `Resume` claims, if the hub still holds it and the key
+    /// matches (compared in constant time).
+    fn resumable(&self, name: &str, resume: &Resume) -> Option<WorkerId> {
+        let id = resume
+            .worker_id
+            .strip_prefix('w')
+            .and_then(|n| n.parse().ok())
+            .map(WorkerId)?;
+        let worker = self.workers.get(&id)?;
+        let key_matches = bool::from(worker.resume_key.as_bytes().ct_eq(resume.key.as_bytes()));
+        (key_matches && worker.name == name).then_some(id)
+    }
+
+    /// A reconnect in time: keep what both sides agree the worker holds;
+    /// re-send an Assign that was lost on the way; hand back a module the
+    /// worker no longer has.
+    fn resume(
+        &mut self,
+        id: WorkerId,
+        session: u64,
+        registration: Registration,
+        mut welcome: Welcome,
+    ) {
+        let holding: BTreeSet<&Held> = registration
+            .resume
+            .iter()
+            .flat_map(|r| &r.holding)
+            .collect();
+        let mut resend: Vec<(ModuleIndex, u32)> = Vec::new();
+        let mut lost = Vec::new();
+        for (module, attempt) in self.run.held_by(id) {
+            let held = Held {
+                module_id: self.run.plan().modules[module].id.clone(),
+                attempt,
+            };
+            if holding.contains(&held) {
+                welcome.keep.push(held);
+            } else if matches!(self.run.state(module), ModuleState::Assigned { .. }) {
+                resend.push((module, attempt));
+            } else {
+                lost.push(module);
+            }
+        }
+        let keep = welcome.keep.clone();
+        self.push(Effect::Welcome(
+            Registered {
+                worker: id,
+                session,
+            },
+            welcome,
+        ));
+        let worker = self.workers.get_mut(&id).expect("resumable workers exist");
+        worker.connected = true;
+        worker.session = session;
+        let name = worker.name.clone();
+        tracing::info!(worker = %id, %name, kept = keep.len(), "worker reconnected");
+        self.emit(RunEvent::WorkerBack {
+            name: name.clone(),
+            kept: keep.len(),
+        });
+        for (module, attempt) in resend {
+            let assignment = self.assignment(module, attempt);
+            self.send(id, HubCall::Assign(assignment));
+        }
+        for module in lost {
+            let changes = self.run.module_lost(module, id, &name);
+            self.record(changes);
+        }
+        if let Some(reason) = self.run.cancel_reason().map(str::to_owned) {
+            for held in keep {
+                let cancel = HubCall::Cancel {
+                    module_id: held.module_id,
+                    attempt: held.attempt,
+                    reason: reason.clone(),
+                };
+                self.send(id, cancel);
+            }
+        }
+        // Back after the run ended (its modules were given up on): it is
+        // told, as a worker joining late would be.
+        if let Some(outcome) = self.outcome {
+            self.send(id, shutdown(outcome));
+        }
+        self.recheck_unplaceable();
+    }
+
+    fn join(&mut self, id: WorkerId, session: u64, resume_key: String, registration: Registration) {
+        tracing::info!(worker = %id, name = %registration.name, capabilities = ?registration.capabilities, slots = registration.slots, "worker joined");
+        self.emit(RunEvent::WorkerJoined {
+            name: registration.name.clone(),
+            capabilities: registration.capabilities.clone(),
+            slots: registration.slots,
+        });
+        self.seen.insert(
+            id,
+            (registration.name.clone(), registration.capabilities.clone()),
+        );
+        let worker = Worker {
+            name: registration.name,
+            capabilities: registration.capabilities.into_iter().collect(),
+            slots: registration.slots.clamp(1, MAX_SLOTS),
+            held: 0,
+            session,
+            resume_key,
+            connected: true,
+            refusals: 0,
+        };
+        self.workers.insert(id, worker);
+        if let Some(outcome) = self.outcome {
+            self.send(id, shutdown(outcome));
+        }
+        self.recheck_unplaceable();
+    }
+
+    /// A connection ended. A worker that may come back and holds modules is
+    /// away until `return_by`; any other leaves now. An older connection of
+    /// a worker that already reconnected changes nothing.
+    pub(super) fn disconnected(
+        &mut self,
+        id: WorkerId,
+        session: u64,
+        reason: String,
+        return_by: Option<Instant>,
+    ) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.session != session {
+            return;
+        }
+        worker.connected = false;
+        let held = worker.held;
+        let name = worker.name.clone();
+        match return_by {
+            Some(at) if held > 0 && !self.run.is_finished() => {
+                tracing::info!(worker = %id, %name, "worker away: {reason}");
+                self.arm(
+                    at,
+                    Timer::Away {
+                        worker: id,
+                        session,
+                    },
+                );
+                self.emit(RunEvent::WorkerAway {
+                    name,
+                    reason,
+                    held: held as usize,
+                    within: at.saturating_duration_since(self.now),
+                });
+            }
+            _ => self.remove_worker(id, reason),
+        }
+    }
+
+    /// Takes a worker out of the table and hands its modules back.
+    pub(super) fn remove_worker(&mut self, id: WorkerId, reason: String) {
+        let Some(gone) = self.workers.remove(&id) else {
+            return;
+        };
+        tracing::info!(worker = %id, name = %gone.name, "worker left: {reason}");
+        if !self.run.is_finished() {
+            // After the run, leaving is what workers are told to do.
+            self.emit(RunEvent::WorkerLeft {
+                name: gone.name.clone(),
+                reason,
+            });
+        }
+        let changes = self.run.worker_lost(id, &gone.name);
+        self.record(changes);
+        // Modules only this worker could take may now have nobody.
+        let ready: Vec<ModuleIndex> = self.run.ready().collect();
+        for module in ready {
+            self.check_placeable(module);
+        }
+    }
+}
