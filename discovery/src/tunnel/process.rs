@@ -8,6 +8,7 @@ use std::io;
 use std::process::Stdio;
 use std::time::Duration;
 
+use muster_group::ProcessGroup;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -69,7 +70,9 @@ impl TunnelProcess {
                 }
                 _ => TunnelError::Spawn { program, source },
             })?;
-        let group = ProcessGroup(child.id());
+        // Right after spawning: the group leader is our child, which is
+        // never reaped before the guard drops, so the id stays ours.
+        let group = ProcessGroup::of(&child);
         let (tx, lines) = mpsc::unbounded_channel();
         if let Some(out) = child.stdout.take() {
             forward(out, launch.name, launch.secret.clone(), tx.clone());
@@ -209,30 +212,4 @@ fn forward(
             let _ = tx.send(line);
         }
     });
-}
-
-/// Kills the whole process group on drop (the tunnel and anything it
-/// started).
-struct ProcessGroup(Option<u32>);
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(id) = self.0.and_then(|id| i32::try_from(id).ok()) {
-            // The group leader is our child, which is never reaped before
-            // this runs, so the id cannot belong to anyone else yet.
-            kill_group(id);
-        }
-    }
-}
-
-/// `killpg(pgid, SIGKILL)`.
-#[cfg(unix)]
-fn kill_group(pgid: i32) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    // Never 0 or 1: those would hit our own group or init's.
-    if pgid > 1 {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-    }
 }
