@@ -143,7 +143,7 @@ async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
         Ok(plan) => plan,
         Err(code) => return Ok(code),
     };
-    let kind = match tunnel::parse_tunnel(&args.tunnel, None, args.bore_secret.as_deref()) {
+    let kind = match tunnel::parse_tunnel(&args.tunnel, args.bore_secret.as_deref()) {
         Ok(kind) => kind,
         Err(e) => {
             eprintln!("muster: error: --tunnel: {e}");

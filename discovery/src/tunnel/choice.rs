@@ -44,15 +44,12 @@ impl fmt::Debug for TunnelKind {
     }
 }
 
-/// Parses the `--tunnel` value: `none`, `cloudflared`, `bore:HOST[:PORT]`,
-/// `bore` (then `bore_server` names the server; an inline `bore:HOST` wins
-/// over it) or `cmd:COMMAND`. `bore_secret` is bore's `--secret`, handed to
-/// bore through its environment, never its arguments.
-pub fn parse_tunnel(
-    value: &str,
-    bore_server: Option<&str>,
-    bore_secret: Option<&str>,
-) -> Result<TunnelKind, TunnelError> {
+/// Parses the `--tunnel` value (or `MUSTER_TUNNEL`): `none`,
+/// `cloudflared`, `bore:HOST[:PORT]` or `cmd:COMMAND`. A bare `bore` is
+/// refused with the form to write. `bore_secret` is bore's `--secret`
+/// (`--bore-secret`, `BORE_SECRET`), handed to bore through its
+/// environment, never its arguments.
+pub fn parse_tunnel(value: &str, bore_secret: Option<&str>) -> Result<TunnelKind, TunnelError> {
     let value = value.trim();
     let secret = bore_secret.filter(|s| !s.is_empty()).map(str::to_owned);
     let bore = |server: &str| {
@@ -65,10 +62,7 @@ pub fn parse_tunnel(
     match value {
         "none" => Ok(TunnelKind::None),
         "cloudflared" => Ok(TunnelKind::Cloudflared),
-        "bore" => match bore_server.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(server) => bore(server),
-            None => Err(TunnelError::BoreServerMissing),
-        },
+        "bore" => Err(TunnelError::BoreServerMissing),
         _ => {
             if let Some(server) = value.strip_prefix("bore:") {
                 bore(server.trim())
@@ -142,12 +136,11 @@ mod tests {
     #[test]
     fn parses_tunnel_values() {
         let secret = Some("s3cret");
-        for (value, server, expected) in [
-            ("none", None, TunnelKind::None),
-            ("cloudflared", None, TunnelKind::Cloudflared),
+        for (value, expected) in [
+            ("none", TunnelKind::None),
+            ("cloudflared", TunnelKind::Cloudflared),
             (
                 "bore:bore.example.com",
-                None,
                 TunnelKind::Bore {
                     server: "bore.example.com".into(),
                     secret: Some("s3cret".into()),
@@ -155,23 +148,13 @@ mod tests {
             ),
             (
                 "bore:bore.example.com:40000",
-                Some("other"),
                 TunnelKind::Bore {
                     server: "bore.example.com:40000".into(),
                     secret: Some("s3cret".into()),
                 },
             ),
             (
-                "bore",
-                Some("10.0.0.1"),
-                TunnelKind::Bore {
-                    server: "10.0.0.1".into(),
-                    secret: Some("s3cret".into()),
-                },
-            ),
-            (
                 "bore:[2001:db8::1]:4000",
-                None,
                 TunnelKind::Bore {
                     server: "[2001:db8::1]:4000".into(),
                     secret: Some("s3cret".into()),
@@ -179,38 +162,33 @@ mod tests {
             ),
             (
                 "cmd: ngrok http $PORT ",
-                None,
                 TunnelKind::Command("ngrok http $PORT".into()),
             ),
         ] {
-            assert_eq!(
-                parse_tunnel(value, server, secret).unwrap(),
-                expected,
-                "{value}"
-            );
+            assert_eq!(parse_tunnel(value, secret).unwrap(), expected, "{value}");
         }
         assert_eq!(
-            parse_tunnel("bore:h", None, Some("")).unwrap(),
+            parse_tunnel("bore:h", Some("")).unwrap(),
             TunnelKind::Bore {
                 server: "h".into(),
                 secret: None
             }
         );
-        let err = |value, server| parse_tunnel(value, server, None).unwrap_err().to_string();
-        assert!(err("bore", None).contains("bore:HOST[:PORT]"));
-        assert!(
-            err("ngrok", None).contains("use none, cloudflared, bore:HOST[:PORT] or cmd:COMMAND")
-        );
-        assert!(err("cmd:  ", None).contains("needs a command"));
-        assert!(err("bore:host:0", None).contains("control port is always 7835"));
-        assert!(err("bore:host:x", None).contains("public port"));
-        assert!(err("bore:2001:db8::1", None).contains("brackets"));
-        assert!(err("bore:", None).contains("expected a host"));
+        let err = |value| parse_tunnel(value, None).unwrap_err().to_string();
+        // A bare `bore` names the form that exists (there is no flag for
+        // the server alone).
+        assert!(err("bore").contains("--tunnel bore:HOST[:PORT]"));
+        assert!(err("ngrok").contains("use none, cloudflared, bore:HOST[:PORT] or cmd:COMMAND"));
+        assert!(err("cmd:  ").contains("needs a command"));
+        assert!(err("bore:host:0").contains("control port is always 7835"));
+        assert!(err("bore:host:x").contains("public port"));
+        assert!(err("bore:2001:db8::1").contains("brackets"));
+        assert!(err("bore:").contains("expected a host"));
     }
 
     #[test]
     fn debug_hides_the_bore_secret() {
-        let kind = parse_tunnel("bore:h", None, Some("s3cret")).unwrap();
+        let kind = parse_tunnel("bore:h", Some("s3cret")).unwrap();
         let shown = format!("{kind:?}");
         assert!(
             !shown.contains("s3cret") && shown.contains("<hidden>"),

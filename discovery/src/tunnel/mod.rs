@@ -52,7 +52,7 @@ pub struct Tunnel {
 pub enum TunnelError {
     #[error("unknown tunnel {value:?}: use none, cloudflared, bore:HOST[:PORT] or cmd:COMMAND")]
     Unknown { value: String },
-    #[error("--tunnel bore needs the bore server: write bore:HOST[:PORT], or pass the server separately")]
+    #[error("--tunnel bore needs the bore server in the same value: write --tunnel bore:HOST[:PORT] (or MUSTER_TUNNEL=bore:HOST[:PORT]), e.g. bore:bore.example.com")]
     BoreServerMissing,
     #[error("bad bore server {server:?}: {reason}")]
     BadBoreServer {
