@@ -23,6 +23,10 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{notify_channel, record_key, DiscoveryRecord};
+// The URL with its password (or a lone user part, which Redis also takes
+// as a password) and any `pass`/`password` query value replaced by `***`:
+// the same rules as every URL muster prints.
+use muster_core::url::redact_url as redact;
 
 /// Bound on connecting to Redis and on one command.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -441,11 +445,6 @@ impl Store {
         }
     }
 }
-
-/// The URL with its password (or a lone user part, which Redis also takes
-/// as a password) and any `pass`/`password` query value replaced by `***`:
-/// the same rules as every URL muster prints.
-pub use muster_core::url::redact_url as redact;
 
 #[cfg(test)]
 mod tests {

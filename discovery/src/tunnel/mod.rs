@@ -34,11 +34,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use choice::{parse_tunnel, TunnelKind};
-pub use output::{first_url, parse_bore_line, parse_cloudflared_line};
 
 use choice::split_bore_server;
 use launch::{bore, cloudflared, free_loopback_port, shell, Launch};
-use output::origin;
+use output::{first_url, origin, parse_bore_line, parse_cloudflared_line};
 use probe::{answers, http_client, quick_tunnel_hostname};
 use process::{ProcessGuard, TunnelProcess};
 

@@ -9,7 +9,7 @@ const MAX_LINE: usize = 500;
 /// output, if the line carries one standing alone (as in the box cloudflared
 /// prints). Other URLs (the disclaimer's links to cloudflare.com, the
 /// `https://api.trycloudflare.com/tunnel` endpoint in error lines) are not it.
-pub fn parse_cloudflared_line(line: &str) -> Option<String> {
+pub(super) fn parse_cloudflared_line(line: &str) -> Option<String> {
     line.match_indices("https://").find_map(|(at, scheme)| {
         let rest = &line[at + scheme.len()..];
         let end = rest
@@ -23,7 +23,7 @@ pub fn parse_cloudflared_line(line: &str) -> Option<String> {
 
 /// The public port on a line of `bore local`'s output (`listening at
 /// HOST:PORT`, or `remote_port=PORT`), with or without colours.
-pub fn parse_bore_line(line: &str) -> Option<u16> {
+pub(super) fn parse_bore_line(line: &str) -> Option<u16> {
     let line = strip_ansi(line);
     let port = if let Some((_, rest)) = line.split_once("listening at ") {
         rest.split_whitespace().next()?.rsplit_once(':')?.1
@@ -39,7 +39,7 @@ pub fn parse_bore_line(line: &str) -> Option<u16> {
 
 /// The first `http://` or `https://` URL in `line`, without trailing
 /// punctuation.
-pub fn first_url(line: &str) -> Option<&str> {
+pub(super) fn first_url(line: &str) -> Option<&str> {
     let mut from = 0;
     while let Some(at) = find_scheme(&line[from..]).map(|at| at + from) {
         let rest = &line[at..];
