@@ -47,6 +47,8 @@ pub struct Tunnel {
     _process: ProcessGuard,
 }
 
+/// Why a tunnel could not be chosen or opened. Each message says what to
+/// write instead, or what the tunnel printed last.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("unknown tunnel {value:?}: use none, cloudflared, bore:HOST[:PORT] or cmd:COMMAND")]
@@ -194,6 +196,8 @@ impl Starting {
         })
     }
 
+    /// The quick tunnel's URL: from cloudflared's metrics server
+    /// (`/quicktunnel`) or its log, whichever comes first.
     async fn cloudflared_url(
         &mut self,
         metrics: u16,
