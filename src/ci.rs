@@ -14,7 +14,7 @@ use muster_core::protocol::{RunOutcome, PROTOCOL_VERSION};
 use muster_core::url::redact_url;
 use muster_discovery::identity::{self, Instance, Role, RunIdentity};
 use muster_discovery::record::{record_key, DiscoveryRecord, RunState};
-use muster_discovery::store::{Store, StoreError, Written};
+use muster_discovery::store::{DiscoveryStore, StoreError, Written};
 use muster_discovery::tunnel::{self, Tunnel};
 use muster_hub::Hub;
 use muster_worker::transfer::describe_reqwest;
@@ -123,7 +123,7 @@ pub async fn ci(args: CiArgs) -> Result<u8> {
     };
     // Redis is often a service container still starting when the job
     // does: every instance keeps trying for --discover-timeout, and says so.
-    let store = match Store::open(&args.redis_url) {
+    let store = match DiscoveryStore::open(&args.redis_url) {
         Ok(store) => store.when_not_answering(|n| println!("muster: {n}")),
         Err(e) => {
             eprintln!("muster: error: {e}");
@@ -138,12 +138,17 @@ pub async fn ci(args: CiArgs) -> Result<u8> {
     }
 }
 
-async fn master(args: CiArgs, run: RunIdentity, instance: Instance, store: Store) -> Result<u8> {
+async fn master(
+    args: CiArgs,
+    run: RunIdentity,
+    instance: Instance,
+    store: DiscoveryStore,
+) -> Result<u8> {
     let plan = match cli::load(&args.file.file) {
         Ok(plan) => plan,
         Err(code) => return Ok(code),
     };
-    let kind = match tunnel::parse_tunnel(&args.tunnel, None, args.bore_secret.as_deref()) {
+    let kind = match tunnel::parse_tunnel(&args.tunnel, args.bore_secret.as_deref()) {
         Ok(kind) => kind,
         Err(e) => {
             eprintln!("muster: error: --tunnel: {e}");
@@ -304,7 +309,12 @@ fn outbound_ip() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store) -> Result<u8> {
+async fn worker(
+    args: CiArgs,
+    run: RunIdentity,
+    instance: Instance,
+    store: DiscoveryStore,
+) -> Result<u8> {
     println!(
         "muster: waiting up to {} for the master's record under {} in Redis at {}",
         humantime::format_duration(args.discover_timeout),
@@ -412,7 +422,7 @@ async fn worker(args: CiArgs, run: RunIdentity, instance: Instance, store: Store
 
 /// Whether the run's record says finished, now or within a few seconds
 /// (the time a master takes from closing its hub to writing the record).
-async fn finished_soon(store: &Store, run_id: &str) -> Option<RunOutcome> {
+async fn finished_soon(store: &DiscoveryStore, run_id: &str) -> Option<RunOutcome> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(outcome)) = store

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::RedisServer;
 use muster_discovery::record::{DiscoveryRecord, RunState};
-use muster_discovery::store::{Store, StoreError, Written};
+use muster_discovery::store::{DiscoveryStore, StoreError, Written};
 use tokio_util::sync::CancellationToken;
 
 fn record(run_id: &str, epoch: u64) -> DiscoveryRecord {
@@ -31,7 +31,7 @@ fn record(run_id: &str, epoch: u64) -> DiscoveryRecord {
 #[tokio::test]
 async fn a_waiting_worker_wakes_when_the_master_writes() {
     let redis = RedisServer::start();
-    let store = Store::open(&redis.url()).unwrap();
+    let store = DiscoveryStore::open(&redis.url()).unwrap();
     assert_eq!(store.read("run-a").await.unwrap(), None);
     let writer = store.clone();
     let write = tokio::spawn(async move {
@@ -55,7 +55,7 @@ async fn a_waiting_worker_wakes_when_the_master_writes() {
 #[tokio::test]
 async fn an_older_master_never_replaces_a_newer_record() {
     let redis = RedisServer::start();
-    let store = Store::open(&redis.url()).unwrap();
+    let store = DiscoveryStore::open(&redis.url()).unwrap();
     let ttl = Duration::from_secs(60);
     assert_eq!(
         store.write(&record("r", 20), ttl).await.unwrap(),
@@ -78,7 +78,7 @@ async fn an_older_master_never_replaces_a_newer_record() {
 #[tokio::test]
 async fn the_record_comes_back_after_redis_loses_it() {
     let redis = RedisServer::start();
-    let store = Store::open(&redis.url()).unwrap();
+    let store = DiscoveryStore::open(&redis.url()).unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(record("heal", 3));
     let stop = CancellationToken::new();
     // A 1 s TTL: re-written about every 333 ms.
@@ -112,7 +112,7 @@ async fn the_record_comes_back_after_redis_loses_it() {
 async fn a_missing_record_times_out_naming_the_key_not_the_password() {
     let redis = RedisServer::start_with(&["--requirepass", "hunter2-secret"]);
     let url = format!("redis://:hunter2-secret@127.0.0.1:{}", redis.port);
-    let store = Store::open(&url).unwrap();
+    let store = DiscoveryStore::open(&url).unwrap();
     let error = store
         .wait_for("nobody-home", Duration::from_millis(500))
         .await
@@ -126,11 +126,15 @@ async fn a_missing_record_times_out_naming_the_key_not_the_password() {
     // A wrong password is refused, named the same way; waiting would not
     // help, so a call that keeps trying ends at once.
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
-    let error = Store::open(&wrong).unwrap().read("x").await.unwrap_err();
+    let error = DiscoveryStore::open(&wrong)
+        .unwrap()
+        .read("x")
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::Refused { .. }), "{error}");
     assert!(!error.to_string().contains("wrong@"), "{error}");
     let started = tokio::time::Instant::now();
-    let error = Store::open(&wrong)
+    let error = DiscoveryStore::open(&wrong)
         .unwrap()
         .wait_for("x", Duration::from_secs(30))
         .await
@@ -148,7 +152,7 @@ async fn a_redis_that_starts_late_is_waited_for() {
     let url = format!("redis://:late-pass@127.0.0.1:{port}");
     let said = Arc::new(Mutex::new(Vec::new()));
     let heard = said.clone();
-    let store = Store::open(&url)
+    let store = DiscoveryStore::open(&url)
         .unwrap()
         .when_not_answering(move |n| heard.lock().unwrap().push(n.to_string()));
     let limit = Duration::from_secs(20);
@@ -179,7 +183,8 @@ async fn a_redis_that_starts_late_is_waited_for() {
     );
 
     // Nobody ever answers: the wait ends at its limit, with the reason.
-    let nowhere = Store::open(&format!("redis://127.0.0.1:{}", common::free_port())).unwrap();
+    let nowhere =
+        DiscoveryStore::open(&format!("redis://127.0.0.1:{}", common::free_port())).unwrap();
     let started = tokio::time::Instant::now();
     let error = nowhere
         .write_within(
@@ -203,7 +208,7 @@ async fn rediss_with_a_password_works() {
     let redis = RedisServer::start_tls(&["--requirepass", "tls-pass"]);
     // `#insecure`: the test's certificate is self-signed.
     let url = format!("rediss://:tls-pass@127.0.0.1:{}/#insecure", redis.port);
-    let store = Store::open(&url).unwrap();
+    let store = DiscoveryStore::open(&url).unwrap();
     assert_eq!(
         store.shown_url(),
         format!("rediss://:***@127.0.0.1:{}/#insecure", redis.port)
@@ -215,7 +220,8 @@ async fn rediss_with_a_password_works() {
     );
     assert_eq!(store.read("tls").await.unwrap(), Some(record("tls", 1)));
     // Plain redis:// to a TLS-only port is refused, not hung.
-    let plain = Store::open(&format!("redis://:tls-pass@127.0.0.1:{}", redis.port)).unwrap();
+    let plain =
+        DiscoveryStore::open(&format!("redis://:tls-pass@127.0.0.1:{}", redis.port)).unwrap();
     assert!(matches!(
         plain.read("tls").await,
         Err(StoreError::Unreachable { .. })

@@ -6,9 +6,10 @@
 //! the write are one Lua script.
 //!
 //! In CI, Redis is often a service container still starting when the job
-//! does: the calls an instance makes at start ([`Store::write_within`],
-//! [`Store::wait_for`]) keep trying while Redis does not answer, until their
-//! limit, and say so once ([`Store::when_not_answering`]). A refusal that
+//! does: the calls an instance makes at start
+//! ([`DiscoveryStore::write_within`], [`DiscoveryStore::wait_for`]) keep
+//! trying while Redis does not answer, until their limit, and say so once
+//! ([`DiscoveryStore::when_not_answering`]). A refusal that
 //! waiting cannot fix (a wrong password) ends them at once.
 
 use std::fmt;
@@ -23,6 +24,10 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{notify_channel, record_key, DiscoveryRecord};
+// The URL with its password (or a lone user part, which Redis also takes
+// as a password) and any `pass`/`password` query value replaced by `***`:
+// the same rules as every URL muster prints.
+use muster_core::url::redact_url as redact;
 
 /// Bound on connecting to Redis and on one command.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,7 +99,7 @@ impl StoreError {
 }
 
 /// Redis did not answer a call that keeps trying: said once per store, the
-/// first time (see [`Store::when_not_answering`]).
+/// first time (see [`DiscoveryStore::when_not_answering`]).
 #[derive(Debug, Clone)]
 pub struct NotAnswering {
     /// The URL as it may be printed.
@@ -129,7 +134,7 @@ type NotAnsweringHook = Arc<dyn Fn(&NotAnswering) + Send + Sync>;
 
 /// A Redis server holding discovery records.
 #[derive(Clone)]
-pub struct Store {
+pub struct DiscoveryStore {
     client: redis::Client,
     /// The URL with any password replaced, for messages.
     shown: String,
@@ -139,9 +144,9 @@ pub struct Store {
     said_not_answering: Arc<AtomicBool>,
 }
 
-impl Store {
+impl DiscoveryStore {
     /// Checks the URL; connects lazily.
-    pub fn open(url: &str) -> Result<Store, StoreError> {
+    pub fn open(url: &str) -> Result<DiscoveryStore, StoreError> {
         let shown = redact(url);
         let bad = |reason: String| StoreError::BadUrl {
             url: shown.clone(),
@@ -154,7 +159,7 @@ impl Store {
             return Err(bad("it must start with redis:// or rediss://".into()));
         }
         let client = redis::Client::open(url).map_err(|e| bad(e.to_string()))?;
-        Ok(Store {
+        Ok(DiscoveryStore {
             client,
             shown,
             not_answering: Arc::new(|n: &NotAnswering| tracing::warn!("{n}")),
@@ -168,7 +173,7 @@ impl Store {
     pub fn when_not_answering(
         mut self,
         hook: impl Fn(&NotAnswering) + Send + Sync + 'static,
-    ) -> Store {
+    ) -> DiscoveryStore {
         self.not_answering = Arc::new(hook);
         self
     }
@@ -305,8 +310,8 @@ impl Store {
         })
     }
 
-    /// [`Store::write`], trying again for up to `limit` while Redis does
-    /// not answer (it may still be starting).
+    /// [`DiscoveryStore::write`], trying again for up to `limit` while Redis
+    /// does not answer (it may still be starting).
     pub async fn write_within(
         &self,
         record: &DiscoveryRecord,
@@ -442,11 +447,6 @@ impl Store {
     }
 }
 
-/// The URL with its password (or a lone user part, which Redis also takes
-/// as a password) and any `pass`/`password` query value replaced by `***`:
-/// the same rules as every URL muster prints.
-pub use muster_core::url::redact_url as redact;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_bad_url_is_named_without_its_password() {
-        let error = Store::open("http://:hunter2@host")
+        let error = DiscoveryStore::open("http://:hunter2@host")
             .err()
             .unwrap()
             .to_string();
