@@ -6,6 +6,9 @@
 //! gives values and errors back, so both roles (hub and worker) and every
 //! test can use it without a runtime.
 
+/// Fuzz drivers for `fuzz/` and `tests/fuzz_regressions.rs`; not part of
+/// release builds.
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod mask;
 pub mod outputs;
