@@ -10,6 +10,7 @@
 /// release builds.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod glob;
 pub mod mask;
 pub mod outputs;
 pub mod pipeline;
