@@ -25,8 +25,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::protocol::{HubCall, WorkerCall};
-use crate::signalr::{
+use crate::wire::calls::{HubCall, WorkerCall};
+use crate::wire::limits::MAX_RECORD_BYTES;
+use crate::wire::signalr::{
     frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message, TooLarge, RECORD_SEPARATOR,
 };
 
@@ -35,7 +36,7 @@ use crate::signalr::{
 pub const MESSAGE_BREAK: u8 = 0xFF;
 
 /// The cap used when byte 0 is `0xFF`: the hub's default `max_message_bytes`.
-pub const DEFAULT_CAP: usize = 1024 * 1024;
+const DEFAULT_CAP: usize = MAX_RECORD_BYTES;
 
 /// The hub's read path: bytes from a worker's socket, through the
 /// [`FrameDecoder`], each record as a handshake and as a [`Message`], each

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::glob::ArtifactGlob;
+
 /// Position of a module in [`Plan::modules`].
 pub type ModuleIndex = usize;
 
@@ -40,7 +42,9 @@ pub struct PlannedModule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consume {
     pub from: ModuleIndex,
-    pub glob: Option<String>,
+    /// Compiled once, when the pipeline was read: match artifact paths
+    /// with [`ArtifactGlob::is_match`]. It reads as the text written.
+    pub glob: Option<ArtifactGlob>,
 }
 
 /// The whole pipeline, ready to run.
@@ -57,7 +61,7 @@ impl Plan {
     /// # Panics
     /// If a module needs one at or after its own index: the pipeline parser
     /// guarantees the order, so this is a bug, not an input error.
-    pub fn from_ordered(modules: Vec<PlannedModule>) -> Plan {
+    pub(crate) fn from_ordered(modules: Vec<PlannedModule>) -> Plan {
         let mut dependents = vec![Vec::new(); modules.len()];
         let mut by_id = HashMap::with_capacity(modules.len());
         for (index, module) in modules.iter().enumerate() {

@@ -30,7 +30,7 @@ pub struct Ended {
     pub reason: Option<String>,
     pub outputs: BTreeMap<String, String>,
     /// The files it produced, stored on the hub.
-    pub artifacts: Vec<crate::protocol::Artifact>,
+    pub artifacts: Vec<crate::wire::types::Artifact>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,13 @@
-//! Hub URLs as text: hiding their secrets before they are printed, and
-//! building the URLs of the hub's endpoints from the hub's own URL.
+//! URLs as text, made safe to print: the hub's (with its token) and
+//! Redis's (with its password) lose their secrets before anyone shows them.
+//! The URLs of the hub's endpoints are built in [`crate::wire::http`].
 //!
 //! No I/O and no parsing beyond what these need: a URL that is not quite
 //! valid is still redacted (it is most likely to be printed in an error).
+
+/// Old path of [`crate::wire::http::join`], kept until the other crates
+/// import it from there.
+pub use crate::wire::http::join;
 
 /// Query parameters whose values are secrets (compared without regard to
 /// case, after percent-decoding, as the hub reads them): the hub's token,
@@ -93,28 +98,6 @@ fn percent_decoded(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-/// The URL of an endpoint below the hub: `tail` (`artifacts/<sha256>`)
-/// appended to the path of `base`, before its query, which is kept (a
-/// fragment is dropped: it is never sent). Trailing slashes of the path
-/// are dropped first, so `…/hub/` and `…/hub` give the same URLs; an
-/// empty `tail` just normalises `base` that way.
-pub fn join(base: &str, tail: &str) -> String {
-    let without_fragment = &base[..base.find('#').unwrap_or(base.len())];
-    let (path, query) =
-        without_fragment.split_at(without_fragment.find('?').unwrap_or(without_fragment.len()));
-    // Keep the "//" that follows the scheme, whatever else is trimmed.
-    let keep = path.find("://").map_or(0, |i| i + 3);
-    let trimmed = path[keep..].trim_end_matches('/');
-    let mut url = format!("{}{trimmed}", &path[..keep]);
-    let tail = tail.trim_start_matches('/');
-    if !tail.is_empty() {
-        url.push('/');
-        url.push_str(tail);
-    }
-    url.push_str(query);
-    url
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,46 +179,6 @@ mod tests {
         ];
         for (raw, decoded) in cases {
             assert_eq!(percent_decoded(raw), decoded, "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn endpoints_join_below_the_hub_without_double_slashes() {
-        let cases = [
-            ("http://h:1/hub", "", "http://h:1/hub"),
-            ("http://h:1/hub/", "", "http://h:1/hub"),
-            ("http://h:1/hub//", "", "http://h:1/hub"),
-            (
-                "http://h:1/hub",
-                "artifacts/ab",
-                "http://h:1/hub/artifacts/ab",
-            ),
-            (
-                "http://h:1/hub/",
-                "artifacts/ab",
-                "http://h:1/hub/artifacts/ab",
-            ),
-            (
-                "http://h:1/hub/",
-                "/artifacts/ab",
-                "http://h:1/hub/artifacts/ab",
-            ),
-            (
-                "http://h:1/hub/?access_token=t",
-                "artifacts/ab",
-                "http://h:1/hub/artifacts/ab?access_token=t",
-            ),
-            (
-                "https://h/prefix/hub?a=1#frag",
-                "cancel",
-                "https://h/prefix/hub/cancel?a=1",
-            ),
-            ("http://h", "artifacts", "http://h/artifacts"),
-            ("http://h/", "", "http://h"),
-            ("ws://h/hub/", "", "ws://h/hub"),
-        ];
-        for (base, tail, joined) in cases {
-            assert_eq!(join(base, tail), joined, "join({base:?}, {tail:?})");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Replays every saved fuzz input through the driver it was made for
-//! (`muster_core::fuzzing`), so an input that once crashed a fuzz target,
+//! (`muster_core::fuzzing`, on through core's self dev-dependency with the
+//! `fuzzing` feature), so an input that once crashed a fuzz target,
 //! or a hand-made nasty one, is checked by every `cargo test` without
 //! nightly or libFuzzer:
 //! - `tests/fuzz_regressions/stream/`: socket traffic, for the `frames` and

@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use muster_core::wire::http;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -54,14 +55,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state.artifacts.clone())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/hub/negotiate", post(negotiate))
-        .route("/hub", get(upgrade))
+        .route(http::NEGOTIATE, post(negotiate))
+        .route(http::HUB, get(upgrade))
         // Some clients are given the URL with a trailing slash; the
         // official ones then negotiate at /hub/negotiate and connect here.
-        .route("/hub/", get(upgrade))
-        .route("/hub/cancel", post(cancel))
-        .route("/hub/artifacts/{sha256}", artifacts)
-        .route("/healthz", get(|| async { "ok" }))
+        .route(http::HUB_SLASH, get(upgrade))
+        .route(http::CANCEL, post(cancel))
+        .route(http::ARTIFACT, artifacts)
+        .route(http::HEALTH, get(|| async { "ok" }))
         .with_state(state)
 }
 

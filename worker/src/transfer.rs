@@ -46,20 +46,9 @@ const CHUNK: usize = 64 * 1024;
 /// terminal) and log their throughput.
 pub const LARGE_TRANSFER: u64 = 4 * 1024 * 1024;
 
-/// How much of a `Complete` record the list of a module's artifacts may
-/// take: the hub closes the connection on a record over 1 MiB, and a worker
-/// would re-send that report on every reconnect, so a list that cannot fit
-/// fails the module instead (room is left for outputs and the rest).
-pub const MAX_LISTED_BYTES: usize = 768 * 1024;
-/// The JSON of one artifact besides its path: `{"path":"","size":…,
-/// "sha256":"<64 hex>","mode":…}` with the largest size and mode.
-const LISTED_OVERHEAD: usize = 132;
-
-/// An upper bound on what the artifact at `path` adds to a report's list,
-/// its separating comma included.
-pub fn listed_bytes(path: &str) -> usize {
-    serde_json::to_string(path).map_or(0, |json| json.len()) + LISTED_OVERHEAD
-}
+/// How much of a `Complete` record the artifact list may take, and what
+/// one artifact adds to it: sizes the hub and the worker share.
+pub use muster_core::wire::limits::{listed_bytes, MAX_LISTED_BYTES};
 
 /// A file a module produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
