@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use muster_core::url::{self, redact_url};
 
+use crate::client::with_scheme;
 use crate::observer::{Silent, WorkerObserver};
 
 pub use destination::Refusal;
@@ -168,15 +169,8 @@ impl Transfer {
         cache_dir: impl Into<PathBuf>,
         settings: TransferSettings,
     ) -> Result<Transfer, TransferError> {
-        let mapped = [
-            ("http://", "http://"),
-            ("https://", "https://"),
-            ("ws://", "http://"),
-            ("wss://", "https://"),
-        ]
-        .iter()
-        .find_map(|(from, to)| hub_url.strip_prefix(from).map(|rest| format!("{to}{rest}")))
-        .ok_or_else(|| TransferError::BadHubUrl(redact_url(hub_url)))?;
+        let mapped = with_scheme(hub_url, "http", "https")
+            .ok_or_else(|| TransferError::BadHubUrl(redact_url(hub_url)))?;
         reqwest::Url::parse(&mapped).map_err(|_| TransferError::BadHubUrl(redact_url(hub_url)))?;
         let hub = url::join(&mapped, "");
         let shown_hub = redact_url(&hub);
