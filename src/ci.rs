@@ -386,6 +386,7 @@ async fn worker(
         reconnect_timeout: args.reconnect_timeout,
         transfer_stall_timeout: args.limits.transfer_stall_timeout,
         noop: false,
+        observer: crate::worker_view::WorkerView::shared(),
     };
     let stop = CancellationToken::new();
     let interrupted = stop.clone();

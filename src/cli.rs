@@ -450,6 +450,7 @@ async fn worker(args: WorkerArgs) -> Result<u8> {
         reconnect_timeout: args.reconnect_timeout,
         transfer_stall_timeout: args.transfer_stall_timeout,
         noop: args.noop,
+        observer: crate::worker_view::WorkerView::shared(),
     };
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
@@ -595,6 +596,7 @@ fn spawn_local_workers(
                 reconnect_timeout: Duration::from_secs(15),
                 transfer_stall_timeout: local.transfer_stall_timeout,
                 noop: false,
+                observer: crate::worker_view::WorkerView::shared(),
             };
             let stop = stop.child_token();
             tokio::spawn(async move {

@@ -4,6 +4,7 @@
 mod ci;
 mod cli;
 mod report;
+mod worker_view;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

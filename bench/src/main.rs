@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use muster_core::{parse_pipeline, ModuleState};
 use muster_hub::{Hub, HubConfig, RunEvent};
-use muster_worker::WorkerConfig;
+use muster_worker::{WorkerConfig, WorkerEvent, WorkerObserver};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -246,6 +246,17 @@ impl Drop for Swarm {
     }
 }
 
+/// What a swarm worker says (a lost hub) goes to stderr, as the `muster`
+/// binary shows it; no-op workers transfer nothing.
+#[derive(Debug)]
+struct SwarmView;
+
+impl WorkerObserver for SwarmView {
+    fn event(&self, event: WorkerEvent) {
+        eprintln!("muster: {event}");
+    }
+}
+
 fn swarm(hub: &str, token: &str, count: u32) -> Result<()> {
     raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -264,6 +275,7 @@ fn swarm(hub: &str, token: &str, count: u32) -> Result<()> {
                     reconnect_timeout: Duration::from_secs(30),
                     transfer_stall_timeout: Duration::from_secs(60),
                     noop: true,
+                    observer: std::sync::Arc::new(SwarmView),
                 };
                 tokio::spawn(muster_worker::run(config, stop.child_token()))
             })

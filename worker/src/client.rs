@@ -59,16 +59,23 @@ pub struct Receiver {
 /// Turns the hub's http(s) URL into its ws(s) URL, without a trailing
 /// slash on its path (`…/hub/` is `…/hub`); a query is kept.
 pub fn websocket_url(hub: &str) -> Result<String, ClientError> {
-    let mapped = [
-        ("http://", "ws://"),
-        ("https://", "wss://"),
-        ("ws://", "ws://"),
-        ("wss://", "wss://"),
+    let mapped =
+        with_scheme(hub, "ws", "wss").ok_or_else(|| ClientError::BadUrl(redact_url(hub)))?;
+    Ok(url::join(&mapped, ""))
+}
+
+/// The hub's URL with its scheme made `plain` (for `http://` and `ws://`)
+/// or `secure` (for `https://` and `wss://`); `None` for any other scheme.
+/// The WebSocket and the artifact store are two schemes of one hub URL.
+pub(crate) fn with_scheme(hub: &str, plain: &str, secure: &str) -> Option<String> {
+    [
+        ("http://", plain),
+        ("https://", secure),
+        ("ws://", plain),
+        ("wss://", secure),
     ]
     .iter()
-    .find_map(|(from, to)| hub.strip_prefix(from).map(|rest| format!("{to}{rest}")))
-    .ok_or_else(|| ClientError::BadUrl(redact_url(hub)))?;
-    Ok(url::join(&mapped, ""))
+    .find_map(|(from, to)| hub.strip_prefix(from).map(|rest| format!("{to}://{rest}")))
 }
 
 /// Connects, authenticates with a bearer header and does the handshake.

@@ -19,8 +19,8 @@ use axum::Router;
 use futures_util::StreamExt;
 use muster_core::protocol::{Artifact, Consumed};
 use muster_worker::transfer::{
-    describe, find_produced, listed_bytes, ArtifactError, Fetched, Found, Transfer,
-    TransferSettings, Uploaded, MAX_LISTED_BYTES,
+    describe_artifact, find_produced, listed_bytes, Fetched, Found, ProducedError, Transfer,
+    TransferError, TransferSettings, Uploaded, MAX_LISTED_BYTES,
 };
 use sha2::{Digest, Sha256};
 
@@ -28,7 +28,7 @@ const TOKEN: &str = "stand-in-token";
 
 /// The stand-in store and its knobs.
 #[derive(Default)]
-struct Store {
+struct StandInStore {
     blobs: Mutex<HashMap<String, Bytes>>,
     heads: AtomicUsize,
     puts: AtomicUsize,
@@ -45,15 +45,15 @@ struct Store {
     stall_puts: AtomicBool,
 }
 
-impl Store {
+impl StandInStore {
     fn gets(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
     }
 }
 
 /// The stand-in's base URL (`http://127.0.0.1:PORT/hub`) and its store.
-async fn stand_in() -> (String, Arc<Store>) {
-    let store = Arc::new(Store::default());
+async fn stand_in() -> (String, Arc<StandInStore>) {
+    let store = Arc::new(StandInStore::default());
     let app = Router::new()
         .route(
             "/hub/artifacts/{sha256}",
@@ -68,7 +68,7 @@ async fn stand_in() -> (String, Arc<Store>) {
 
 /// The checks every request goes through: the 503 knob, the token, the
 /// digest.
-fn admit(store: &Store, headers: &HeaderMap, sha256: &str) -> Result<(), StatusCode> {
+fn admit(store: &StandInStore, headers: &HeaderMap, sha256: &str) -> Result<(), StatusCode> {
     let failing = store
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -91,7 +91,7 @@ fn admit(store: &Store, headers: &HeaderMap, sha256: &str) -> Result<(), StatusC
 }
 
 async fn has_blob(
-    State(store): State<Arc<Store>>,
+    State(store): State<Arc<StandInStore>>,
     UrlPath(sha256): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -106,7 +106,7 @@ async fn has_blob(
 }
 
 async fn store_blob(
-    State(store): State<Arc<Store>>,
+    State(store): State<Arc<StandInStore>>,
     UrlPath(sha256): UrlPath<String>,
     headers: HeaderMap,
     body: Body,
@@ -144,7 +144,7 @@ async fn store_blob(
 }
 
 async fn serve_blob(
-    State(store): State<Arc<Store>>,
+    State(store): State<Arc<StandInStore>>,
     UrlPath(sha256): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -225,7 +225,7 @@ async fn publish(client: &Transfer, bytes: &[u8]) -> Consumed {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "blob", bytes, 0o644);
     let found = find_produced(dir.path(), &patterns(&["blob"])).unwrap();
-    let artifact = describe(&found[0]).await.unwrap();
+    let artifact = describe_artifact(&found[0]).await.unwrap();
     client.upload("build", dir.path(), &artifact).await.unwrap();
     consumed("blob", bytes, 0o644)
 }
@@ -258,7 +258,7 @@ fn a_list_of_artifacts_too_long_for_one_report_is_refused() {
         std::fs::File::create(out.join(format!("file-number-{i}"))).unwrap();
     }
     match find_produced(dir.path(), &patterns(&["out/**"])) {
-        Err(ArtifactError::TooMany { files, allowed, .. }) => {
+        Err(ProducedError::TooMany { files, allowed, .. }) => {
             assert_eq!(files, 8000);
             assert_eq!(allowed * 1024, MAX_LISTED_BYTES);
         }
@@ -338,7 +338,7 @@ fn an_optional_pattern_may_match_nothing_a_required_one_may_not() {
     assert_eq!(paths(&found), ["out/app"]);
     let error = find_produced(dir.path(), &patterns(&["out/app", "reports/*.xml"])).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, ArtifactError::NoMatch { .. }), "{message}");
+    assert!(matches!(error, ProducedError::NoMatch { .. }), "{message}");
     assert!(message.contains("\"reports/*.xml\""), "{message}");
     assert!(
         message.contains(&dir.path().display().to_string()),
@@ -346,7 +346,7 @@ fn an_optional_pattern_may_match_nothing_a_required_one_may_not() {
     );
     // A folder is not an artifact.
     let error = find_produced(dir.path(), &patterns(&["out"])).unwrap_err();
-    assert!(matches!(error, ArtifactError::NoMatch { .. }), "{error}");
+    assert!(matches!(error, ProducedError::NoMatch { .. }), "{error}");
 }
 
 #[test]
@@ -364,7 +364,7 @@ fn patterns_that_leave_the_cwd_are_refused() {
     ] {
         let error = find_produced(dir.path(), &patterns(&[pattern])).unwrap_err();
         assert!(
-            matches!(error, ArtifactError::BadPattern { .. }),
+            matches!(error, ProducedError::BadPattern { .. }),
             "{pattern}: {error}"
         );
         assert!(error.to_string().contains(pattern), "{error}");
@@ -385,14 +385,14 @@ fn links_are_followed_only_to_files_inside_the_cwd() {
 
     std::os::unix::fs::symlink(outside.path().join("secret"), root.join("leak")).unwrap();
     let error = find_produced(root, &patterns(&["leak"])).unwrap_err();
-    assert!(matches!(error, ArtifactError::OutsideCwd { .. }), "{error}");
+    assert!(matches!(error, ProducedError::OutsideCwd { .. }), "{error}");
     assert!(
         error.to_string().contains("leak") && error.to_string().contains("outside"),
         "{error}"
     );
     // A glob finds the link too, and the same rule holds.
     let error = find_produced(root, &patterns(&["*"])).unwrap_err();
-    assert!(matches!(error, ArtifactError::OutsideCwd { .. }), "{error}");
+    assert!(matches!(error, ProducedError::OutsideCwd { .. }), "{error}");
     // A link to a folder is never entered.
     std::os::unix::fs::symlink(outside.path(), root.join("linked")).unwrap();
     let found = find_produced(root, &patterns(&["?linked/**"])).unwrap();
@@ -412,7 +412,7 @@ async fn round_trip_keeps_bytes_and_modes() {
     let found = find_produced(producer.path(), &patterns(&["bin/*"])).unwrap();
     let mut artifacts = Vec::new();
     for found in &found {
-        let artifact = describe(found).await.unwrap();
+        let artifact = describe_artifact(found).await.unwrap();
         let sent = client
             .upload("build", producer.path(), &artifact)
             .await
@@ -456,8 +456,8 @@ async fn a_second_upload_of_the_same_content_only_asks() {
     write(dir.path(), "a/one", b"same bytes", 0o644);
     write(dir.path(), "b/two", b"same bytes", 0o600);
     let found = find_produced(dir.path(), &patterns(&["*/*"])).unwrap();
-    let first = describe(&found[0]).await.unwrap();
-    let second = describe(&found[1]).await.unwrap();
+    let first = describe_artifact(&found[0]).await.unwrap();
+    let second = describe_artifact(&found[1]).await.unwrap();
     assert_eq!(first.sha256, second.sha256);
     let sent = client.upload("build", dir.path(), &first).await.unwrap();
     assert!(
@@ -616,7 +616,7 @@ async fn a_stalled_upload_fails_within_the_stall_timeout() {
     let client = transfer(&hub, &dir, settings);
     store.stall_puts.store(true, Ordering::SeqCst);
     write(dir.path(), "big", &vec![3u8; 64 << 20], 0o644);
-    let artifact = describe(&find_produced(dir.path(), &patterns(&["big"])).unwrap()[0])
+    let artifact = describe_artifact(&find_produced(dir.path(), &patterns(&["big"])).unwrap()[0])
         .await
         .unwrap();
     let begun = Instant::now();
@@ -696,7 +696,7 @@ async fn refusals_by_the_hub_are_not_retried() {
     assert!(!error.to_string().contains("wrong-token"), "{error}");
     assert_eq!(store.gets(), 2);
     write(dir.path(), "up", b"up", 0o644);
-    let artifact = describe(&find_produced(dir.path(), &patterns(&["up"])).unwrap()[0])
+    let artifact = describe_artifact(&find_produced(dir.path(), &patterns(&["up"])).unwrap()[0])
         .await
         .unwrap();
     let error = wrong
@@ -716,7 +716,7 @@ async fn a_file_changed_after_hashing_is_not_uploaded() {
     let dir = tempfile::tempdir().unwrap();
     let client = transfer(&hub, &dir, quick());
     write(dir.path(), "out", b"before", 0o644);
-    let artifact = describe(&find_produced(dir.path(), &patterns(&["out"])).unwrap()[0])
+    let artifact = describe_artifact(&find_produced(dir.path(), &patterns(&["out"])).unwrap()[0])
         .await
         .unwrap();
     write(dir.path(), "out", b"after!", 0o644);
@@ -756,7 +756,7 @@ async fn unsafe_consumed_paths_are_refused() {
             let error = client.download(&consumer, &bad).await.unwrap_err();
             let message = error.to_string();
             assert!(
-                matches!(error, ArtifactError::UnsafePath { .. }),
+                matches!(error, TransferError::UnsafePath { .. }),
                 "{path}: {message}"
             );
             assert!(message.contains(&format!("{path:?}")), "{message}");
@@ -813,7 +813,7 @@ async fn a_200_mb_file_round_trips() {
     let expected = write_big(&original, SIZE);
     let begun = Instant::now();
     let found = find_produced(producer.path(), &patterns(&["*.bin"])).unwrap();
-    let artifact = describe(&found[0]).await.unwrap();
+    let artifact = describe_artifact(&found[0]).await.unwrap();
     assert_eq!(artifact.size, SIZE as u64);
     assert_eq!(artifact.sha256, expected);
     let sent = client
