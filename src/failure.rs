@@ -91,3 +91,43 @@ impl From<muster_hub::HubError> for Failure {
         Failure::Infrastructure(error.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(failure: Failure, message: Option<&str>) {
+        assert_eq!(failure.message().as_deref(), message);
+    }
+
+    #[test]
+    fn messages_read_as_they_always_have() {
+        check(Failure::RunFailed, None);
+        check(Failure::Cancelled, None);
+        check(Failure::Abandoned, None);
+        check(Failure::OutputLost, None);
+        check(
+            Failure::NothingToCancel("the run has finished".into()),
+            Some("nothing to cancel: the run has finished"),
+        );
+        check(Failure::Usage("bad".into()), Some("error: bad"));
+        check(
+            Failure::Infrastructure(
+                anyhow::anyhow!("refused").context("cannot listen on loopback"),
+            ),
+            Some("error: cannot listen on loopback: refused"),
+        );
+        check(
+            Failure::Interrupted("interrupted while waiting for Redis"),
+            Some("interrupted while waiting for Redis"),
+        );
+        let missing = LoadError::Unreadable {
+            file: "/nowhere/muster.toml".into(),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        check(
+            Failure::Pipeline(missing),
+            Some("error: cannot read pipeline file /nowhere/muster.toml: entity not found\n  = help: pass the path of a pipeline file, or create muster.toml (see examples/)"),
+        );
+    }
+}

@@ -140,3 +140,25 @@ fn raise_open_file_limit() {
         Err(e) => tracing::debug!("cannot read the open-file limit: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(result: Result<(), Failure>, code: u8) {
+        assert_eq!(exit_code(result), code);
+    }
+
+    #[test]
+    fn every_result_has_its_documented_exit_code() {
+        check(Ok(()), 0);
+        check(Err(Failure::RunFailed), 1);
+        check(Err(Failure::NothingToCancel("finished".into())), 1);
+        check(Err(Failure::Usage("--workers".into())), 2);
+        check(Err(Failure::infrastructure("cannot listen")), 3);
+        check(Err(Failure::OutputLost), 3);
+        check(Err(Failure::Cancelled), 130);
+        check(Err(Failure::Interrupted("interrupted")), 130);
+        check(Err(Failure::Abandoned), 130);
+    }
+}
