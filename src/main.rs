@@ -1,18 +1,30 @@
-//! The `muster` command line: parses arguments, sets up logging, calls the
-//! library crates, and decides the exit code.
+//! The `muster` command line: parses arguments, sets up logging, runs the
+//! command (`cmd/`), and turns its result into the exit code, in
+//! [`exit_code`] only.
 
-mod ci;
-mod cli;
+mod cmd;
+mod discover;
+mod failure;
+mod flags;
+mod interrupt;
+mod master;
+mod pipeline;
+mod publish;
 mod report;
+mod state_folder;
 mod worker_view;
+mod workers;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
+use crate::failure::Failure;
+
 /// Exit codes CI can rely on; README.md documents them.
-pub mod exit {
+mod exit {
     /// Every module succeeded (or a worker's run ended normally).
     pub const SUCCESS: u8 = 0;
     /// The run finished and at least one module did not succeed.
@@ -27,8 +39,39 @@ pub mod exit {
     pub const CANCELLED: u8 = 130;
 }
 
+/// How long `main` waits, once the command has returned, for threads
+/// still blocked (a write to a stdout nobody reads) before exiting anyway.
+/// Tasks still running are dropped first, so what they hold (module
+/// process groups, temporary folders) is cleaned up either way.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Run a CI pipeline, a DAG of shell modules, across many machines.
+///
+/// A master starts an embedded SignalR hub; workers connect over WebSockets,
+/// register their capabilities, and get modules pushed to them.
+#[derive(Parser)]
+#[command(
+    name = "muster",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  muster run                          run ./muster.toml with one local worker per CPU
+  muster validate ci/muster.toml      check a file and print its modules
+  muster hub --listen 0.0.0.0:7400    run the master for workers on other machines
+  muster worker --hub http://10.0.0.5:7400/hub -c docker   join it (token from MUSTER_TOKEN)
+  muster cancel --hub http://10.0.0.5:7400/hub               cancel that run from anywhere
+
+Exit codes: 0 every module succeeded, 1 a module failed, timed out or was skipped,
+2 bad pipeline file, arguments or token, 3 muster could not work (network, hub), 130 cancelled.
+MUSTER_LOG=info shows muster's own logs on stderr."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -43,11 +86,30 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("muster: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::INFRASTRUCTURE);
+            let failure = Failure::infrastructure(format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(exit_code(Err(failure)));
         }
     };
-    ExitCode::from(runtime.block_on(cli::dispatch(args)))
+    let result = runtime.block_on(args.command.execute());
+    runtime.shutdown_timeout(SHUTDOWN_LIMIT);
+    ExitCode::from(exit_code(result))
+}
+
+/// Says why a command failed, on stderr, and returns the exit code for
+/// its result; README.md ("Exit codes") documents them.
+fn exit_code(result: Result<(), Failure>) -> u8 {
+    let Err(failure) = result else {
+        return exit::SUCCESS;
+    };
+    if let Some(message) = failure.message() {
+        eprintln!("muster: {message}");
+    }
+    match failure {
+        Failure::RunFailed | Failure::NothingToCancel(_) => exit::RUN_FAILED,
+        Failure::Usage(_) | Failure::Pipeline(_) => exit::BAD_INPUT,
+        Failure::Infrastructure(_) | Failure::OutputLost => exit::INFRASTRUCTURE,
+        Failure::Cancelled | Failure::Interrupted(_) | Failure::Abandoned => exit::CANCELLED,
+    }
 }
 
 /// glibc serves blocks of 128 KiB and more with their own mappings, but
@@ -77,5 +139,27 @@ fn raise_open_file_limit() {
         },
         Ok(_) => {}
         Err(e) => tracing::debug!("cannot read the open-file limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(result: Result<(), Failure>, code: u8) {
+        assert_eq!(exit_code(result), code);
+    }
+
+    #[test]
+    fn every_result_has_its_documented_exit_code() {
+        check(Ok(()), 0);
+        check(Err(Failure::RunFailed), 1);
+        check(Err(Failure::NothingToCancel("finished".into())), 1);
+        check(Err(Failure::Usage("--workers".into())), 2);
+        check(Err(Failure::infrastructure("cannot listen")), 3);
+        check(Err(Failure::OutputLost), 3);
+        check(Err(Failure::Cancelled), 130);
+        check(Err(Failure::Interrupted("interrupted")), 130);
+        check(Err(Failure::Abandoned), 130);
     }
 }

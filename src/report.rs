@@ -60,13 +60,13 @@ impl Reporter {
         }
     }
 
-    /// Masks `masker`'s secrets in everything it prints (see
+    /// A reporter for this plan that masks its secrets and `token` (see
     /// [`plan_masker`]).
-    /// A reporter for this plan that masks its secrets and `token`.
     pub fn for_plan(plan: &Plan, token: &str) -> Reporter {
         Reporter::new(plan.len()).with_masker(plan_masker(plan, &[token]))
     }
 
+    /// Masks `masker`'s secrets in everything it prints.
     pub fn with_masker(mut self, masker: Masker) -> Reporter {
         self.masker = masker;
         self
@@ -192,34 +192,10 @@ impl Reporter {
                 worker,
                 note,
             } => {
-                let on = worker
-                    .map(|w| format!(" on {}", escape(&w)))
-                    .unwrap_or_default();
-                let note = note.map(|n| escape(&n));
-                let reason = |e: &muster_core::Ended| {
-                    escape(e.reason.as_deref().unwrap_or("no reason given"))
-                };
-                let line = match &state {
-                    ModuleState::Running { attempt, .. } if *attempt > 1 => {
-                        format!("started{on} (attempt {attempt})")
-                    }
-                    ModuleState::Running { .. } => format!("started{on}"),
-                    ModuleState::Ready { attempt } if *attempt > 1 => {
-                        format!("will retry: {}", note.unwrap_or_default())
-                    }
-                    ModuleState::Succeeded(e) => format!("succeeded{on}{}", took(e.duration)),
-                    ModuleState::Failed(e) | ModuleState::TimedOut(e) => {
-                        format!("{}{on}{}: {}", state.name(), took(e.duration), reason(e))
-                    }
-                    ModuleState::Cancelled(e) => format!(
-                        "cancelled: {}",
-                        escape(e.reason.as_deref().unwrap_or("cancelled"))
-                    ),
-                    ModuleState::Skipped { reason } => format!("skipped: {}", escape(reason)),
-                    _ => return out,
-                };
-                let prefix = self.prefix(&module);
-                let _ = writeln!(out, "{prefix} ** {line}");
+                if let Some(line) = state_line(&state, worker.as_deref(), note.as_deref()) {
+                    let prefix = self.prefix(&module);
+                    let _ = writeln!(out, "{prefix} ** {line}");
+                }
             }
         }
         out
@@ -233,6 +209,36 @@ impl Reporter {
         let colour = *self.colours.entry(module.to_owned()).or_insert(next);
         format!("\x1b[{colour}m[{module}]\x1b[0m")
     }
+}
+
+/// What a module's new state says after `[module] ** `, if it is worth a
+/// line; `worker` and `note` (why it will retry) as the hub gave them.
+fn state_line(state: &ModuleState, worker: Option<&str>, note: Option<&str>) -> Option<String> {
+    let on = worker
+        .map(|w| format!(" on {}", escape(w)))
+        .unwrap_or_default();
+    let note = note.map(escape);
+    let reason = |e: &muster_core::Ended| escape(e.reason.as_deref().unwrap_or("no reason given"));
+    let line = match state {
+        ModuleState::Running { attempt, .. } if *attempt > 1 => {
+            format!("started{on} (attempt {attempt})")
+        }
+        ModuleState::Running { .. } => format!("started{on}"),
+        ModuleState::Ready { attempt } if *attempt > 1 => {
+            format!("will retry: {}", note.unwrap_or_default())
+        }
+        ModuleState::Succeeded(e) => format!("succeeded{on}{}", took(e.duration)),
+        ModuleState::Failed(e) | ModuleState::TimedOut(e) => {
+            format!("{}{on}{}: {}", state.name(), took(e.duration), reason(e))
+        }
+        ModuleState::Cancelled(e) => format!(
+            "cancelled: {}",
+            escape(e.reason.as_deref().unwrap_or("cancelled"))
+        ),
+        ModuleState::Skipped { reason } => format!("skipped: {}", escape(reason)),
+        _ => return None,
+    };
+    Some(line)
 }
 
 fn took(duration: Option<Duration>) -> String {

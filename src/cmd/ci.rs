@@ -1,0 +1,275 @@
+//! `muster ci`: one identical command on every runner of a CI matrix.
+//! Instance 0 becomes the master (hub, tunnel, discovery record in Redis, a
+//! local worker of its own); every other instance waits for the record,
+//! picks the first of its hub URLs that answers, and joins as a worker.
+//! Every instance exits with the run's status.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use muster_core::protocol::RunOutcome;
+use muster_core::url::redact_url;
+use muster_discovery::identity::{self, Instance, Role, RunIdentity};
+use muster_discovery::record::{record_key, RunState};
+use muster_discovery::store::DiscoveryStore;
+use muster_hub::HubConfig;
+use muster_worker::{ClientError, Exit, WorkerError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::discover::{find_hub, finished_soon, outcome_word, Found};
+use crate::failure::{outcome_result, Failure};
+use crate::flags::{FileArg, MasterFlags, WorkerFlags};
+use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::pipeline::{load, pipeline_dir};
+use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
+use crate::state_folder::StateFolder;
+use crate::workers::{stop_on_interrupt, worker_config, Seat};
+
+#[derive(Args)]
+pub struct CiArgs {
+    #[command(flatten)]
+    file: FileArg,
+    /// Redis holding the discovery record: redis://[:PASSWORD@]HOST[:PORT]
+    /// or rediss:// for TLS.
+    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
+    redis_url: String,
+    /// The hub's token, a secret shared by every instance (from your CI's
+    /// secrets). Never printed.
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// This instance's index, from 0 [default: from CI variables].
+    #[arg(long)]
+    instance: Option<u32>,
+    /// How many instances the run has [default: from CI variables].
+    #[arg(long)]
+    total: Option<u32>,
+    /// The id every instance of this run shares [default: from CI
+    /// variables, such as GITHUB_RUN_ID and GITHUB_RUN_ATTEMPT].
+    #[arg(long, env = "MUSTER_RUN_ID")]
+    run_id: Option<String>,
+    /// How other runners reach the master: none, cloudflared, bore:HOST[:PORT]
+    /// (a bore server), or cmd:COMMAND (any command that prints a URL).
+    #[arg(long, env = "MUSTER_TUNNEL", default_value = "none")]
+    tunnel: String,
+    /// The bore server's secret, if it has one.
+    #[arg(long, env = "BORE_SECRET", hide_env_values = true)]
+    bore_secret: Option<String>,
+    /// Where the master's hub listens.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Host or IP other runners reach the master at directly [default: this
+    /// machine's outbound address].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Put the token in the discovery record (anyone who can read the Redis
+    /// key can then join); without MUSTER_TOKEN the master makes one up.
+    #[arg(long)]
+    token_in_record: bool,
+    /// How long a worker waits for the master's record and for its hub to answer.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    discover_timeout: Duration,
+    /// How long the master waits for its tunnel's public URL.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    tunnel_timeout: Duration,
+    /// The discovery record's time to live; the master re-writes it every
+    /// third of this while it lives.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    record_ttl: Duration,
+    /// Local workers the master runs beside its hub.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    #[command(flatten)]
+    worker: WorkerFlags,
+    /// Folder that module cwds are relative to [default: the pipeline
+    /// file's folder].
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    #[command(flatten)]
+    master: MasterFlags,
+}
+
+pub async fn ci(args: CiArgs) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let head = git_head(&args.file.file);
+    let run = identity::resolve_run(&env, args.run_id.as_deref(), head.as_deref())
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let instance = identity::resolve_instance(&env, args.instance, args.total)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    // Redis is often a service container still starting when the job
+    // does: every instance keeps trying for --discover-timeout, and says so.
+    let store = DiscoveryStore::open(&args.redis_url)
+        .map_err(|e| Failure::Usage(e.to_string()))?
+        .when_not_answering(|n| println!("muster: {n}"));
+    println!("muster: run {} (from {})", run.run_id, run.source);
+    println!("muster: {}", instance.explain());
+    match identity::role(&instance) {
+        Role::Master => master(args, run, instance, store).await,
+        Role::Worker => worker(args, run, instance, store).await,
+    }
+}
+
+async fn master(
+    args: CiArgs,
+    run: RunIdentity,
+    instance: Instance,
+    store: DiscoveryStore,
+) -> Result<(), Failure> {
+    let plan = load(&args.file.file)?;
+    let kind = tunnel_kind(&args.tunnel, args.bore_secret.as_deref())?;
+    let (config, state) = master_settings(&args)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let port = listener.local_addr()?.port();
+    let master = Master::start(listener, plan, config, state).await?;
+    let tunnel = open_tunnel(&kind, port, args.tunnel_timeout).await?;
+    let urls = hub_urls(
+        args.listen,
+        args.advertise.as_deref(),
+        port,
+        tunnel.as_ref(),
+    );
+    let token = args.token_in_record.then(|| master.token().to_owned());
+    let mut record = running_record(&run.run_id, urls, token);
+    publish(&store, &record, args.record_ttl, args.discover_timeout).await?;
+    println!(
+        "muster: published the hub for {} more instance(s) under {} in Redis at {}: {}",
+        instance.total - 1,
+        record_key(&run.run_id),
+        store.shown_url(),
+        shown_urls(&record.urls)
+    );
+    let (latest, watched) = tokio::sync::watch::channel(record.clone());
+    let stop_refresh = CancellationToken::new();
+    let refresh = tokio::spawn(store.clone().keep_fresh(
+        watched,
+        args.record_ttl,
+        stop_refresh.clone(),
+    ));
+    let local = LocalWorkers::new(
+        args.workers,
+        format!("instance-{}", instance.index),
+        args.worker.capabilities.clone(),
+        workdir(&args),
+        &args.master,
+    );
+    let ran = master.run(&local).await?;
+    stop_refresh.cancel();
+    let _ = refresh.await;
+    record.state = RunState::Finished;
+    record.outcome = Some(ran.outcome);
+    latest.send_replace(record.clone());
+    if let Err(e) = store.write(&record, args.record_ttl).await {
+        eprintln!("muster: warning: could not mark the run finished in Redis: {e}");
+    }
+    drop(tunnel);
+    ran.verdict()
+}
+
+/// The hub's settings for instance 0, which refuses to open a hub without
+/// a token shared by every instance unless told to publish its own.
+fn master_settings(args: &CiArgs) -> Result<(HubConfig, StateFolder), Failure> {
+    let (mut config, state) = hub_settings(&args.master)?;
+    match (args.token.clone(), args.token_in_record) {
+        (Some(token), _) => config.token = token,
+        // HubConfig made a random one up; it reaches workers via the record.
+        (None, true) => {}
+        (None, false) => {
+            return Err(Failure::Usage(
+                "muster ci needs a token: set MUSTER_TOKEN to a secret shared by every instance \
+                 (from your CI's secrets)\n  = help: or pass --token-in-record to let the master make one up and \
+                 store it in the discovery record, where anyone who can read Redis can take it"
+                    .into(),
+            ));
+        }
+    }
+    Ok((config, state))
+}
+
+async fn worker(
+    args: CiArgs,
+    run: RunIdentity,
+    instance: Instance,
+    store: DiscoveryStore,
+) -> Result<(), Failure> {
+    println!(
+        "muster: waiting up to {} for the master's record under {} in Redis at {}",
+        humantime::format_duration(args.discover_timeout),
+        record_key(&run.run_id),
+        store.shown_url()
+    );
+    let found = find_hub(
+        &store,
+        &run.run_id,
+        args.token.as_deref(),
+        args.discover_timeout,
+    );
+    let (hub, token) = match found.await? {
+        Found::Hub { url, token } => (url, token),
+        Found::Finished(outcome) => {
+            println!(
+                "muster: run {} has already finished ({}); nothing left to do",
+                run.run_id,
+                outcome_word(outcome)
+            );
+            return Ok(());
+        }
+    };
+    println!("muster: joining the hub at {}", redact_url(&hub));
+    let seat = Seat {
+        hub,
+        token,
+        name: format!("instance-{}", instance.index),
+        workdir: workdir(&args),
+    };
+    let transfer_stall_timeout = args.master.limits.transfer_stall_timeout;
+    let config = worker_config(seat, &args.worker, transfer_stall_timeout);
+    match muster_worker::run(config, stop_on_interrupt()).await {
+        Ok(Exit::Shutdown { outcome, .. }) => {
+            let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
+            println!("muster: the run has finished: {}", outcome_word(outcome));
+            outcome_result(outcome)
+        }
+        Ok(Exit::Stopped) => Err(Failure::Cancelled),
+        Err(e @ WorkerError::Client(ClientError::Unauthorized { .. })) => {
+            Err(Failure::Usage(e.to_string()))
+        }
+        Err(e) => {
+            // The hub may be gone because the run is over.
+            if let Some(outcome) = finished_soon(&store, &run.run_id).await {
+                println!(
+                    "muster: the run finished while this worker was away: {}",
+                    outcome_word(outcome)
+                );
+                return outcome_result(outcome);
+            }
+            Err(Failure::infrastructure(e))
+        }
+    }
+}
+
+/// Module cwds are relative to `--workdir`, else to the pipeline file's
+/// folder.
+fn workdir(args: &CiArgs) -> PathBuf {
+    args.workdir
+        .clone()
+        .unwrap_or_else(|| pipeline_dir(&args.file.file))
+}
+
+/// The commit checked out where the pipeline file lives, if git knows.
+fn git_head(file: &Path) -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(pipeline_dir(file))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -1,0 +1,60 @@
+//! `muster hub`: the master alone (or with a few local workers), printing
+//! how other machines join it.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::failure::Failure;
+use crate::flags::{FileArg, MasterFlags};
+use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::pipeline::load;
+
+#[derive(Args)]
+pub struct HubArgs {
+    #[command(flatten)]
+    file: FileArg,
+    /// Address to listen on; use 0.0.0.0:PORT to accept other machines.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Local workers to start beside the hub.
+    #[arg(long, short = 'w', default_value_t = 0)]
+    workers: u32,
+    /// Token workers must present [default: a random one, printed once].
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    master: MasterFlags,
+}
+
+pub async fn hub(args: HubArgs) -> Result<(), Failure> {
+    let plan = load(&args.file.file)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (mut config, state) = hub_settings(&args.master)?;
+    let generated = args.token.is_none();
+    if let Some(token) = args.token {
+        config.token = token;
+    }
+    let master = Master::start(listener, plan, config, state).await?;
+    println!("hub url: {}", master.url());
+    if generated {
+        // A token made up for this run only: printing it is the only way
+        // for another terminal to join.
+        println!(
+            "join with: muster worker --hub {} --token {}",
+            master.url(),
+            master.token()
+        );
+    } else {
+        println!(
+            "join with: MUSTER_TOKEN=<your token> muster worker --hub {}",
+            master.url()
+        );
+    }
+    let local = LocalWorkers::plain(args.workers, &args.file.file, &args.master);
+    master.run(&local).await?.verdict()
+}

@@ -1,0 +1,44 @@
+//! The subcommands, one file each, dispatched from [`Command`]. Each takes
+//! its parsed arguments and returns `Ok(())` or the [`Failure`] that
+//! decides the exit code.
+
+mod cancel;
+mod ci;
+mod hub;
+mod run;
+mod validate;
+mod worker;
+
+use clap::Subcommand;
+
+use crate::failure::Failure;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the pipeline here: the master plus local workers on loopback.
+    Run(run::RunArgs),
+    /// Run the master and print how other machines join it.
+    Hub(hub::HubArgs),
+    /// Join a hub and run the modules it assigns.
+    Worker(worker::WorkerArgs),
+    /// The same command on every CI runner: instance 0 becomes the master
+    /// and publishes its hub in Redis, the others find it and join.
+    Ci(Box<ci::CiArgs>),
+    /// Cancel a running hub's run, as Ctrl-C on the master would.
+    Cancel(cancel::CancelArgs),
+    /// Check a pipeline file and print its modules without running anything.
+    Validate(validate::ValidateArgs),
+}
+
+impl Command {
+    pub async fn execute(self) -> Result<(), Failure> {
+        match self {
+            Command::Run(args) => run::run(args).await,
+            Command::Hub(args) => hub::hub(args).await,
+            Command::Worker(args) => worker::worker(args).await,
+            Command::Ci(args) => ci::ci(*args).await,
+            Command::Cancel(args) => cancel::cancel(args).await,
+            Command::Validate(args) => validate::validate(&args),
+        }
+    }
+}

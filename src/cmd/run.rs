@@ -1,0 +1,67 @@
+//! `muster run`: the whole pipeline here, a master and local workers on
+//! loopback.
+
+use anyhow::Context;
+use clap::Args;
+use muster_core::Plan;
+use tokio::net::TcpListener;
+
+use crate::failure::Failure;
+use crate::flags::{FileArg, MasterFlags};
+use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::pipeline::load;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    file: FileArg,
+    /// Local workers to start [default: the number of CPUs].
+    #[arg(long, short = 'w')]
+    workers: Option<u32>,
+    #[command(flatten)]
+    master: MasterFlags,
+}
+
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let plan = load(&args.file.file)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    if workers == 0 {
+        return Err(Failure::Usage(
+            "--workers must be at least 1 for `muster run`".into(),
+        ));
+    }
+    check_local_capabilities(&plan)?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let (config, state) = hub_settings(&args.master)?;
+    let master = Master::start(listener, plan, config, state).await?;
+    let local = LocalWorkers::plain(workers, &args.file.file, &args.master);
+    master.run(&local).await?.verdict()
+}
+
+/// Local workers have only the detected capabilities: a module requiring
+/// more could never run, so say so before starting instead of waiting.
+fn check_local_capabilities(plan: &Plan) -> Result<(), Failure> {
+    let local = muster_worker::detected_capabilities();
+    for module in &plan.modules {
+        let missing: Vec<&str> = module
+            .requires
+            .iter()
+            .filter(|r| !local.contains(r))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Failure::Usage(format!(
+                "module '{}' requires {}, which local workers do not have (they have {})\n  \
+                 = help: run it with `muster hub` and a `muster worker --capability ...` that has it",
+                module.id,
+                missing.join(", "),
+                local.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

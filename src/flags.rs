@@ -1,0 +1,147 @@
+//! Command-line flags that more than one command takes, as clap structs
+//! the commands flatten into their own: the pipeline file, how to reach a
+//! hub, what a worker offers, and the master's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use muster_hub::HubConfig;
+
+use crate::failure::Failure;
+
+/// The pipeline file (`run`, `hub`, `ci`, `validate`).
+#[derive(Args)]
+pub struct FileArg {
+    /// The pipeline file.
+    #[arg(default_value = "muster.toml")]
+    pub file: PathBuf,
+}
+
+/// A running hub and its token (`worker`, `cancel`).
+#[derive(Args)]
+pub struct HubAccess {
+    /// The hub's URL, as `muster hub` prints it.
+    #[arg(long, env = "MUSTER_HUB")]
+    pub hub: String,
+    /// The hub's token.
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// What a worker offers and how long it keeps trying to reach its hub
+/// (`worker`, and the worker instances of `ci`).
+#[derive(Args)]
+pub struct WorkerFlags {
+    /// Extra capability to advertise (repeatable); os:... and arch:... are
+    /// detected.
+    #[arg(long = "capability", short = 'c')]
+    pub capabilities: Vec<String>,
+    /// Modules a worker runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// How long a worker keeps trying to reach its hub (at start, and after
+    /// the connection drops) before it gives up with exit code 3.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reconnect_timeout: Duration,
+}
+
+/// The master's settings (`run`, `hub`, and instance 0 of `ci`).
+#[derive(Args)]
+pub struct MasterFlags {
+    /// Cancel everything else as soon as one module fails.
+    #[arg(long)]
+    pub fail_fast: bool,
+    #[command(flatten)]
+    pub limits: HubLimits,
+    /// Folder for the run's state: artifacts go to artifacts/ under it and
+    /// stay after the run [default: a temporary folder, removed at the end].
+    #[arg(long, help_heading = "Storage")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The hub's timeouts and limits; README.md ("Timeouts") explains them.
+#[derive(Args)]
+pub struct HubLimits {
+    /// How often the hub pings each worker (workers ping back as often).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    ping_interval: Duration,
+    /// A worker silent this long is lost and its modules run elsewhere; a
+    /// worker whose socket drops may reconnect and keep them until then.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    client_timeout: Duration,
+    /// How long a new connection has to finish the SignalR handshake.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    handshake_timeout: Duration,
+    /// How long a new TCP connection has to send a request carrying the
+    /// token (headers included); a silent or slow one is closed then.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    auth_timeout: Duration,
+    /// Connections that have not yet shown the token, held at once; a new
+    /// one beyond this closes the oldest, so a flood of idle sockets cannot
+    /// lock workers out. Kept under a quarter of the open-file limit.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Timeouts")]
+    max_unauthenticated: u32,
+    /// How long a worker has to say Started for a module assigned to it;
+    /// then the hub tells it to drop the module and runs it elsewhere as
+    /// the next attempt.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    start_timeout: Duration,
+    /// How long a ready module waits for a worker with the capabilities it
+    /// requires before it fails.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    capability_timeout: Duration,
+    /// After a cancel, how long workers have to confirm their modules
+    /// stopped before the master gives up on them.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    cancel_grace: Duration,
+    /// How long past a module's own timeout the hub waits for its result
+    /// (room to upload its artifacts) before timing it out itself.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    result_grace: Duration,
+    /// A module whose worker is lost this many times fails as a poison
+    /// module instead of running again.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), help_heading = "Timeouts")]
+    max_worker_losses: u32,
+    /// An artifact upload or download that moves no bytes for this long
+    /// fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Timeouts")]
+    pub transfer_stall_timeout: Duration,
+}
+
+impl HubLimits {
+    /// The hub's settings with these limits (see [`HubLimits::check`]),
+    /// its artifacts stored under `artifact_dir`.
+    pub fn hub_config(&self, fail_fast: bool, artifact_dir: PathBuf) -> HubConfig {
+        HubConfig {
+            fail_fast,
+            ping_interval: self.ping_interval,
+            client_timeout: self.client_timeout,
+            handshake_timeout: self.handshake_timeout,
+            auth_timeout: self.auth_timeout,
+            max_unauthenticated: self.max_unauthenticated as usize,
+            start_timeout: self.start_timeout,
+            capability_timeout: self.capability_timeout,
+            cancel_grace: self.cancel_grace,
+            result_grace: self.result_grace,
+            max_worker_losses: self.max_worker_losses,
+            artifact_dir,
+            transfer_stall_timeout: self.transfer_stall_timeout,
+            ..HubConfig::default()
+        }
+    }
+
+    /// Refuses limits that contradict each other: a worker is heard at
+    /// least once per ping interval, so the client timeout must be longer.
+    pub fn check(&self) -> Result<(), Failure> {
+        if self.client_timeout > self.ping_interval {
+            return Ok(());
+        }
+        Err(Failure::Usage(format!(
+            "--client-timeout ({}) must be longer than --ping-interval ({}): a worker is heard at least once per ping interval\n  \
+             = help: keep the client timeout about twice the ping interval, as SignalR does",
+            humantime::format_duration(self.client_timeout),
+            humantime::format_duration(self.ping_interval)
+        )))
+    }
+}

@@ -1,0 +1,232 @@
+//! What `run`, `hub` and `ci` share as the master: the hub's settings and
+//! state folder, starting the hub, local workers beside it, printing the
+//! run as it goes, Ctrl-C, and waiting for the run's end.
+//!
+//! The first Ctrl-C (or SIGTERM) cancels the run and waits for workers to
+//! confirm. The second leaves at once, by returning [`Failure::Abandoned`]
+//! rather than exiting the process: everything the run started is dropped
+//! on the way out, so module process groups are killed and temporary
+//! folders removed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use muster_core::protocol::RunOutcome;
+use muster_core::Plan;
+use muster_hub::{Canceller, Hub, HubConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::failure::{outcome_result, Failure};
+use crate::flags::{MasterFlags, WorkerFlags};
+use crate::interrupt::wait_for_interrupt;
+use crate::pipeline::pipeline_dir;
+use crate::report::{self, Reporter};
+use crate::state_folder::StateFolder;
+use crate::workers::{worker_config, Seat, LOCAL_RECONNECT_TIMEOUT};
+
+/// How long workers have to leave after the hub told them the run is over,
+/// before the hub's server stops.
+const HUB_LINGER: Duration = Duration::from_secs(5);
+
+/// How long each local worker has to end after the run did.
+const LOCAL_WORKER_LINGER: Duration = Duration::from_secs(5);
+
+/// The hub's settings from the master's flags, and the state folder to
+/// keep while the run lasts. The hub's token is a random one until the
+/// caller sets its own.
+pub fn hub_settings(flags: &MasterFlags) -> Result<(HubConfig, StateFolder), Failure> {
+    flags.limits.check()?;
+    let state = StateFolder::given_or_temporary(flags.state_dir.as_deref())?;
+    let config = flags.limits.hub_config(flags.fail_fast, state.artifacts());
+    Ok((config, state))
+}
+
+/// A started hub with what it needs until its run ends.
+pub struct Master {
+    hub: Hub,
+    token: String,
+    reporter: Reporter,
+    state: StateFolder,
+}
+
+impl Master {
+    /// Starts the hub for `plan` on an already bound `listener`; `state`
+    /// is kept until the run ends.
+    pub async fn start(
+        listener: TcpListener,
+        plan: Plan,
+        config: HubConfig,
+        state: StateFolder,
+    ) -> Result<Master, Failure> {
+        let token = config.token.clone();
+        let reporter = Reporter::for_plan(&plan, &token);
+        let hub = Hub::start(listener, plan, config).await?;
+        Ok(Master {
+            hub,
+            token,
+            reporter,
+            state,
+        })
+    }
+
+    /// The URL workers join.
+    pub fn url(&self) -> &str {
+        self.hub.url()
+    }
+
+    /// The token workers must show.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Runs the hub with `local` workers beside it to the end of the run,
+    /// printing it as it goes.
+    pub async fn run(self, local: &LocalWorkers) -> Result<Ran, Failure> {
+        let Master {
+            hub,
+            token,
+            reporter,
+            state,
+        } = self;
+        let stop = CancellationToken::new();
+        let tasks = local.spawn(hub.url(), &token, &stop);
+        let ran = supervise(hub, reporter).await;
+        if ran.is_ok() {
+            stop.cancel();
+            for task in tasks {
+                let _ = tokio::time::timeout(LOCAL_WORKER_LINGER, task).await;
+            }
+        } else {
+            // Nobody waits for them: dropping each worker now drops what it
+            // holds (its connection, its cache folder).
+            for task in &tasks {
+                task.abort();
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        drop(state);
+        ran
+    }
+}
+
+/// Workers the master runs as tasks beside its hub, over loopback, one
+/// slot each.
+pub struct LocalWorkers {
+    count: u32,
+    /// Names are `NAME-1`, `NAME-2`, ...
+    name: String,
+    flags: WorkerFlags,
+    workdir: std::path::PathBuf,
+    transfer_stall_timeout: Duration,
+}
+
+impl LocalWorkers {
+    /// `count` workers named `NAME-N` with `capabilities` beyond the
+    /// detected `os:` and `arch:`, whose module cwds are relative to
+    /// `workdir`.
+    pub fn new(
+        count: u32,
+        name: impl Into<String>,
+        capabilities: Vec<String>,
+        workdir: std::path::PathBuf,
+        flags: &MasterFlags,
+    ) -> LocalWorkers {
+        LocalWorkers {
+            count,
+            name: name.into(),
+            flags: WorkerFlags {
+                capabilities,
+                slots: 1,
+                reconnect_timeout: LOCAL_RECONNECT_TIMEOUT,
+            },
+            workdir,
+            transfer_stall_timeout: flags.limits.transfer_stall_timeout,
+        }
+    }
+
+    /// `count` workers named `local-N` with the detected capabilities, whose
+    /// module cwds are relative to the pipeline file's folder.
+    pub fn plain(count: u32, file: &Path, flags: &MasterFlags) -> LocalWorkers {
+        LocalWorkers::new(count, "local", Vec::new(), pipeline_dir(file), flags)
+    }
+
+    fn spawn(&self, hub: &str, token: &str, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+        (1..=self.count)
+            .map(|i| {
+                let seat = Seat {
+                    hub: hub.to_owned(),
+                    token: token.to_owned(),
+                    name: format!("{}-{i}", self.name),
+                    workdir: self.workdir.clone(),
+                };
+                let config = worker_config(seat, &self.flags, self.transfer_stall_timeout);
+                let stop = stop.child_token();
+                tokio::spawn(async move {
+                    if let Err(e) = muster_worker::run(config, stop).await {
+                        eprintln!("muster: local worker {i}: {e}");
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// A finished run as the master saw it.
+pub struct Ran {
+    pub outcome: RunOutcome,
+    /// Whether some of the run's output did not reach stdout.
+    pub output_lost: bool,
+}
+
+impl Ran {
+    /// The run's result; a run that succeeded but whose output could not
+    /// be written fails, so CI never trusts a log that was cut short.
+    pub fn verdict(&self) -> Result<(), Failure> {
+        outcome_result(self.outcome)?;
+        if self.output_lost {
+            return Err(Failure::OutputLost);
+        }
+        Ok(())
+    }
+}
+
+/// Prints the run as it goes and returns how it ended; see the module
+/// documentation for Ctrl-C.
+async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Ran, Failure> {
+    let events = hub.take_events().expect("events are taken once");
+    let printer = tokio::spawn(reporter.print(events));
+    let canceller = hub.canceller();
+    let summary = tokio::select! {
+        summary = hub.wait(HUB_LINGER) => summary?,
+        () = cancel_then_abandon(canceller) => {
+            printer.abort();
+            return Err(Failure::Abandoned);
+        }
+    };
+    // The event stream ends with the run: every line is printed before the
+    // table, however slowly stdout is read.
+    let printed = printer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let output =
+        printed.and_then(|()| report::write_stdout(report::summary_table(&summary).as_bytes()));
+    if let Err(e) = &output {
+        eprintln!("muster: error: the run's output was not all written to stdout: {e}");
+    }
+    Ok(Ran {
+        outcome: summary.outcome(),
+        output_lost: output.is_err(),
+    })
+}
+
+/// Cancels the run at the first interrupt; returns at the second.
+async fn cancel_then_abandon(canceller: Canceller) {
+    wait_for_interrupt().await;
+    eprintln!("muster: cancelling the run (press Ctrl-C again to exit at once)");
+    canceller.cancel("cancelled by the user").await;
+    wait_for_interrupt().await;
+}
