@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use muster_core::protocol::RunOutcome;
 use muster_core::url::redact_url;
+use muster_core::wire::http::health_url;
+use muster_core::wire::types::RunOutcome;
 use muster_discovery::store::{DiscoveryStore, StoreError};
 use muster_worker::transfer::describe_reqwest;
 use tokio::time::Instant;
@@ -101,10 +102,7 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let probes = urls.iter().map(|url| {
         let client = client.clone();
-        let health = format!(
-            "{}/healthz",
-            url.trim_end_matches('/').trim_end_matches("/hub")
-        );
+        let health = health_url(url);
         async move {
             match client.get(&health).send().await {
                 Ok(response) if response.status().is_success() => Ok(()),

@@ -2,7 +2,7 @@
 //! code (README.md, "Exit codes"). Commands return a [`Failure`]; `main`
 //! prints it and turns it into the process's exit code, in one place.
 
-use muster_core::protocol::RunOutcome;
+use muster_core::wire::types::RunOutcome;
 
 use crate::pipeline::LoadError;
 

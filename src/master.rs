@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use muster_core::protocol::RunOutcome;
+use muster_core::wire::types::RunOutcome;
 use muster_core::Plan;
 use muster_hub::{Canceller, Hub, HubConfig};
 use tokio::net::TcpListener;

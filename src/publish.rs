@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use muster_core::protocol::PROTOCOL_VERSION;
 use muster_core::url::redact_url;
+use muster_core::wire::types::PROTOCOL_VERSION;
 use muster_discovery::record::{DiscoveryRecord, RunState};
 use muster_discovery::store::{DiscoveryStore, Written};
 use muster_discovery::tunnel::{self, Tunnel, TunnelKind};

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use muster_core::mask::Masker;
-use muster_core::protocol::RunOutcome;
 use muster_core::text::{escape, escape_log_line};
+use muster_core::wire::types::RunOutcome;
 use muster_core::{ModuleState, Plan};
 use muster_hub::{RunEvent, Summary};
 use tokio::sync::mpsc;
@@ -398,7 +398,7 @@ fn round_to_ms(d: std::time::Duration) -> std::time::Duration {
 mod tests {
     use super::*;
     use muster_core::parse_pipeline;
-    use muster_core::protocol::LogStream;
+    use muster_core::wire::types::LogStream;
 
     fn reporter(secrets: &[&str]) -> Reporter {
         let mut reporter = Reporter::new(1).with_masker(Masker::new(secrets));

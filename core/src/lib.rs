@@ -21,24 +21,6 @@ pub mod text;
 pub mod url;
 pub mod wire;
 
-// Old paths, kept so that the other crates build unchanged until they
-// import from `wire` (to be switched over at merge time, then removed):
-// - `muster_core::signalr::*` is `muster_core::wire::signalr::*`;
-// - `muster_core::protocol::*` is `muster_core::wire::types::*` and
-//   `muster_core::wire::calls::*`, and `protocol::MAX_RECORD_BYTES` is
-//   `muster_core::wire::limits::MAX_RECORD_BYTES`;
-// - `muster_core::url::join` (re-exported in `url.rs`) is
-//   `muster_core::wire::http::join`.
-pub use wire::signalr;
-
-/// Old path of [`wire::types`], [`wire::calls`] and
-/// [`wire::limits::MAX_RECORD_BYTES`]; see above.
-pub mod protocol {
-    pub use crate::wire::calls::*;
-    pub use crate::wire::limits::MAX_RECORD_BYTES;
-    pub use crate::wire::types::*;
-}
-
 pub use pipeline::{parse_pipeline, PipelineError};
 pub use plan::{Consume, ModuleIndex, Plan, PlannedModule};
 pub use run::{Change, Limits, Run};

@@ -5,10 +5,6 @@
 //! No I/O and no parsing beyond what these need: a URL that is not quite
 //! valid is still redacted (it is most likely to be printed in an error).
 
-/// Old path of [`crate::wire::http::join`], kept until the other crates
-/// import it from there.
-pub use crate::wire::http::join;
-
 /// Query parameters whose values are secrets (compared without regard to
 /// case, after percent-decoding, as the hub reads them): the hub's token,
 /// and the password forms Redis URLs take.

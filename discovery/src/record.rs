@@ -2,7 +2,7 @@
 //! derived from the run id, so workers of the same run can find its hub.
 //! JSON, so anyone can read it with `redis-cli GET`.
 
-pub use muster_core::protocol::RunOutcome;
+pub use muster_core::wire::types::RunOutcome;
 use serde::{Deserialize, Serialize};
 
 /// Whether the run is still going.

@@ -42,12 +42,6 @@ use tokio_util::io::ReaderStream;
 
 use crate::ids::random_id;
 
-/// The URL of one artifact on a hub: `{hub_url}/artifacts/{sha256}`, where
-/// `hub_url` is what workers join, e.g. `http://127.0.0.1:7400/hub`.
-pub fn artifact_url(hub_url: &str, sha256: &str) -> String {
-    format!("{}/artifacts/{sha256}", hub_url.trim_end_matches('/'))
-}
-
 /// Where stored artifacts live under the store's folder.
 const BLOBS: &str = "sha256";
 /// Where uploads are written until their digest is checked.
@@ -459,19 +453,6 @@ mod tests {
         check("../../etc/passwd", false);
         check(&format!("../{}", &good[3..]), false);
         check("", false);
-    }
-
-    #[test]
-    fn urls() {
-        let hub = "http://127.0.0.1:7400/hub";
-        assert_eq!(
-            artifact_url(hub, "ab"),
-            "http://127.0.0.1:7400/hub/artifacts/ab"
-        );
-        assert_eq!(
-            artifact_url("http://h/hub/", "ab"),
-            "http://h/hub/artifacts/ab"
-        );
     }
 
     #[tokio::test]

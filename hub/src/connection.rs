@@ -9,8 +9,10 @@
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use muster_core::protocol::{CallError, WorkerCall};
-use muster_core::signalr::{frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
+use muster_core::wire::calls::{CallError, WorkerCall};
+use muster_core::wire::signalr::{
+    frame, FrameDecoder, HandshakeRequest, HandshakeResponse, Message,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};

@@ -1,7 +1,7 @@
 //! What the hub tells its owner (the CLI): a stream of [`RunEvent`]s while
 //! the run goes, and one [`Summary`] at the end.
 
-use muster_core::protocol::{LogStream, RunOutcome};
+use muster_core::wire::types::{LogStream, RunOutcome};
 use muster_core::ModuleState;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -30,9 +30,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use artifacts::artifact_url;
 pub use events::{ModuleSummary, RunEvent, Summary};
 pub use ids::random_id;
+pub use muster_core::wire::http::artifact_url;
 pub use scheduler::CancelAnswer;
 
 use connection::ConnectionSettings;
@@ -108,7 +108,7 @@ impl Default for HubConfig {
             handshake_timeout: Duration::from_secs(15),
             auth_timeout: Duration::from_secs(10),
             max_unauthenticated: 256,
-            max_message_bytes: muster_core::protocol::MAX_RECORD_BYTES,
+            max_message_bytes: muster_core::wire::limits::MAX_RECORD_BYTES,
             capability_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(15),
             result_grace: Duration::from_secs(30 * 60),

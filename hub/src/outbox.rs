@@ -3,7 +3,7 @@
 //! (which pushes hub calls to a worker through it). Sending never waits:
 //! a full queue means the peer is not reading, and it is closed.
 
-use muster_core::signalr::Message;
+use muster_core::wire::signalr::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;

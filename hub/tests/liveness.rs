@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use muster_core::parse_pipeline;
-use muster_core::signalr::{FrameDecoder, Message};
+use muster_core::wire::signalr::{FrameDecoder, Message};
 use muster_hub::{Hub, HubConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

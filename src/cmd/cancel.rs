@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use muster_worker::websocket_url;
+use muster_core::wire::http::cancel_url;
 
 use crate::failure::Failure;
 use crate::flags::HubAccess;
@@ -25,10 +25,7 @@ pub struct CancelArgs {
 /// `POST {hub}/cancel` with the token; prints what the hub answered.
 pub async fn cancel(args: CancelArgs) -> Result<(), Failure> {
     let CancelArgs { access, reason } = args;
-    websocket_url(&access.hub).map_err(|e| Failure::Usage(e.to_string()))?;
-    let url = muster_core::url::join(&access.hub, "cancel")
-        .replacen("ws://", "http://", 1)
-        .replacen("wss://", "https://", 1);
+    let url = cancel_url(&access.hub).map_err(|e| Failure::Usage(e.to_string()))?;
     // What is printed never carries a token given in the URL.
     let shown = muster_core::url::redact_url(&url);
     let mut body = serde_json::Map::new();

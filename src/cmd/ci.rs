@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use muster_core::protocol::RunOutcome;
 use muster_core::url::redact_url;
+use muster_core::wire::types::RunOutcome;
 use muster_discovery::identity::{self, Instance, Role, RunIdentity};
 use muster_discovery::record::{record_key, RunState};
 use muster_discovery::store::DiscoveryStore;

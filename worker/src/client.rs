@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use muster_core::signalr::{FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
-use muster_core::url::{self, redact_url};
+use muster_core::url::redact_url;
+use muster_core::wire::http::{self, BadHubUrl};
+use muster_core::wire::signalr::{FrameDecoder, HandshakeRequest, HandshakeResponse, Message};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -56,26 +57,9 @@ pub struct Receiver {
     ready: VecDeque<String>,
 }
 
-/// Turns the hub's http(s) URL into its ws(s) URL, without a trailing
-/// slash on its path (`…/hub/` is `…/hub`); a query is kept.
+/// The hub's ws(s) URL (core's mapping), refused as [`ClientError::BadUrl`].
 pub fn websocket_url(hub: &str) -> Result<String, ClientError> {
-    let mapped =
-        with_scheme(hub, "ws", "wss").ok_or_else(|| ClientError::BadUrl(redact_url(hub)))?;
-    Ok(url::join(&mapped, ""))
-}
-
-/// The hub's URL with its scheme made `plain` (for `http://` and `ws://`)
-/// or `secure` (for `https://` and `wss://`); `None` for any other scheme.
-/// The WebSocket and the artifact store are two schemes of one hub URL.
-pub(crate) fn with_scheme(hub: &str, plain: &str, secure: &str) -> Option<String> {
-    [
-        ("http://", plain),
-        ("https://", secure),
-        ("ws://", plain),
-        ("wss://", secure),
-    ]
-    .iter()
-    .find_map(|(from, to)| hub.strip_prefix(from).map(|rest| format!("{to}://{rest}")))
+    http::websocket_url(hub).map_err(|BadHubUrl(shown)| ClientError::BadUrl(shown))
 }
 
 /// Connects, authenticates with a bearer header and does the handshake.
@@ -128,7 +112,7 @@ pub async fn connect(
     };
     let handshake = serde_json::to_string(&HandshakeRequest::json()).expect("serializes");
     sender
-        .send_frame(muster_core::signalr::frame(&handshake))
+        .send_frame(muster_core::wire::signalr::frame(&handshake))
         .await?;
     let answer = match tokio::time::timeout(timeout, receiver.record()).await {
         Err(_) => {

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use muster_core::protocol::{Registration, Welcome, WorkerCall};
-use muster_core::signalr::Message;
 use muster_core::url::redact_url;
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::signalr::Message;
+use muster_core::wire::types::{Registration, Welcome};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;

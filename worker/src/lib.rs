@@ -29,8 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_core::protocol::{RunOutcome, Welcome, WorkerCall};
 use muster_core::url::redact_url;
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::types::{RunOutcome, Welcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

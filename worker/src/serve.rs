@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use muster_core::protocol::{HubCall, RunOutcome, Welcome, WorkerCall};
-use muster_core::signalr::Message;
+use muster_core::wire::calls::{HubCall, WorkerCall};
+use muster_core::wire::signalr::Message;
+use muster_core::wire::types::{RunOutcome, Welcome};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;

@@ -8,9 +8,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_core::protocol::{
-    Assignment, Held, HubCall, Registration, Report, ReportStatus, Resume, Welcome, WorkerCall,
-    MAX_RECORD_BYTES,
+use muster_core::wire::calls::{HubCall, WorkerCall};
+use muster_core::wire::limits::MAX_RECORD_BYTES;
+use muster_core::wire::types::{
+    Assignment, Held, Registration, Report, ReportStatus, Resume, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

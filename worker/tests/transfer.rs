@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
-use muster_core::protocol::{Artifact, Consumed};
+use muster_core::wire::types::{Artifact, Consumed};
 use muster_worker::transfer::{
     describe_artifact, find_produced, listed_bytes, Fetched, Found, ProducedError, Transfer,
     TransferError, TransferSettings, Uploaded, MAX_LISTED_BYTES,

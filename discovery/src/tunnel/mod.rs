@@ -31,6 +31,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use muster_core::wire::http::health_url;
 use tokio::time::Instant;
 
 pub use choice::{parse_tunnel, TunnelKind};
@@ -248,7 +249,7 @@ impl Starting {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<(), TunnelError> {
-        let healthz = format!("{url}/healthz");
+        let healthz = health_url(url);
         let waiting_for = format!("the hub to answer GET {healthz} with 200 ok");
         let client = self.public.clone();
         self.wait_probe(&waiting_for, deadline, timeout, || {

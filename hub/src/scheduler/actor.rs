@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use muster_core::protocol::Welcome;
+use muster_core::wire::types::Welcome;
 use muster_core::{Plan, WorkerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use muster_core::protocol::{HubCall, LogStream, Report, ReportStatus, WorkerCall};
+use muster_core::wire::calls::{HubCall, WorkerCall};
+use muster_core::wire::types::{LogStream, Report, ReportStatus};
 use muster_core::{Ended, Event, ModuleIndex, Outcome, TransitionError, WorkerId};
 use serde_json::Value;
 

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use muster_core::plan::needs_env_name;
-use muster_core::protocol::{Assignment, Consumed, HubCall};
+use muster_core::wire::calls::HubCall;
+use muster_core::wire::types::{Assignment, Consumed};
 use muster_core::{Event, ModuleIndex};
 
 use super::machine::Machine;
@@ -122,18 +123,11 @@ impl Machine {
         let plan = self.run.plan();
         let mut consumed = Vec::new();
         for consume in &plan.modules[module].consumes {
-            let matcher = consume.glob.as_deref().map(|glob| {
-                // `*` stays within a folder; `**` crosses folders.
-                globset::GlobBuilder::new(glob)
-                    .literal_separator(true)
-                    .build()
-                    .expect("the pipeline checked its globs")
-                    .compile_matcher()
-            });
             let from = &plan.modules[consume.from].id;
             let produced = self.run.state(consume.from).ended().map(|e| &e.artifacts);
             for artifact in produced.into_iter().flatten() {
-                if matcher.as_ref().is_none_or(|m| m.is_match(&artifact.path)) {
+                // Compiled once, when the pipeline was read.
+                if consume.glob.as_ref().is_none_or(|g| g.is_match(&artifact.path)) {
                     consumed.push(Consumed {
                         from: from.clone(),
                         artifact: artifact.clone(),

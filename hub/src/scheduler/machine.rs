@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use muster_core::protocol::{HubCall, Registration, RunOutcome, Welcome, WorkerCall};
+use muster_core::wire::calls::{HubCall, WorkerCall};
+use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 

@@ -23,7 +23,8 @@ mod workers;
 
 use std::time::Duration;
 
-use muster_core::protocol::{Registration, WorkerCall};
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::types::Registration;
 use muster_core::{Limits, WorkerId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;

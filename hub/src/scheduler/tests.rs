@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use muster_core::protocol::{
-    Held, HubCall, LogStream, Registration, Report, ReportStatus, Resume, Welcome, WorkerCall,
+use muster_core::wire::calls::{HubCall, WorkerCall};
+use muster_core::wire::types::{
+    Held, LogStream, Registration, Report, ReportStatus, Resume, Welcome,
 };
 use muster_core::{parse_pipeline, Limits, WorkerId};
 use serde_json::Value;

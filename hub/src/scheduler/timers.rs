@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use muster_core::protocol::HubCall;
+use muster_core::wire::calls::HubCall;
 use muster_core::{Ended, Event, ModuleIndex, ModuleState, Outcome, WorkerId};
 
 use super::machine::Machine;

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use muster_core::protocol::{Held, HubCall, Registration, Resume, Welcome, PROTOCOL_VERSION};
+use muster_core::wire::calls::HubCall;
+use muster_core::wire::types::{Held, Registration, Resume, Welcome, PROTOCOL_VERSION};
 use muster_core::{ModuleIndex, ModuleState, WorkerId};
 use subtle::ConstantTimeEq;
 

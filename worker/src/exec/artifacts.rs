@@ -6,7 +6,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use muster_core::protocol::{Artifact, Assignment, WorkerCall};
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::types::{Artifact, Assignment};
 use tokio::sync::mpsc;
 
 use super::logs::note_in_log;

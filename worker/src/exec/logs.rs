@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use muster_core::mask::Masker;
-use muster_core::protocol::{Assignment, LogStream, WorkerCall};
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::types::{Assignment, LogStream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;

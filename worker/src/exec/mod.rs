@@ -21,7 +21,8 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use muster_core::mask::Masker;
-use muster_core::protocol::{Artifact, Assignment, LogStream, Report, ReportStatus, WorkerCall};
+use muster_core::wire::calls::WorkerCall;
+use muster_core::wire::types::{Artifact, Assignment, LogStream, Report, ReportStatus};
 use muster_group::ProcessGroup;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

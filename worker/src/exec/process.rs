@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use muster_core::mask::Masker;
-use muster_core::protocol::Assignment;
+use muster_core::wire::types::Assignment;
 use tokio::process::{Child, Command};
 
 use super::Context;

@@ -12,7 +12,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError, Weak};
 
-use muster_core::protocol::Artifact;
+use muster_core::wire::types::Artifact;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::hash::hash_reader;

@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use muster_core::protocol::{Artifact, Consumed};
+use muster_core::wire::types::{Artifact, Consumed};
 
 use super::hash::hash_reader;
 use super::TransferError;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use muster_core::protocol::{Artifact, Consumed};
+use muster_core::wire::types::{Artifact, Consumed};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;

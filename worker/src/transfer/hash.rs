@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
-use muster_core::protocol::Artifact;
+use muster_core::wire::types::Artifact;
 use sha2::{Digest, Sha256};
 
 use super::produced::{Found, ProducedError};

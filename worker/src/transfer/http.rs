@@ -7,7 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_core::url;
+use muster_core::wire::http::artifact_url;
 use reqwest::StatusCode;
 use tokio::time::timeout;
 
@@ -133,11 +133,6 @@ impl Transfer {
             Ok(response) => response.map_err(network),
         }
     }
-}
-
-/// The URL of one blob in the store of the hub at `hub`.
-fn artifact_url(hub: &str, sha256: &str) -> String {
-    url::join(hub, &format!("artifacts/{sha256}"))
 }
 
 pub(super) fn status_failure(status: StatusCode) -> Failure {

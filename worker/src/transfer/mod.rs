@@ -39,9 +39,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_core::url::{self, redact_url};
+use muster_core::url::redact_url;
+use muster_core::wire::http::{http_url, BadHubUrl};
 
-use crate::client::with_scheme;
 use crate::observer::{Silent, WorkerObserver};
 
 pub use destination::Refusal;
@@ -169,10 +169,8 @@ impl Transfer {
         cache_dir: impl Into<PathBuf>,
         settings: TransferSettings,
     ) -> Result<Transfer, TransferError> {
-        let mapped = with_scheme(hub_url, "http", "https")
-            .ok_or_else(|| TransferError::BadHubUrl(redact_url(hub_url)))?;
-        reqwest::Url::parse(&mapped).map_err(|_| TransferError::BadHubUrl(redact_url(hub_url)))?;
-        let hub = url::join(&mapped, "");
+        let hub = http_url(hub_url).map_err(|BadHubUrl(shown)| TransferError::BadHubUrl(shown))?;
+        reqwest::Url::parse(&hub).map_err(|_| TransferError::BadHubUrl(redact_url(hub_url)))?;
         let shown_hub = redact_url(&hub);
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 
 /// The hub's bound on a report's artifact list, shared through core.
 pub use muster_core::wire::limits::{listed_bytes, MAX_LISTED_BYTES};
@@ -142,12 +142,8 @@ impl Pattern {
             return Err(bad("names no file"));
         }
         let normalised = parts.join("/");
-        let matcher = GlobBuilder::new(&normalised)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| bad(&format!("is not a valid glob: {}", e.kind())))?
-            .compile_matcher();
+        let matcher = muster_core::glob::compile(&normalised)
+            .map_err(|e| bad(&format!("is not a valid glob: {}", e.kind())))?;
         let is_literal = |part: &&&str| !part.contains(['*', '?', '[', ']', '{', '}', '\\']);
         let base: Vec<String> = parts[..parts.len() - 1]
             .iter()

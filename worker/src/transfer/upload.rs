@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use muster_core::protocol::Artifact;
+use muster_core::wire::types::Artifact;
 use reqwest::StatusCode;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
