@@ -127,7 +127,11 @@ impl Machine {
             let produced = self.run.state(consume.from).ended().map(|e| &e.artifacts);
             for artifact in produced.into_iter().flatten() {
                 // Compiled once, when the pipeline was read.
-                if consume.glob.as_ref().is_none_or(|g| g.is_match(&artifact.path)) {
+                if consume
+                    .glob
+                    .as_ref()
+                    .is_none_or(|g| g.is_match(&artifact.path))
+                {
                     consumed.push(Consumed {
                         from: from.clone(),
                         artifact: artifact.clone(),

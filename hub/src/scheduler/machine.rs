@@ -11,8 +11,7 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
-use super::timers::Timer;
-use super::workers::Worker;
+use super::table::{Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
 use crate::events::{ModuleSummary, RunEvent, Summary};
 

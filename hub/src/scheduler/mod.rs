@@ -16,6 +16,7 @@ mod calls;
 mod dispatch;
 mod machine;
 mod placement;
+mod table;
 #[cfg(test)]
 mod tests;
 mod timers;

@@ -5,7 +5,7 @@
 use muster_core::{ModuleIndex, ModuleState};
 
 use super::machine::Machine;
-use super::timers::Timer;
+use super::table::Timer;
 
 /// How many workers a "no worker can take it" message lists.
 const WORKERS_LISTED: usize = 8;

@@ -9,24 +9,10 @@
 use std::time::Instant;
 
 use muster_core::wire::calls::HubCall;
-use muster_core::{Ended, Event, ModuleIndex, ModuleState, Outcome, WorkerId};
+use muster_core::{Ended, Event, ModuleIndex, ModuleState, Outcome};
 
 use super::machine::Machine;
-
-/// Deadlines the scheduler wakes up for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Timer {
-    /// A dropped worker has not come back in time.
-    Away { worker: WorkerId, session: u64 },
-    /// A ready module may have waited too long for a capable worker.
-    NoWorker(ModuleIndex),
-    /// Workers did not confirm a cancel in time.
-    CancelGrace,
-    /// A started attempt has had its timeout and the grace to report.
-    Result { module: ModuleIndex, attempt: u32 },
-    /// An assigned attempt has had its time to be started.
-    Start { module: ModuleIndex, attempt: u32 },
-}
+use super::table::Timer;
 
 impl Machine {
     /// Fires every timer due by now.

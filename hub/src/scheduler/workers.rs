@@ -11,33 +11,9 @@ use muster_core::{ModuleIndex, ModuleState, WorkerId};
 use subtle::ConstantTimeEq;
 
 use super::machine::{shutdown, Effect, Machine};
-use super::timers::Timer;
+use super::table::{Timer, Worker};
 use super::{Registered, MAX_SLOTS};
 use crate::events::RunEvent;
-
-/// A worker in the table, connected or away.
-pub(crate) struct Worker {
-    pub name: String,
-    pub capabilities: BTreeSet<String>,
-    pub slots: u32,
-    pub held: u32,
-    pub session: u64,
-    pub resume_key: String,
-    /// False while the worker is away (its socket dropped).
-    pub connected: bool,
-    /// Calls refused so far, to keep their logging bounded.
-    pub refusals: u32,
-}
-
-impl Worker {
-    pub fn offers(&self, requires: &[String]) -> bool {
-        requires.iter().all(|r| self.capabilities.contains(r))
-    }
-
-    pub fn can_take(&self, requires: &[String]) -> bool {
-        self.connected && self.held < self.slots && self.offers(requires)
-    }
-}
 
 impl Machine {
     /// A new connection's `Register`: a resume in time keeps the worker's
