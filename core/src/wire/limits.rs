@@ -39,7 +39,12 @@ mod tests {
     /// more than [`listed_bytes`] allows for, and the overhead is exact.
     #[test]
     fn listed_bytes_never_undercounts() {
-        for path in ["", "a", "dir/with \"quotes\" and \\ and \u{7}"] {
+        for path in [
+            "",
+            "a",
+            "out/file-number-1",
+            "dir/with \"quotes\" and \\ and \u{7}",
+        ] {
             let artifact = Artifact {
                 path: path.into(),
                 size: u64::MAX,

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use muster_core::wire::calls::HubCall;
-use muster_core::{Ended, Event, ModuleIndex, ModuleState, Outcome};
+use muster_core::{Ended, Event, ModuleIndex, ModuleState, Outcome, WorkerId};
 
 use super::machine::Machine;
 use super::table::Timer;
@@ -67,20 +67,28 @@ impl Machine {
         self.arm(at, timer);
     }
 
+    /// The worker holding `attempt` of `module`, if the module is still at
+    /// that attempt and in the state `phase` accepts: a timer armed for an
+    /// earlier attempt or state does nothing.
+    fn holder_of(
+        &self,
+        module: ModuleIndex,
+        attempt: u32,
+        phase: fn(&ModuleState) -> bool,
+    ) -> Option<WorkerId> {
+        let state = self.run.state(module);
+        let current = phase(state) && state.attempt() == Some(attempt);
+        state.holder().filter(|_| current)
+    }
+
     /// The bound on the hand-off: a module still assigned (not `Started`)
     /// when its start timeout fires is taken back and runs elsewhere as the
     /// next attempt; the worker is told to drop it.
     fn not_started(&mut self, module: ModuleIndex, attempt: u32) {
-        let ModuleState::Assigned {
-            worker,
-            attempt: current,
-        } = *self.run.state(module)
-        else {
+        let assigned = |state: &ModuleState| matches!(state, ModuleState::Assigned { .. });
+        let Some(worker) = self.holder_of(module, attempt, assigned) else {
             return;
         };
-        if current != attempt {
-            return;
-        }
         let id = self.run.plan().modules[module].id.clone();
         let name = self.seen_name(worker).to_owned();
         let waited = humantime::format_duration(self.settings.start_timeout).to_string();
@@ -101,17 +109,10 @@ impl Machine {
     /// The backstop for a worker that stays connected but never reports:
     /// the attempt times out here, and the worker is told to stop it.
     fn no_result(&mut self, module: ModuleIndex, attempt: u32) {
-        let ModuleState::Running {
-            worker,
-            attempt: current,
-            ..
-        } = *self.run.state(module)
-        else {
+        let running = |state: &ModuleState| matches!(state, ModuleState::Running { .. });
+        let Some(worker) = self.holder_of(module, attempt, running) else {
             return;
         };
-        if current != attempt {
-            return;
-        }
         let m = &self.run.plan().modules[module];
         let (id, timeout) = (m.id.clone(), m.timeout);
         let reason = format!(
