@@ -164,6 +164,7 @@ impl Scheduler {
                 }
                 Effect::Answer(result) => {
                     if let Requester::Call(Some((invocation_id, outbox))) = &requester {
+                        let result = result.map_err(|refusal| refusal.to_string());
                         outbox.answer(invocation_id.clone(), result);
                     }
                 }

@@ -15,17 +15,32 @@ use crate::events::RunEvent;
 /// Refused calls per worker logged as warnings before the rest go to debug.
 const REFUSALS_WARNED: u32 = 10;
 
-/// A worker's call the run refused: the error to answer with, and a
-/// `Cancel` to send after the answer when the worker must stop an attempt.
+/// Why a worker's call was refused; its text is the error Completion the
+/// worker gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("this connection is already registered")]
+    AlreadyRegistered,
+    #[error("no module '{0}' in this pipeline")]
+    UnknownModule(String),
+    #[error("log for module '{module}' attempt {attempt}, which this worker does not hold")]
+    LogNotHeld { module: String, attempt: u32 },
+    /// The run's state machine refused the transition, in the worker's terms.
+    #[error("module '{module}': {why}")]
+    Transition { module: String, why: String },
+}
+
+/// A refused call: why, and a `Cancel` to send after the answer when the
+/// worker must stop an attempt.
 struct Refused {
-    error: String,
+    refusal: Refusal,
     cancel: Option<Box<HubCall>>,
 }
 
-impl Refused {
-    fn because(error: impl Into<String>) -> Refused {
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
         Refused {
-            error: error.into(),
+            refusal,
             cancel: None,
         }
     }
@@ -34,24 +49,22 @@ impl Refused {
 impl Machine {
     /// Applies a call and returns its answer; what follows from it (a
     /// Cancel, the run's changes) is queued after the answer.
-    pub(super) fn call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<Value, String> {
+    pub(super) fn call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<Value, Refusal> {
         match self.apply_call(worker, call) {
             Ok(()) => Ok(Value::Null),
-            Err(Refused { error, cancel }) => {
-                self.log_refusal(worker, &error);
+            Err(Refused { refusal, cancel }) => {
+                self.log_refusal(worker, &refusal);
                 if let Some(cancel) = cancel {
                     self.send(worker, *cancel);
                 }
-                Err(error)
+                Err(refusal)
             }
         }
     }
 
     fn apply_call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<(), Refused> {
         let (module_id, event) = match call {
-            WorkerCall::Register(_) => {
-                return Err(Refused::because("this connection is already registered"))
-            }
+            WorkerCall::Register(_) => return Err(Refusal::AlreadyRegistered.into()),
             WorkerCall::Started { module_id, attempt } => (
                 module_id,
                 Event::Start {
@@ -65,17 +78,13 @@ impl Machine {
                 attempt,
                 stream,
                 text,
-            } => {
-                return self
-                    .log(worker, module_id, attempt, stream, text)
-                    .map_err(Refused::because)
-            }
+            } => return Ok(self.log(worker, module_id, attempt, stream, text)?),
             WorkerCall::Complete(report) => {
                 let module_id = report.module_id.clone();
                 (module_id, finish_event(worker, report))
             }
         };
-        let module = self.module_index(&module_id).map_err(Refused::because)?;
+        let module = self.module_index(&module_id)?;
         let started = match &event {
             Event::Start { attempt, .. } => Some(*attempt),
             _ => None,
@@ -98,7 +107,10 @@ impl Machine {
                     })
                 });
                 Err(Refused {
-                    error: format!("module '{module_id}': {why}"),
+                    refusal: Refusal::Transition {
+                        module: module_id,
+                        why,
+                    },
                     cancel,
                 })
             }
@@ -126,13 +138,14 @@ impl Machine {
         attempt: u32,
         stream: LogStream,
         text: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let module = self.module_index(&module_id)?;
         let state = self.run.state(module);
         if state.holder() != Some(worker) || state.attempt() != Some(attempt) {
-            return Err(format!(
-                "log for module '{module_id}' attempt {attempt}, which this worker does not hold"
-            ));
+            return Err(Refusal::LogNotHeld {
+                module: module_id,
+                attempt,
+            });
         }
         self.emit(RunEvent::Log {
             module: module_id,
@@ -143,17 +156,17 @@ impl Machine {
         Ok(())
     }
 
-    fn module_index(&self, id: &str) -> Result<ModuleIndex, String> {
+    fn module_index(&self, id: &str) -> Result<ModuleIndex, Refusal> {
         self.run
             .plan()
             .index_of(id)
-            .ok_or_else(|| format!("no module '{id}' in this pipeline"))
+            .ok_or_else(|| Refusal::UnknownModule(id.to_owned()))
     }
 
     /// Logs a refused call: the first few of each worker as warnings, the
     /// rest at debug level, so a broken or hostile worker cannot flood the
     /// master's stderr (each refusal is also answered to the worker).
-    fn log_refusal(&mut self, worker: WorkerId, error: &str) {
+    fn log_refusal(&mut self, worker: WorkerId, error: &Refusal) {
         let refusals = self.workers.get_mut(&worker).map_or(0, |w| {
             w.refusals += 1;
             w.refusals

@@ -11,6 +11,7 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
+use super::calls::Refusal;
 use super::table::{Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
 use crate::events::{ModuleSummary, RunEvent, Summary};
@@ -43,7 +44,7 @@ pub(crate) enum Effect {
     /// Welcome to answer it with. Always the first effect of a Register.
     Welcome(Registered, Welcome),
     /// The answer to a call: first, before anything that follows from it.
-    Answer(Result<Value, String>),
+    Answer(Result<Value, Refusal>),
     /// The answer to `Cancel`.
     Cancelled(CancelAnswer),
     /// A hub call to a connected worker.

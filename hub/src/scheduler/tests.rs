@@ -85,7 +85,8 @@ impl Hub {
         let Effect::Answer(answer) = effects.remove(0) else {
             panic!("a call is answered first: {effects:?}")
         };
-        (answer, effects)
+        // As the worker reads it.
+        (answer.map_err(|refusal| refusal.to_string()), effects)
     }
 
     fn started(&mut self, worker: WorkerId, module: &str, attempt: u32) -> Vec<Effect> {

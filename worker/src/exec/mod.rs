@@ -60,7 +60,7 @@ pub(crate) async fn execute(
     let masker = secret_masker(&assignment, context.hub_token);
     let outcome = if cancel.is_cancelled() {
         // Cancelled before it was spawned: nothing to start or to kill.
-        Outcome::failed(ReportStatus::Cancelled, AttemptError::CancelledBeforeStart)
+        AttemptResult::failed(ReportStatus::Cancelled, AttemptError::CancelledBeforeStart)
     } else {
         // The hand-off: from here the worker owns the attempt. Said before
         // the artifacts are fetched, since the hub takes back an assignment
@@ -133,7 +133,7 @@ enum AttemptError {
 }
 
 /// How an attempt ended, before it is masked into a report.
-struct Outcome {
+struct AttemptResult {
     status: ReportStatus,
     exit_code: Option<i32>,
     error: Option<AttemptError>,
@@ -141,11 +141,15 @@ struct Outcome {
     artifacts: Vec<Artifact>,
 }
 
-impl Outcome {
+impl AttemptResult {
     /// An attempt that ended with `error`, and an exit code only if the
     /// process ended with one.
-    fn ended_with(status: ReportStatus, exit_code: Option<i32>, error: AttemptError) -> Outcome {
-        Outcome {
+    fn ended_with(
+        status: ReportStatus,
+        exit_code: Option<i32>,
+        error: AttemptError,
+    ) -> AttemptResult {
+        AttemptResult {
             status,
             exit_code,
             error: Some(error),
@@ -154,8 +158,8 @@ impl Outcome {
         }
     }
 
-    fn failed(status: ReportStatus, error: AttemptError) -> Outcome {
-        Outcome::ended_with(status, None, error)
+    fn failed(status: ReportStatus, error: AttemptError) -> AttemptResult {
+        AttemptResult::ended_with(status, None, error)
     }
 
     /// The `Complete` call, with every secret masked.
@@ -181,7 +185,7 @@ impl Outcome {
 }
 
 /// How the module's process ended.
-enum Ended {
+enum ProcessEnd {
     Exited(io::Result<ExitStatus>),
     TimedOut,
     Cancelled,
@@ -199,7 +203,7 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Fetches the artifacts, runs the process, reads its outputs and
     /// stores what it produced.
-    async fn run(&self) -> Outcome {
+    async fn run(&self) -> AttemptResult {
         let cwd = self.context.workdir.join(&self.assignment.cwd);
         let fetched = tokio::select! {
             fetched = fetch_consumed(self.assignment, &cwd, self.context.transfer, self.out) => fetched,
@@ -210,34 +214,38 @@ impl Attempt<'_> {
                 true => ReportStatus::Cancelled,
                 false => ReportStatus::Failed,
             };
-            return Outcome::failed(status, error.into());
+            return AttemptResult::failed(status, error.into());
         }
         let output_file = match tempfile::Builder::new().prefix("muster-output-").tempfile() {
             Ok(file) => file,
-            Err(e) => return Outcome::failed(ReportStatus::Failed, AttemptError::OutputFile(e)),
+            Err(e) => {
+                return AttemptResult::failed(ReportStatus::Failed, AttemptError::OutputFile(e))
+            }
         };
         let ended = match self.run_process(&cwd, output_file.path()).await {
             Ok(ended) => ended,
-            Err(error) => return Outcome::failed(ReportStatus::Failed, error),
+            Err(error) => return AttemptResult::failed(ReportStatus::Failed, error),
         };
         let outputs = collect_outputs(output_file.path()).await;
         let timeout = Duration::from_millis(self.assignment.timeout_ms);
         match ended {
-            Ended::TimedOut => {
-                Outcome::failed(ReportStatus::TimedOut, AttemptError::TimedOut(timeout))
+            ProcessEnd::TimedOut => {
+                AttemptResult::failed(ReportStatus::TimedOut, AttemptError::TimedOut(timeout))
             }
-            Ended::Cancelled => Outcome::failed(ReportStatus::Cancelled, AttemptError::Cancelled),
-            Ended::Exited(Err(e)) => {
-                Outcome::failed(ReportStatus::Failed, AttemptError::LostProcess(e))
+            ProcessEnd::Cancelled => {
+                AttemptResult::failed(ReportStatus::Cancelled, AttemptError::Cancelled)
             }
-            Ended::Exited(Ok(status)) if !status.success() => Outcome::ended_with(
+            ProcessEnd::Exited(Err(e)) => {
+                AttemptResult::failed(ReportStatus::Failed, AttemptError::LostProcess(e))
+            }
+            ProcessEnd::Exited(Ok(status)) if !status.success() => AttemptResult::ended_with(
                 ReportStatus::Failed,
                 status.code(),
                 AttemptError::Exited(status),
             ),
-            Ended::Exited(Ok(_)) => match outputs {
+            ProcessEnd::Exited(Ok(_)) => match outputs {
                 Ok(outputs) => self.store_produced(&cwd, outputs).await,
-                Err(e) => Outcome::ended_with(ReportStatus::Failed, Some(0), e.into()),
+                Err(e) => AttemptResult::ended_with(ReportStatus::Failed, Some(0), e.into()),
             },
         }
     }
@@ -245,7 +253,7 @@ impl Attempt<'_> {
     /// Spawns the process in its own group and waits for it to exit, time
     /// out or be cancelled; whatever it left running in its group is killed
     /// and its pipes are drained.
-    async fn run_process(&self, cwd: &Path, output: &Path) -> Result<Ended, AttemptError> {
+    async fn run_process(&self, cwd: &Path, output: &Path) -> Result<ProcessEnd, AttemptError> {
         let assignment = self.assignment;
         let mut child =
             spawn(assignment, self.context, cwd, output).map_err(|error| AttemptError::Spawn {
@@ -267,11 +275,11 @@ impl Attempt<'_> {
         ];
         let timeout = Duration::from_millis(assignment.timeout_ms);
         let ended = tokio::select! {
-            status = child.wait() => Ended::Exited(status),
-            () = tokio::time::sleep(timeout) => Ended::TimedOut,
-            () = self.cancel.cancelled() => Ended::Cancelled,
+            status = child.wait() => ProcessEnd::Exited(status),
+            () = tokio::time::sleep(timeout) => ProcessEnd::TimedOut,
+            () = self.cancel.cancelled() => ProcessEnd::Cancelled,
         };
-        if !matches!(ended, Ended::Exited(_)) {
+        if !matches!(ended, ProcessEnd::Exited(_)) {
             group.terminate(&mut child, KILL_GRACE).await;
         }
         // Whatever the module left running in its group goes with it.
@@ -287,13 +295,13 @@ impl Attempt<'_> {
 
     /// After the module succeeded: uploads what it produced and reports
     /// it with its outputs.
-    async fn store_produced(&self, cwd: &Path, outputs: BTreeMap<String, String>) -> Outcome {
+    async fn store_produced(&self, cwd: &Path, outputs: BTreeMap<String, String>) -> AttemptResult {
         let uploaded = tokio::select! {
             uploaded = upload_produced(self.assignment, cwd, self.context.transfer, self.out) => uploaded,
             () = self.cancel.cancelled() => Err(ArtifactsError::CancelledUploading),
         };
         match uploaded {
-            Ok(artifacts) => Outcome {
+            Ok(artifacts) => AttemptResult {
                 status: ReportStatus::Succeeded,
                 exit_code: Some(0),
                 error: None,
@@ -301,9 +309,9 @@ impl Attempt<'_> {
                 artifacts,
             },
             Err(e) if self.cancel.is_cancelled() => {
-                Outcome::failed(ReportStatus::Cancelled, e.into())
+                AttemptResult::failed(ReportStatus::Cancelled, e.into())
             }
-            Err(e) => Outcome::ended_with(ReportStatus::Failed, Some(0), e.into()),
+            Err(e) => AttemptResult::ended_with(ReportStatus::Failed, Some(0), e.into()),
         }
     }
 }
