@@ -23,7 +23,9 @@ impl WorkerView {
 
 impl WorkerObserver for WorkerView {
     fn event(&self, event: WorkerEvent) {
-        eprintln!("muster: {event}");
+        // Its text may quote the hub (a Close reason): escaped like every
+        // text from the network before it reaches a terminal.
+        eprintln!("muster: {}", muster_core::text::escape(&event.to_string()));
     }
 
     fn transfer_started(&self, transfer: TransferStarted<'_>) -> Arc<dyn TransferProgress> {
