@@ -31,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use events::{ModuleSummary, RunEvent, Summary};
-pub use ids::random_id;
-pub use muster_core::wire::http::artifact_url;
+use ids::random_id;
 pub use scheduler::CancelAnswer;
 
 use connection::ConnectionSettings;

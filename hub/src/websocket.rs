@@ -11,18 +11,19 @@
 
 use std::io;
 
+use axum::http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use axum::http::{HeaderMap, HeaderValue};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// The `Sec-WebSocket-Accept` value for a request that asks for a
 /// WebSocket (RFC 6455 §4.2.1), or `None` when it does not: a GET with
 /// `Connection: upgrade`, `Upgrade: websocket`, version 13 and a key.
-pub(crate) fn accept_key(headers: &http::HeaderMap) -> Option<String> {
-    use http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+pub(crate) fn accept_key(headers: &HeaderMap) -> Option<String> {
     let text = |name| {
         headers
             .get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     let connection = text(CONNECTION)?;
     let upgrades = connection
@@ -378,9 +379,9 @@ mod tests {
     #[test]
     fn accepts_only_a_websocket_request() {
         let request = |pairs: &[(&'static str, &'static str)]| {
-            let mut headers = http::HeaderMap::new();
+            let mut headers = HeaderMap::new();
             for (name, value) in pairs {
-                headers.insert(*name, http::HeaderValue::from_static(value));
+                headers.insert(*name, HeaderValue::from_static(value));
             }
             accept_key(&headers)
         };

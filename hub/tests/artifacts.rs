@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use muster_core::parse_pipeline;
-use muster_hub::{artifact_url, Hub, HubConfig};
+use muster_core::wire::http::artifact_url;
+use muster_hub::{Hub, HubConfig};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -40,7 +40,7 @@ use crate::serve::{serve, stuck, Served};
 use crate::transfer::TransferError;
 use crate::work::Work;
 
-pub use client::{websocket_url, ClientError};
+pub use client::ClientError;
 pub use observer::{Silent, TransferProgress, TransferStarted, WorkerEvent, WorkerObserver};
 
 /// How a worker joins and what it offers.

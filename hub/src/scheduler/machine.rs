@@ -77,7 +77,9 @@ pub(crate) struct Machine {
     pub(super) settings: SchedulerSettings,
     /// Set once the run finished.
     pub(super) outcome: Option<RunOutcome>,
-    /// Connected workers as last told to the actor.
+    /// Workers in the table that are connected (not away).
+    pub(super) connected: usize,
+    /// `connected` as last told to the actor.
     told_connected: usize,
     /// The time of the input being handled.
     pub(super) now: Instant,
@@ -106,6 +108,7 @@ impl Machine {
             next_session: 1,
             settings,
             outcome: None,
+            connected: 0,
             told_connected: 0,
             now,
             effects: Vec::new(),
@@ -147,10 +150,9 @@ impl Machine {
         }
         self.dispatch();
         self.finish_if_done();
-        let connected = self.workers.values().filter(|w| w.connected).count();
-        if connected != self.told_connected {
-            self.told_connected = connected;
-            self.effects.push(Effect::Connected(connected));
+        if self.connected != self.told_connected {
+            self.told_connected = self.connected;
+            self.effects.push(Effect::Connected(self.connected));
         }
         std::mem::take(&mut self.effects)
     }

@@ -109,6 +109,9 @@ impl Machine {
             welcome,
         ));
         let worker = self.workers.get_mut(&id).expect("resumable workers exist");
+        if !worker.connected {
+            self.connected += 1;
+        }
         worker.connected = true;
         worker.session = session;
         let name = worker.name.clone();
@@ -165,6 +168,7 @@ impl Machine {
             refusals: 0,
         };
         self.workers.insert(id, worker);
+        self.connected += 1;
         if let Some(outcome) = self.outcome {
             self.send(id, shutdown(outcome));
         }
@@ -187,7 +191,10 @@ impl Machine {
         if worker.session != session {
             return;
         }
-        worker.connected = false;
+        if worker.connected {
+            worker.connected = false;
+            self.connected -= 1;
+        }
         let held = worker.held;
         let name = worker.name.clone();
         match return_by {
