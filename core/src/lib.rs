@@ -11,6 +11,7 @@
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod glob;
+pub mod journal;
 pub mod mask;
 pub mod outputs;
 pub mod pipeline;

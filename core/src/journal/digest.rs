@@ -1,0 +1,157 @@
+//! Digests of module definitions: a resume keeps a succeeded module only
+//! when its definition is what it was, and says which part changed when
+//! it is not. Each part (the command, the env, ...) has its own digest, so
+//! "its command changed" can be told from "its env changed".
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::plan::{Plan, PlannedModule};
+
+/// A module's definition as digests: the whole, and each part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleDigest {
+    pub id: String,
+    /// Lower-case hex SHA-256 over every part's digest.
+    pub digest: String,
+    /// Part name (`command`, `shell`, `cwd`, `env`, `matrix`, `needs`,
+    /// `requires`, `secrets`, `produces`, `consumes`, `timeout`,
+    /// `retries`) → the first 16 hex digits of its SHA-256.
+    pub parts: BTreeMap<String, String>,
+}
+
+/// The digests of every module, in plan order.
+pub fn module_digests(plan: &Plan) -> Vec<ModuleDigest> {
+    plan.modules
+        .iter()
+        .map(|module| module_digest(plan, module))
+        .collect()
+}
+
+/// One digest over the whole plan.
+pub fn plan_digest(digests: &[ModuleDigest]) -> String {
+    let mut hasher = Sha256::new();
+    for module in digests {
+        field(&mut hasher, &module.id);
+        field(&mut hasher, &module.digest);
+    }
+    hex(&hasher.finalize())
+}
+
+fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
+    let id_of = |i: &usize| plan.modules[*i].id.as_str();
+    let mut parts = BTreeMap::new();
+    let mut part = |name: &str, values: Vec<&str>| {
+        let mut hasher = Sha256::new();
+        for value in values {
+            field(&mut hasher, value);
+        }
+        parts.insert(name.to_owned(), hex(&hasher.finalize())[..16].to_owned());
+    };
+    part("command", vec![&module.run]);
+    part("shell", module.shell.iter().map(String::as_str).collect());
+    part("cwd", vec![&module.cwd]);
+    part("env", pairs(&module.env));
+    part("matrix", pairs(&module.matrix));
+    part("needs", module.needs.iter().map(id_of).collect());
+    part(
+        "requires",
+        module.requires.iter().map(String::as_str).collect(),
+    );
+    part(
+        "secrets",
+        module.secrets.iter().map(String::as_str).collect(),
+    );
+    part(
+        "produces",
+        module.produces.iter().map(String::as_str).collect(),
+    );
+    let consumes: Vec<String> = module
+        .consumes
+        .iter()
+        .map(|c| {
+            let glob = c.glob.as_ref().map_or("", |g| g.as_str());
+            format!("{}\u{0}{glob}", id_of(&c.from))
+        })
+        .collect();
+    part("consumes", consumes.iter().map(String::as_str).collect());
+    let timeout = module.timeout.as_millis().to_string();
+    part("timeout", vec![&timeout]);
+    let retries = module.retries.to_string();
+    part("retries", vec![&retries]);
+    let mut whole = Sha256::new();
+    for (name, digest) in &parts {
+        field(&mut whole, name);
+        field(&mut whole, digest);
+    }
+    ModuleDigest {
+        id: module.id.clone(),
+        digest: hex(&whole.finalize()),
+        parts,
+    }
+}
+
+fn pairs(map: &BTreeMap<String, String>) -> Vec<&str> {
+    map.iter()
+        .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+        .collect()
+}
+
+/// Length-prefixed, so `["ab","c"]` and `["a","bc"]` differ.
+fn field(hasher: &mut Sha256, value: &str) {
+    hasher.update((value.len() as u64).to_le_bytes());
+    hasher.update(value.as_bytes());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ModuleDigest {
+    /// The parts that differ from `earlier`, by name, in order.
+    pub fn changed_parts<'a>(&'a self, earlier: &'a ModuleDigest) -> Vec<&'a str> {
+        self.parts
+            .iter()
+            .filter(|(name, digest)| earlier.parts.get(*name) != Some(digest))
+            .map(|(name, _)| name.as_str())
+            .chain(
+                earlier
+                    .parts
+                    .keys()
+                    .filter(|name| !self.parts.contains_key(*name))
+                    .map(String::as_str),
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::parse_pipeline;
+
+    fn digests(text: &str) -> Vec<ModuleDigest> {
+        module_digests(&parse_pipeline("t.toml", text).unwrap())
+    }
+
+    #[test]
+    fn a_changed_part_changes_the_digest_and_is_named() {
+        let before =
+            digests("[modules.a]\nrun = \"make\"\n[modules.b]\nrun = \"test\"\nneeds = [\"a\"]\n");
+        let same =
+            digests("[modules.a]\nrun = \"make\"\n[modules.b]\nrun = \"test\"\nneeds = [\"a\"]\n");
+        assert_eq!(before, same);
+        assert_eq!(plan_digest(&before), plan_digest(&same));
+        let after = digests(
+            "[modules.a]\nrun = \"make all\"\n[modules.b]\nrun = \"test\"\nneeds = [\"a\"]\n",
+        );
+        assert_ne!(before[0].digest, after[0].digest);
+        assert_eq!(after[0].changed_parts(&before[0]), ["command"]);
+        assert_eq!(before[1], after[1], "b's own definition did not change");
+        let env = digests("[modules.a]\nrun = \"make\"\nenv = { X = \"1\" }\n");
+        assert_eq!(env[0].changed_parts(&before[0]), ["env"]);
+    }
+}

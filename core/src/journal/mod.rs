@@ -1,0 +1,18 @@
+//! The run's journal, without I/O: what a record says (`record.rs`), how
+//! records are written and read as lines of JSON (`codec.rs`), the digests
+//! that tell whether a module's definition changed (`digest.rs`), the fold
+//! of records back into a run's state (`history.rs`), and what a resume
+//! keeps and re-runs (`resume.rs`). The backends that store the lines (a
+//! file, a Redis Stream) live in the `muster-journal` crate.
+
+pub mod codec;
+pub mod digest;
+pub mod history;
+pub mod record;
+pub mod resume;
+
+pub use codec::{decode, encode, Decoded, JournalError, TornTail};
+pub use digest::{module_digests, plan_digest, ModuleDigest};
+pub use history::{History, ModuleStatus};
+pub use record::{Entry, ModuleRecord, Record, RunStart, StateName, FORMAT_VERSION};
+pub use resume::{decide, Rerun, Resumption, Why};
