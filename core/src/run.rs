@@ -46,6 +46,8 @@ pub struct Run {
     unfinished: usize,
     /// The workers each module lost, by name, oldest first.
     lost: Vec<Vec<String>>,
+    /// The attempt each module runs first as: 1, or more when resumed.
+    first_attempt: Vec<u32>,
     limits: Limits,
     /// Set by `cancel_all`: from then on nothing is retried, and a module
     /// handed back by a lost worker is cancelled instead of made ready.
@@ -55,25 +57,85 @@ pub struct Run {
 impl Run {
     /// Starts a run: modules without needs become ready at once.
     pub fn new(plan: Plan, limits: Limits) -> (Run, Vec<Change>) {
+        let first_attempt = vec![1; plan.len()];
+        Run::resumed(plan, limits, Vec::new(), first_attempt, "")
+    }
+
+    /// Starts a run that continues an earlier one: the `kept` modules
+    /// start as succeeded with their earlier result (each reported as a
+    /// change noted `kept_note`, in plan order, before the modules that
+    /// become ready), and module `i` runs first as attempt
+    /// `first_attempt[i]`, so a late report from the earlier run's
+    /// workers is stale. Retries count from that first attempt.
+    ///
+    /// Every need of a kept module must be kept too (a resume keeps a
+    /// closed set): a module's dependents would otherwise start while
+    /// the need runs again.
+    pub fn resumed(
+        plan: Plan,
+        limits: Limits,
+        mut kept: Vec<(ModuleIndex, Ended)>,
+        mut first_attempt: Vec<u32>,
+        kept_note: &str,
+    ) -> (Run, Vec<Change>) {
         let n = plan.len();
+        debug_assert_eq!(first_attempt.len(), n, "one first attempt per module");
+        first_attempt.resize(n, 1);
+        for attempt in &mut first_attempt {
+            // Attempt 0 means "never ran"; the first run is 1.
+            *attempt = (*attempt).max(1);
+        }
         let mut run = Run {
             waiting: plan.modules.iter().map(|m| m.needs.len()).collect(),
             states: vec![ModuleState::Pending; n],
             ready: BTreeSet::new(),
             unfinished: n,
             lost: vec![Vec::new(); n],
+            first_attempt,
             limits,
             cancelled: None,
             plan,
         };
         let mut changes = Vec::new();
+        kept.sort_by_key(|(module, _)| *module);
+        for (module, ended) in kept {
+            run.keep(module, ended, kept_note, &mut changes);
+        }
         for i in 0..n {
-            if run.waiting[i] == 0 {
-                run.apply(i, Event::NeedsMet, &mut changes)
+            if run.waiting[i] == 0 && run.states[i] == ModuleState::Pending {
+                let attempt = run.first_attempt[i];
+                run.apply(i, Event::NeedsMet { attempt }, &mut changes)
                     .expect("a new module is pending");
             }
         }
         (run, changes)
+    }
+
+    /// Starts `module` as succeeded with an earlier run's result.
+    fn keep(&mut self, module: ModuleIndex, ended: Ended, note: &str, changes: &mut Vec<Change>) {
+        let Some(ModuleState::Pending) = self.states.get(module) else {
+            debug_assert!(false, "module {module} is kept twice or is not in the plan");
+            return;
+        };
+        debug_assert!(
+            self.plan.modules[module]
+                .needs
+                .iter()
+                .all(|&need| matches!(self.states[need], ModuleState::Succeeded(_))),
+            "module {} is kept but one of its needs runs again",
+            self.plan.modules[module].id
+        );
+        let state = ModuleState::Succeeded(ended);
+        self.states[module] = state.clone();
+        self.unfinished -= 1;
+        for &dependent in self.plan.dependents(module) {
+            self.waiting[dependent] -= 1;
+        }
+        changes.push(Change {
+            module,
+            state,
+            note: Some(note.to_owned()),
+        });
     }
 
     pub fn plan(&self) -> &Plan {
@@ -146,11 +208,17 @@ impl Run {
         Ok(changes)
     }
 
+    /// Each retry and each lost worker buys one more attempt, counted
+    /// from the module's first attempt in this run.
     fn may_retry(&self, module: ModuleIndex, ended: &Ended) -> bool {
         let budget = self.plan.modules[module]
             .retries
             .saturating_add(self.lost[module].len() as u32);
-        self.cancelled.is_none() && ended.attempt <= budget
+        let attempts_made = ended
+            .attempt
+            .saturating_sub(self.first_attempt[module])
+            .saturating_add(1);
+        self.cancelled.is_none() && attempts_made <= budget
     }
 
     /// True once `cancel_all` was called.
@@ -358,7 +426,8 @@ impl Run {
                     if matches!(next, ModuleState::Succeeded(_)) {
                         self.waiting[dependent] -= 1;
                         if self.waiting[dependent] == 0 {
-                            work.push((dependent, Event::NeedsMet));
+                            let attempt = self.first_attempt[dependent];
+                            work.push((dependent, Event::NeedsMet { attempt }));
                         }
                     } else {
                         let reason = format!("need '{id}' {}", next.name());
@@ -681,5 +750,119 @@ run = "e"
         run.worker_lost(W2, "two");
         assert_eq!(run.state(2).name(), "cancelled");
         assert!(run.is_finished());
+    }
+
+    fn succeeded(attempt: u32) -> Ended {
+        Ended {
+            attempt,
+            exit_code: Some(0),
+            ..Ended::default()
+        }
+    }
+
+    #[test]
+    fn kept_modules_do_not_run_and_dependents_start_at_their_first_attempt() {
+        let plan = diamond().plan().clone();
+        let first_attempt = vec![2, 3, 1, 4, 1];
+        let (run, changes) = Run::resumed(
+            plan,
+            Limits::default(),
+            vec![(2, succeeded(1)), (0, succeeded(1))],
+            first_attempt,
+            "kept from run r1",
+        );
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| (c.module, c.state.name(), c.note.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, "succeeded", Some("kept from run r1")),
+                (2, "succeeded", Some("kept from run r1")),
+                (1, "ready", None),
+                (4, "ready", None),
+            ]
+        );
+        assert_eq!(*run.state(0), ModuleState::Succeeded(succeeded(1)));
+        assert_eq!(*run.state(1), ModuleState::Ready { attempt: 3 });
+        assert_eq!(*run.state(3), ModuleState::Pending);
+        assert_eq!(run.ready().collect::<Vec<_>>(), [1, 4]);
+        assert!(!run.is_finished());
+    }
+
+    #[test]
+    fn a_resumed_dependent_becomes_ready_at_its_first_attempt() {
+        let plan = diamond().plan().clone();
+        let kept = vec![(0, succeeded(1)), (2, succeeded(1))];
+        let (mut run, _) = Run::resumed(plan, Limits::default(), kept, vec![1, 1, 1, 5, 1], "");
+        let changes = run_to_end(&mut run, 1, W1, Outcome::Succeeded);
+        assert_eq!(changes[1].state, ModuleState::Ready { attempt: 5 });
+        run_to_end(&mut run, 3, W1, Outcome::Succeeded);
+        assert_eq!(run.state(3).ended().unwrap().attempt, 5);
+        run_to_end(&mut run, 4, W1, Outcome::Succeeded);
+        assert!(run.is_finished());
+        assert!(run.succeeded());
+    }
+
+    #[test]
+    fn retries_count_from_the_first_attempt() {
+        // b has retries = 1: resumed at attempt 3 it may run 3 and 4.
+        let plan = diamond().plan().clone();
+        let kept = vec![(0, succeeded(1))];
+        let (mut run, _) = Run::resumed(plan, Limits::default(), kept, vec![1, 3, 1, 1, 1], "");
+        assert_eq!(*run.state(1), ModuleState::Ready { attempt: 3 });
+        let changes = run_to_end(&mut run, 1, W1, Outcome::Failed);
+        assert_eq!(changes[0].state, ModuleState::Ready { attempt: 4 });
+        run_to_end(&mut run, 1, W1, Outcome::Failed);
+        assert_eq!(run.state(1).name(), "failed");
+        assert_eq!(run.state(1).attempt(), Some(4));
+    }
+
+    #[test]
+    fn a_lost_worker_buys_one_more_attempt_from_the_first() {
+        // e has no retries: resumed at attempt 7, losing its worker once
+        // allows attempt 8, and a failure of attempt 8 is final.
+        let plan = diamond().plan().clone();
+        let (mut run, _) = Run::resumed(plan, Limits::default(), vec![], vec![1, 1, 1, 1, 7], "");
+        run.handle(4, Event::Assign { worker: W1 }).unwrap();
+        let changes = run.worker_lost(W1, "one");
+        assert_eq!(changes[0].state, ModuleState::Ready { attempt: 8 });
+        let changes = run_to_end(&mut run, 4, W2, Outcome::Failed);
+        assert_eq!(changes[0].state.name(), "failed");
+        // The same with attempts counted from 1 keeps its old behaviour.
+        let mut fresh = diamond();
+        fresh.handle(4, Event::Assign { worker: W1 }).unwrap();
+        fresh.worker_lost(W1, "one");
+        let changes = run_to_end(&mut fresh, 4, W2, Outcome::Failed);
+        assert_eq!(changes[0].state.name(), "failed");
+    }
+
+    #[test]
+    fn a_run_with_every_module_kept_is_finished_at_once() {
+        let plan = diamond().plan().clone();
+        let kept = (0..5).rev().map(|m| (m, succeeded(1))).collect();
+        let (run, changes) = Run::resumed(plan, Limits::default(), kept, vec![2; 5], "kept");
+        assert_eq!(
+            changes.iter().map(|c| c.module).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert!(run.is_finished());
+        assert!(run.succeeded());
+        assert!(!run.has_ready());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "one of its needs runs again")]
+    fn keeping_a_module_whose_need_runs_again_is_a_caller_bug() {
+        let plan = diamond().plan().clone();
+        Run::resumed(
+            plan,
+            Limits::default(),
+            vec![(1, succeeded(1))],
+            vec![1; 5],
+            "",
+        );
     }
 }

@@ -74,8 +74,9 @@ pub enum Outcome {
 /// Something that happens to a module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Every need succeeded.
-    NeedsMet,
+    /// Every need succeeded: it becomes ready to run as `attempt` (1, or
+    /// the next after a journal's last when a run is resumed).
+    NeedsMet { attempt: u32 },
     /// A need did not succeed.
     NeedFailed { reason: String },
     /// The hub pushed the module to a worker.
@@ -131,7 +132,7 @@ impl ModuleState {
         use ModuleState as S;
         let moved = |s: ModuleState| Ok(Step::Moved(s));
         match (self, event) {
-            (S::Pending, Event::NeedsMet) => moved(S::Ready { attempt: 1 }),
+            (S::Pending, Event::NeedsMet { attempt }) => moved(S::Ready { attempt: *attempt }),
             (S::Pending, Event::NeedFailed { reason }) => moved(S::Skipped {
                 reason: reason.clone(),
             }),
@@ -360,8 +361,13 @@ mod tests {
         let moved = |s| Ok(Step::Moved(s));
         check(
             ModuleState::Pending,
-            Event::NeedsMet,
+            Event::NeedsMet { attempt: 1 },
             moved(ModuleState::Ready { attempt: 1 }),
+        );
+        check(
+            ModuleState::Pending,
+            Event::NeedsMet { attempt: 3 },
+            moved(ModuleState::Ready { attempt: 3 }),
         );
         check(
             ModuleState::Pending,
@@ -546,7 +552,7 @@ mod tests {
         );
         check(
             ModuleState::Ready { attempt: 1 },
-            Event::NeedsMet,
+            Event::NeedsMet { attempt: 1 },
             Err("Illegal"),
         );
         // Only a ready module can lack a worker; only a held one can leave
@@ -563,7 +569,7 @@ mod tests {
         );
         check(
             ModuleState::Skipped { reason: "x".into() },
-            Event::NeedsMet,
+            Event::NeedsMet { attempt: 1 },
             Err("Illegal"),
         );
         check(
