@@ -2,7 +2,7 @@
 //! the commands flatten into their own: the pipeline file, how to reach a
 //! hub, what a worker offers, and the master's settings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -54,10 +54,43 @@ pub struct MasterFlags {
     pub fail_fast: bool,
     #[command(flatten)]
     pub limits: HubLimits,
-    /// Folder for the run's state: artifacts go to artifacts/ under it and
-    /// stay after the run [default: a temporary folder, removed at the end].
-    #[arg(long, help_heading = "Storage")]
+    /// Folder for runs' state: each run's journal, module logs and
+    /// artifacts go to runs/<run-id>/ under it [default: .muster beside the
+    /// pipeline file].
+    #[arg(long, env = "MUSTER_STATE_DIR", help_heading = "Storage")]
     pub state_dir: Option<PathBuf>,
+    /// Runs kept in the state folder; older ones are removed when a run
+    /// starts.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Storage")]
+    pub keep_runs: u32,
+    /// Keep no journal: the run's state lives in a temporary folder removed
+    /// at the end, and the run cannot be resumed or followed with `muster
+    /// status`.
+    #[arg(long, help_heading = "Storage")]
+    pub no_journal: bool,
+}
+
+/// Continuing an earlier run (`run`, `hub`).
+#[derive(Args)]
+pub struct ResumeFlag {
+    /// Continue the latest run of this pipeline that did not succeed (or
+    /// RUN_ID, from `muster runs`): its succeeded modules whose definition
+    /// did not change are kept, with their outputs and artifacts; the rest
+    /// run again.
+    #[arg(long, value_name = "RUN_ID", num_args = 0..=1, default_missing_value = LATEST)]
+    pub resume: Option<String>,
+}
+
+/// `--resume` without a run id.
+pub const LATEST: &str = "latest";
+
+/// Where runs' state lives: `--state-dir`, else `.muster` beside the
+/// pipeline file.
+pub fn state_root(state_dir: Option<&Path>, file: &Path) -> PathBuf {
+    match state_dir {
+        Some(dir) => dir.to_owned(),
+        None => crate::pipeline::pipeline_dir(file).join(".muster"),
+    }
 }
 
 /// The hub's timeouts and limits; README.md ("Timeouts") explains them.

@@ -7,11 +7,15 @@ mod discover;
 mod failure;
 mod flags;
 mod interrupt;
+mod journal_source;
+mod journaling;
 mod master;
 mod pipeline;
 mod publish;
 mod report;
+mod run_lock;
 mod state_folder;
+mod status_view;
 mod worker_view;
 mod workers;
 

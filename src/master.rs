@@ -8,21 +8,24 @@
 //! on the way out, so module process groups are killed and temporary
 //! folders removed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use muster_core::journal::Settings;
 use muster_core::wire::types::RunOutcome;
 use muster_core::Plan;
-use muster_hub::{Canceller, Hub, HubConfig};
+use muster_hub::{Canceller, Hub, HubConfig, Journaling};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::{outcome_result, Failure};
-use crate::flags::{MasterFlags, WorkerFlags};
+use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
 use crate::pipeline::pipeline_dir;
-use crate::report::{self, Reporter};
+use crate::journaling::{open_local, open_redis, CiJournalPlace, JournalInputs};
+use crate::report::{self, plan_masker, Reporter};
+use crate::run_lock::RunLock;
 use crate::state_folder::StateFolder;
 use crate::workers::{worker_config, Seat, LOCAL_RECONNECT_TIMEOUT};
 
@@ -33,14 +36,104 @@ const HUB_LINGER: Duration = Duration::from_secs(5);
 /// How long each local worker has to end after the run did.
 const LOCAL_WORKER_LINGER: Duration = Duration::from_secs(5);
 
-/// The hub's settings from the master's flags, and the state folder to
-/// keep while the run lasts. The hub's token is a random one until the
-/// caller sets its own.
-pub fn hub_settings(flags: &MasterFlags) -> Result<(HubConfig, StateFolder), Failure> {
+/// The hub's settings from the master's flags. The hub's token is a
+/// random one until the caller sets its own; the artifact store's folder
+/// is set by [`Keeping`].
+pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     flags.limits.check()?;
-    let state = StateFolder::given_or_temporary(flags.state_dir.as_deref())?;
-    let config = flags.limits.hub_config(flags.fail_fast, state.artifacts());
-    Ok((config, state))
+    Ok(flags.limits.hub_config(flags.fail_fast, PathBuf::new()))
+}
+
+/// Where the run's state goes, and how it is journaled.
+pub enum Keeping {
+    /// `--no-journal`: a temporary folder, removed with the run.
+    Nothing(StateFolder),
+    /// A run folder under the state folder, and the journal.
+    Journal {
+        artifacts: PathBuf,
+        journaling: Journaling,
+        /// A local run's lock on its folder, held until the run ends.
+        lock: Option<RunLock>,
+    },
+}
+
+impl Keeping {
+    /// For `run` and `hub`: a new local run's folder and journal, the run
+    /// `resume` names continued, or nothing with `--no-journal`. `config`
+    /// must hold the final token (it is masked in the journal).
+    pub fn local(
+        file: &Path,
+        plan: &Plan,
+        flags: &MasterFlags,
+        resume: Option<&str>,
+        config: &HubConfig,
+    ) -> Result<Keeping, Failure> {
+        if flags.no_journal {
+            if resume.is_some() {
+                return Err(Failure::Usage(
+                    "--resume needs the run's journal: leave out --no-journal".into(),
+                ));
+            }
+            return Ok(Keeping::Nothing(StateFolder::temporary()?));
+        }
+        let root = state_root(flags.state_dir.as_deref(), file);
+        let inputs = journal_inputs(file, plan, flags, config);
+        let opened = open_local(&root, &inputs, resume, flags.keep_runs as usize)?;
+        Ok(Keeping::Journal {
+            artifacts: opened.folder.artifacts(),
+            journaling: opened.journaling,
+            lock: Some(opened.lock),
+        })
+    }
+
+    /// For instance 0 of `muster ci`: the journal in Redis (resuming what
+    /// it can), artifacts and logs in a local run folder; nothing with
+    /// `--no-journal`.
+    pub async fn ci(
+        file: &Path,
+        plan: &Plan,
+        flags: &MasterFlags,
+        config: &HubConfig,
+        place: &CiJournalPlace<'_>,
+    ) -> Result<Keeping, Failure> {
+        if flags.no_journal {
+            return Ok(Keeping::Nothing(StateFolder::temporary()?));
+        }
+        let root = state_root(flags.state_dir.as_deref(), file);
+        let inputs = journal_inputs(file, plan, flags, config);
+        let opened = open_redis(&root, &inputs, place).await?;
+        Ok(Keeping::Journal {
+            artifacts: opened.folder.artifacts(),
+            journaling: opened.journaling,
+            lock: None,
+        })
+    }
+
+    /// Where the hub stores artifacts.
+    pub fn artifacts(&self) -> PathBuf {
+        match self {
+            Keeping::Nothing(state) => state.artifacts(),
+            Keeping::Journal { artifacts, .. } => artifacts.clone(),
+        }
+    }
+}
+
+/// What the journal needs from the master's settings.
+pub fn journal_inputs<'a>(
+    file: &'a Path,
+    plan: &'a Plan,
+    flags: &MasterFlags,
+    config: &HubConfig,
+) -> JournalInputs<'a> {
+    JournalInputs {
+        pipeline: file,
+        plan,
+        settings: Settings {
+            fail_fast: flags.fail_fast,
+            max_worker_losses: config.max_worker_losses,
+        },
+        masker: plan_masker(plan, &[&config.token]),
+    }
 }
 
 /// A started hub with what it needs until its run ends.
@@ -48,26 +141,43 @@ pub struct Master {
     hub: Hub,
     token: String,
     reporter: Reporter,
-    state: StateFolder,
+    /// Dropped when the run ends.
+    held: Held,
+}
+
+/// What a master holds until its run ends: its temporary folder (removed
+/// when dropped), or its run folder's lock (released when dropped).
+#[allow(dead_code)] // held for their drop
+enum Held {
+    Temporary(StateFolder),
+    Lock(RunLock),
+    Nothing,
 }
 
 impl Master {
-    /// Starts the hub for `plan` on an already bound `listener`; `state`
-    /// is kept until the run ends.
+    /// Starts the hub for `plan` on an already bound `listener`, keeping
+    /// its state as `keeping` says.
     pub async fn start(
         listener: TcpListener,
         plan: Plan,
-        config: HubConfig,
-        state: StateFolder,
+        mut config: HubConfig,
+        keeping: Keeping,
     ) -> Result<Master, Failure> {
         let token = config.token.clone();
         let reporter = Reporter::for_plan(&plan, &token);
-        let hub = Hub::start(listener, plan, config).await?;
+        config.artifact_dir = keeping.artifacts();
+        let (journaling, held) = match keeping {
+            Keeping::Nothing(state) => (None, Held::Temporary(state)),
+            Keeping::Journal {
+                journaling, lock, ..
+            } => (Some(journaling), lock.map_or(Held::Nothing, Held::Lock)),
+        };
+        let hub = Hub::start_journaled(listener, plan, config, journaling).await?;
         Ok(Master {
             hub,
             token,
             reporter,
-            state,
+            held,
         })
     }
 
@@ -88,7 +198,7 @@ impl Master {
             hub,
             token,
             reporter,
-            state,
+            held,
         } = self;
         let stop = CancellationToken::new();
         let tasks = local.spawn(hub.url(), &token, &stop);
@@ -108,7 +218,7 @@ impl Master {
                 let _ = task.await;
             }
         }
-        drop(state);
+        drop(held);
         ran
     }
 }

@@ -3,7 +3,7 @@
 //! where to join.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use muster_core::url::redact_url;
 use muster_core::wire::types::PROTOCOL_VERSION;
@@ -74,10 +74,14 @@ fn outbound_ip() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-/// The record of a run that starts now, at `urls`; it carries the token
-/// only when given one.
-pub fn running_record(run_id: &str, urls: Vec<String>, token: Option<String>) -> DiscoveryRecord {
-    let started_at = unix_ms();
+/// The record of a run whose master started at `started_at` (Unix ms, also
+/// its epoch), at `urls`; it carries the token only when given one.
+pub fn running_record(
+    run_id: &str,
+    urls: Vec<String>,
+    token: Option<String>,
+    started_at: u64,
+) -> DiscoveryRecord {
     DiscoveryRecord {
         run_id: run_id.to_owned(),
         urls,
@@ -123,10 +127,4 @@ pub fn shown_urls(urls: &[String]) -> String {
         .map(|url| redact_url(url))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

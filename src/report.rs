@@ -224,9 +224,15 @@ fn state_line(state: &ModuleState, worker: Option<&str>, note: Option<&str>) -> 
             format!("started{on} (attempt {attempt})")
         }
         ModuleState::Running { .. } => format!("started{on}"),
-        ModuleState::Ready { attempt } if *attempt > 1 => {
-            format!("will retry: {}", note.unwrap_or_default())
-        }
+        // A retry says why; a resumed run's module that runs again is
+        // said once, before the run.
+        ModuleState::Ready { attempt } if *attempt > 1 => format!("will retry: {}", note?),
+        // A resumed run's module kept from the earlier run.
+        ModuleState::Succeeded(e) if worker.is_none() && note.is_some() => format!(
+            "{} (succeeded{} then)",
+            note.unwrap_or_default(),
+            took(e.duration)
+        ),
         ModuleState::Succeeded(e) => format!("succeeded{on}{}", took(e.duration)),
         ModuleState::Failed(e) | ModuleState::TimedOut(e) => {
             format!("{}{on}{}: {}", state.name(), took(e.duration), reason(e))

@@ -1,27 +1,21 @@
-//! Where a master keeps its run's state (the artifact store): the folder
-//! `--state-dir` names, or a temporary one made for the run and removed
-//! when the run ends.
+//! Where a master keeps its run's state without a journal
+//! (`--no-journal`): a temporary folder made for the run and removed when
+//! the run ends.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::failure::Failure;
 
 /// The run's state folder; a temporary one lives as long as this value.
 pub struct StateFolder {
     path: PathBuf,
-    _temporary: Option<tempfile::TempDir>,
+    _temporary: tempfile::TempDir,
 }
 
 impl StateFolder {
-    /// `dir` when given (kept after the run), else a new temporary folder
-    /// `muster-run-*`, removed when this value is dropped.
-    pub fn given_or_temporary(dir: Option<&Path>) -> Result<StateFolder, Failure> {
-        if let Some(dir) = dir {
-            return Ok(StateFolder {
-                path: dir.to_owned(),
-                _temporary: None,
-            });
-        }
+    /// A new temporary folder `muster-run-*`, removed when this value is
+    /// dropped.
+    pub fn temporary() -> Result<StateFolder, Failure> {
         let temporary = tempfile::Builder::new()
             .prefix("muster-run-")
             .tempdir()
@@ -29,7 +23,7 @@ impl StateFolder {
             .map_err(|e| Failure::Usage(format!("cannot make a temporary state folder: {e}")))?;
         Ok(StateFolder {
             path: temporary.path().to_owned(),
-            _temporary: Some(temporary),
+            _temporary: temporary,
         })
     }
 

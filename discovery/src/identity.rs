@@ -21,6 +21,10 @@ pub struct RunIdentity {
     /// Where the id came from, in words, e.g.
     /// `GITHUB_RUN_ID=123 and GITHUB_RUN_ATTEMPT=2`.
     pub source: String,
+    /// The id of the previous attempt of the same CI run, when this is a
+    /// re-run (GitHub's `GITHUB_RUN_ATTEMPT`, Azure's
+    /// `SYSTEM_STAGEATTEMPT` above 1): a re-run resumes from its journal.
+    pub previous: Option<String>,
 }
 
 /// This instance's place in the run.
@@ -152,7 +156,36 @@ pub fn resolve_run(
     } else {
         format!("{source}, with characters outside [A-Za-z0-9._@-] replaced by '-'")
     };
-    Ok(RunIdentity { run_id, source })
+    let previous = match flag {
+        Some(_) => None,
+        None => previous_attempt(env),
+    };
+    Ok(RunIdentity {
+        run_id,
+        source,
+        previous,
+    })
+}
+
+/// The run id of the attempt before this one, for the CI systems that
+/// number attempts in the run id.
+fn previous_attempt(env: Env<'_>) -> Option<String> {
+    let earlier = |attempt: String| {
+        attempt
+            .parse::<u32>()
+            .ok()
+            .filter(|&a| a > 1)
+            .map(|a| a - 1)
+    };
+    if let Some(id) = get(env, "GITHUB_RUN_ID") {
+        let attempt = earlier(get(env, "GITHUB_RUN_ATTEMPT")?)?;
+        return sanitize(&format!("github-{id}-{attempt}")).ok();
+    }
+    if let Some(id) = get(env, "BUILD_BUILDID") {
+        let attempt = earlier(get(env, "SYSTEM_STAGEATTEMPT")?)?;
+        return sanitize(&format!("azure-{id}-{attempt}")).ok();
+    }
+    None
 }
 
 /// Works out this instance's index and total. In order: `--instance` and
@@ -434,6 +467,20 @@ mod tests {
             "github-123-2",
             "GITHUB_RUN_ID=123 and GITHUB_RUN_ATTEMPT=2",
         );
+    }
+
+    #[test]
+    fn a_rerun_knows_the_attempt_before_it() {
+        let previous = |vars: &[(&str, &str)], flag| run(vars, flag, None).unwrap().previous;
+        let github = [("GITHUB_RUN_ID", "123"), ("GITHUB_RUN_ATTEMPT", "3")];
+        assert_eq!(previous(&github, None).as_deref(), Some("github-123-2"));
+        let first = [("GITHUB_RUN_ID", "123"), ("GITHUB_RUN_ATTEMPT", "1")];
+        assert_eq!(previous(&first, None), None);
+        let azure = [("BUILD_BUILDID", "88"), ("SYSTEM_STAGEATTEMPT", "2")];
+        assert_eq!(previous(&azure, None).as_deref(), Some("azure-88-1"));
+        // An explicit id says nothing about earlier attempts.
+        assert_eq!(previous(&github, Some("mine")), None);
+        assert_eq!(previous(&[("BUILDKITE_BUILD_ID", "b")], None), None);
     }
 
     #[test]

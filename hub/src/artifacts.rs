@@ -128,6 +128,19 @@ impl ArtifactStore {
     pub(crate) fn path_of(&self, digest: &Sha256Hex) -> PathBuf {
         self.blobs.join(&digest.0[..2]).join(&digest.0)
     }
+}
+
+/// Where a store in `dir` keeps the artifact with digest `sha256` (for a
+/// resume checking that a kept module's files are still there). A digest
+/// that is not one names no file.
+pub fn stored_artifact(dir: &Path, sha256: &str) -> PathBuf {
+    match Sha256Hex::parse(sha256).ok() {
+        Some(digest) => dir.join(BLOBS).join(&digest.0[..2]).join(&digest.0),
+        None => dir.join(BLOBS).join("not-a-digest"),
+    }
+}
+
+impl ArtifactStore {
 
     /// The size of the stored artifact, or `None` when the hub lacks it.
     pub(crate) async fn size_of(&self, digest: &Sha256Hex) -> io::Result<Option<u64>> {

@@ -23,19 +23,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use muster_core::journal::{Resumption, RunStart};
+use muster_core::mask::Masker;
 use muster_core::{Limits, Plan};
+use muster_journal::JournalWriter;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use artifacts::stored_artifact;
 pub use events::{ModuleSummary, RunEvent, Summary};
 use ids::random_id;
 pub use scheduler::CancelAnswer;
 
 use connection::ConnectionSettings;
-use scheduler::{Command, Scheduler, SchedulerSettings};
+use scheduler::{Command, JournalSettings, Scheduler, SchedulerSettings};
 
 /// Commands (worker calls, most of them log batches of up to 32 KiB) that
 /// wait for the scheduler; a full queue makes connections stop reading,
@@ -126,13 +130,17 @@ pub enum HubError {
     SchedulerGone,
     #[error("the hub's server failed: {0}")]
     Server(#[from] io::Error),
+    /// The run's journal could not be written; nothing after the last
+    /// durable record was acknowledged.
+    #[error("the run's journal failed: {0}")]
+    Journal(String),
 }
 
 /// A running hub.
 pub struct Hub {
     url: String,
     events: Option<mpsc::Receiver<RunEvent>>,
-    done: oneshot::Receiver<Summary>,
+    done: oneshot::Receiver<Result<Summary, String>>,
     commands: mpsc::Sender<Command>,
     connected: watch::Receiver<usize>,
     shutdown: CancellationToken,
@@ -158,9 +166,32 @@ impl Canceller {
     }
 }
 
+/// How the hub journals its run: the scheduler hands every change to
+/// `writer` and acts on it only once it is durable.
+pub struct Journaling {
+    pub writer: JournalWriter,
+    /// The stint's first record.
+    pub start: RunStart,
+    /// Secret values are masked before anything is journaled.
+    pub masker: Masker,
+    /// What an earlier run left that this one keeps.
+    pub resume: Option<Resumption>,
+}
+
 impl Hub {
-    /// Serves `plan` on an already bound listener (bind port 0 in tests).
+    /// Serves `plan` on an already bound listener (bind port 0 in tests),
+    /// without a journal.
     pub async fn start(listener: TcpListener, plan: Plan, config: HubConfig) -> io::Result<Hub> {
+        Hub::start_journaled(listener, plan, config, None).await
+    }
+
+    /// Serves `plan`, journaling the run when `journaling` is given.
+    pub async fn start_journaled(
+        listener: TcpListener,
+        plan: Plan,
+        config: HubConfig,
+        journaling: Option<Journaling>,
+    ) -> io::Result<Hub> {
         let addr = listener.local_addr()?;
         let artifacts = artifacts::ArtifactStore::open(
             &config.artifact_dir,
@@ -182,8 +213,24 @@ impl Hub {
             limits: Limits {
                 max_worker_losses: config.max_worker_losses.max(1),
             },
+            journal: None,
+            resume: None,
         };
-        let scheduler = Scheduler::new(plan, settings, events_tx, done_tx, connected_tx);
+        let (settings, writer) = match journaling {
+            Some(journaling) => (
+                SchedulerSettings {
+                    journal: Some(JournalSettings {
+                        start: journaling.start,
+                        masker: journaling.masker,
+                    }),
+                    resume: journaling.resume,
+                    ..settings
+                },
+                Some(journaling.writer),
+            ),
+            None => (settings, None),
+        };
+        let scheduler = Scheduler::new(plan, settings, writer, events_tx, done_tx, connected_tx);
         tokio::spawn(scheduler.run(command_rx));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -252,6 +299,16 @@ impl Hub {
         // Events nobody took must not hold the scheduler up.
         drop(self.events.take());
         let summary = self.done.await.map_err(|_| HubError::SchedulerGone)?;
+        let summary = match summary {
+            Ok(summary) => summary,
+            Err(why) => {
+                self.shutdown.cancel();
+                self.tracker.close();
+                let _ = tokio::time::timeout(linger, self.tracker.wait()).await;
+                self.server.abort();
+                return Err(HubError::Journal(why));
+            }
+        };
         let mut connected = self.connected;
         let _ = tokio::time::timeout(linger, connected.wait_for(|&n| n == 0)).await;
         self.shutdown.cancel();

@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::discover::{find_hub, finished_soon, outcome_word, Found};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{FileArg, MasterFlags, WorkerFlags};
-use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
-use crate::state_folder::StateFolder;
+use crate::journaling::{unix_ms, CiJournalPlace};
 use crate::workers::{stop_on_interrupt, worker_config, Seat};
 
 #[derive(Args)]
@@ -88,6 +88,19 @@ pub struct CiArgs {
     /// file's folder].
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Start afresh even when Redis holds a journal of this run or of its
+    /// previous attempt (by default a re-run resumes: it keeps what the
+    /// failed attempt finished).
+    #[arg(long)]
+    no_resume: bool,
+    /// Resume from this run id's journal [default: the previous attempt of
+    /// the same CI run, from CI variables such as GITHUB_RUN_ATTEMPT].
+    #[arg(long, value_name = "RUN_ID")]
+    resume_from: Option<String>,
+    /// How long the run's journal stays in Redis after its last record (for
+    /// re-runs and `muster status`).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    journal_ttl: Duration,
     #[command(flatten)]
     master: MasterFlags,
 }
@@ -120,12 +133,22 @@ async fn master(
 ) -> Result<(), Failure> {
     let plan = load(&args.file.file)?;
     let kind = tunnel_kind(&args.tunnel, args.bore_secret.as_deref())?;
-    let (config, state) = master_settings(&args)?;
+    let config = master_settings(&args)?;
+    let epoch = unix_ms();
+    let place = CiJournalPlace {
+        redis_url: &args.redis_url,
+        run_id: &run.run_id,
+        previous: args.resume_from.as_deref().or(run.previous.as_deref()),
+        no_resume: args.no_resume,
+        epoch,
+        ttl: args.journal_ttl,
+    };
+    let keeping = Keeping::ci(&args.file.file, &plan, &args.master, &config, &place).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let port = listener.local_addr()?.port();
-    let master = Master::start(listener, plan, config, state).await?;
+    let master = Master::start(listener, plan, config, keeping).await?;
     let tunnel = open_tunnel(&kind, port, args.tunnel_timeout).await?;
     let urls = hub_urls(
         args.listen,
@@ -134,7 +157,7 @@ async fn master(
         tunnel.as_ref(),
     );
     let token = args.token_in_record.then(|| master.token().to_owned());
-    let mut record = running_record(&run.run_id, urls, token);
+    let mut record = running_record(&run.run_id, urls, token, epoch);
     publish(&store, &record, args.record_ttl, args.discover_timeout).await?;
     println!(
         "muster: published the hub for {} more instance(s) under {} in Redis at {}: {}",
@@ -172,8 +195,8 @@ async fn master(
 
 /// The hub's settings for instance 0, which refuses to open a hub without
 /// a token shared by every instance unless told to publish its own.
-fn master_settings(args: &CiArgs) -> Result<(HubConfig, StateFolder), Failure> {
-    let (mut config, state) = hub_settings(&args.master)?;
+fn master_settings(args: &CiArgs) -> Result<HubConfig, Failure> {
+    let mut config = hub_settings(&args.master)?;
     match (args.token.clone(), args.token_in_record) {
         (Some(token), _) => config.token = token,
         // HubConfig made a random one up; it reaches workers via the record.
@@ -187,7 +210,7 @@ fn master_settings(args: &CiArgs) -> Result<(HubConfig, StateFolder), Failure> {
             ));
         }
     }
-    Ok((config, state))
+    Ok(config)
 }
 
 async fn worker(

@@ -8,8 +8,8 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::failure::Failure;
-use crate::flags::{FileArg, MasterFlags};
-use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::flags::{FileArg, MasterFlags, ResumeFlag};
+use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
 use crate::pipeline::load;
 
 #[derive(Args)]
@@ -26,6 +26,8 @@ pub struct HubArgs {
     #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(flatten)]
+    resume: ResumeFlag,
+    #[command(flatten)]
     master: MasterFlags,
 }
 
@@ -34,12 +36,19 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (mut config, state) = hub_settings(&args.master)?;
+    let mut config = hub_settings(&args.master)?;
     let generated = args.token.is_none();
     if let Some(token) = args.token {
         config.token = token;
     }
-    let master = Master::start(listener, plan, config, state).await?;
+    let keeping = Keeping::local(
+        &args.file.file,
+        &plan,
+        &args.master,
+        args.resume.resume.as_deref(),
+        &config,
+    )?;
+    let master = Master::start(listener, plan, config, keeping).await?;
     println!("hub url: {}", master.url());
     if generated {
         // A token made up for this run only: printing it is the only way

@@ -6,6 +6,8 @@ mod cancel;
 mod ci;
 mod hub;
 mod run;
+mod runs;
+mod status;
 mod validate;
 mod worker;
 
@@ -28,6 +30,11 @@ pub enum Command {
     Cancel(cancel::CancelArgs),
     /// Check a pipeline file and print its modules without running anything.
     Validate(validate::ValidateArgs),
+    /// Show a run's state from its journal: a local run from another
+    /// terminal, or a CI run from any machine that reaches its Redis.
+    Status(status::StatusArgs),
+    /// List the runs kept in the state folder, newest first.
+    Runs(runs::RunsArgs),
 }
 
 impl Command {
@@ -39,6 +46,8 @@ impl Command {
             Command::Ci(args) => ci::ci(*args).await,
             Command::Cancel(args) => cancel::cancel(args).await,
             Command::Validate(args) => validate::validate(&args),
+            Command::Status(args) => status::status(args).await,
+            Command::Runs(args) => runs::runs(&args),
         }
     }
 }

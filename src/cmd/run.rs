@@ -7,8 +7,8 @@ use muster_core::Plan;
 use tokio::net::TcpListener;
 
 use crate::failure::Failure;
-use crate::flags::{FileArg, MasterFlags};
-use crate::master::{hub_settings, LocalWorkers, Master};
+use crate::flags::{FileArg, MasterFlags, ResumeFlag};
+use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
 use crate::pipeline::load;
 
 #[derive(Args)]
@@ -18,6 +18,8 @@ pub struct RunArgs {
     /// Local workers to start [default: the number of CPUs].
     #[arg(long, short = 'w')]
     workers: Option<u32>,
+    #[command(flatten)]
+    resume: ResumeFlag,
     #[command(flatten)]
     master: MasterFlags,
 }
@@ -36,8 +38,15 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    let (config, state) = hub_settings(&args.master)?;
-    let master = Master::start(listener, plan, config, state).await?;
+    let config = hub_settings(&args.master)?;
+    let keeping = Keeping::local(
+        &args.file.file,
+        &plan,
+        &args.master,
+        args.resume.resume.as_deref(),
+        &config,
+    )?;
+    let master = Master::start(listener, plan, config, keeping).await?;
     let local = LocalWorkers::plain(workers, &args.file.file, &args.master);
     master.run(&local).await?.verdict()
 }

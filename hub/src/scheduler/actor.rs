@@ -7,13 +7,23 @@
 //! is handled and sent before the next one is taken, so a slow reader of
 //! the events (a terminal, a pipe) slows the scheduler, then the
 //! connections, then the workers, and nothing piles up in memory.
+//!
+//! With a journal, the effects of each input are held until the journal
+//! records that input produced are durable, then carried out in the order
+//! the inputs came. The journal writes in groups (one fsync for all that
+//! queued meanwhile), and the actor goes on handling inputs while a group
+//! is written, so journaling costs latency per step, little throughput.
+//! When too many records wait, the actor stops taking commands.
 
 use std::collections::{HashMap, VecDeque};
 
 use muster_core::wire::types::Welcome;
 use muster_core::{Plan, WorkerId};
+use muster_journal::JournalWriter;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use muster_core::journal::Entry;
 
 use super::machine::{Effect, Input, Machine};
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
@@ -33,15 +43,35 @@ enum Requester {
     Cancel(Option<oneshot::Sender<CancelAnswer>>),
 }
 
+/// Records written but not yet durable beyond which no command is taken.
+const MAX_UNDURABLE: u64 = 16_384;
+
+/// An input's effects waiting for the journal.
+struct Held {
+    /// Carried out once the journal is durable up to this record.
+    seq: u64,
+    effects: Vec<Effect>,
+    requester: Requester,
+}
+
 pub(crate) struct Scheduler {
     machine: Machine,
+    journal: Option<JournalWriter>,
+    /// The journal's durable record, as last seen.
+    durable: u64,
+    /// Inputs whose effects wait for the journal, oldest first.
+    held: VecDeque<Held>,
+    /// The last record handed to the journal.
+    appended: u64,
+    /// The journal failed: the run stops here.
+    journal_lost: bool,
     /// Each connected worker's session and outbox.
     outboxes: HashMap<WorkerId, (u64, Outbox)>,
     /// Dropped with the summary, so the owner's event stream ends then.
     events: Option<mpsc::Sender<RunEvent>>,
     /// Events of the command being handled, sent before the next one.
     queued: VecDeque<RunEvent>,
-    done: Option<oneshot::Sender<Summary>>,
+    done: Option<oneshot::Sender<Result<Summary, String>>>,
     /// The run's summary, once it finished, until the events before it
     /// are sent.
     summary: Option<Summary>,
@@ -52,13 +82,20 @@ impl Scheduler {
     pub(crate) fn new(
         plan: Plan,
         settings: SchedulerSettings,
+        journal: Option<JournalWriter>,
         events: mpsc::Sender<RunEvent>,
-        done: oneshot::Sender<Summary>,
+        done: oneshot::Sender<Result<Summary, String>>,
         connected: watch::Sender<usize>,
     ) -> Scheduler {
         let (machine, effects) = Machine::new(plan, settings, std::time::Instant::now());
+        let appended = journal.as_ref().map_or(0, |j| *j.durable().borrow());
         let mut scheduler = Scheduler {
             machine,
+            durable: appended,
+            appended,
+            journal_lost: false,
+            journal,
+            held: VecDeque::new(),
             outboxes: HashMap::new(),
             events: Some(events),
             queued: VecDeque::new(),
@@ -66,12 +103,14 @@ impl Scheduler {
             summary: None,
             connected,
         };
-        scheduler.carry_out(effects, Requester::Nobody);
+        scheduler.take_in(effects, Requester::Nobody);
         scheduler
     }
 
     /// Runs until every sender of commands is gone.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut durable = self.journal.as_ref().map(JournalWriter::durable);
+        let mut failure = self.journal.as_ref().map(JournalWriter::failure);
         loop {
             let deadline = self.machine.next_deadline().map(Instant::from_std);
             let wake = async {
@@ -80,13 +119,33 @@ impl Scheduler {
                     None => std::future::pending().await,
                 }
             };
+            let watching = self.journal.is_some();
+            let journal_news = async {
+                match (watching, &mut durable, &mut failure) {
+                    (true, Some(durable), Some(failure)) => tokio::select! {
+                        moved = durable.changed() => moved.is_ok(),
+                        failed = failure.changed() => failed.is_ok() && failure.borrow().is_none(),
+                    },
+                    _ => std::future::pending().await,
+                }
+            };
+            let taking = self.appended - self.durable < MAX_UNDURABLE;
             tokio::select! {
-                command = commands.recv() => match command {
+                command = commands.recv(), if taking => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
                 () = wake => self.input(Input::Tick, Requester::Nobody),
+                healthy = journal_news => {
+                    if !healthy {
+                        self.journal_failed();
+                    }
+                }
             }
+            if let (Some(durable), true) = (&durable, self.journal.is_some()) {
+                self.durable = *durable.borrow();
+            }
+            self.release();
             self.flush_events().await;
         }
     }
@@ -145,7 +204,72 @@ impl Scheduler {
 
     fn input(&mut self, input: Input, requester: Requester) {
         let effects = self.machine.handle(std::time::Instant::now(), input);
-        self.carry_out(effects, requester);
+        self.take_in(effects, requester);
+    }
+
+    /// Hands an input's journal records to the journal, then carries out
+    /// its effects, at once when nothing waits for the journal, else once
+    /// the records are durable.
+    fn take_in(&mut self, mut effects: Vec<Effect>, requester: Requester) {
+        if self.journal_lost {
+            // Nothing may be acknowledged that the journal does not hold.
+            return;
+        }
+        if let Some(journal) = &mut self.journal {
+            let at = unix_ms();
+            effects.retain_mut(|effect| match effect {
+                Effect::Journal(entry) => {
+                    let entry = std::mem::replace(entry, Entry::CancelRequested { reason: String::new() });
+                    self.appended = journal.append(at, entry);
+                    false
+                }
+                Effect::Event(RunEvent::Log { module, text, .. }) => {
+                    journal.log(module, text);
+                    true
+                }
+                _ => true,
+            });
+        }
+        if self.held.is_empty() && self.appended <= self.durable {
+            self.carry_out(effects, requester);
+        } else {
+            self.held.push_back(Held {
+                seq: self.appended,
+                effects,
+                requester,
+            });
+        }
+    }
+
+    /// Carries out the held inputs whose records are now durable.
+    fn release(&mut self) {
+        while self.held.front().is_some_and(|h| h.seq <= self.durable) {
+            let held = self.held.pop_front().expect("checked");
+            self.carry_out(held.effects, held.requester);
+        }
+    }
+
+    /// The journal could not write: nothing more may be acknowledged. Every
+    /// worker is told why and the owner gets the error.
+    fn journal_failed(&mut self) {
+        let why = self
+            .journal
+            .as_ref()
+            .and_then(JournalWriter::failed)
+            .map_or_else(|| "the journal stopped".to_owned(), |e| e.to_string());
+        tracing::error!("the run's journal failed: {why}");
+        for (_, outbox) in self.outboxes.values() {
+            outbox.send(Outbound::Close(Some(format!(
+                "the master's journal failed: {why}"
+            ))));
+        }
+        self.journal_lost = true;
+        self.held.clear();
+        self.events = None;
+        self.journal = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Err(why));
+        }
     }
 
     fn carry_out(&mut self, effects: Vec<Effect>, mut requester: Requester) {
@@ -189,6 +313,8 @@ impl Scheduler {
                 Effect::Connected(count) => {
                     self.connected.send_replace(count);
                 }
+                // Taken out before (or not journaled at all).
+                Effect::Journal(_) => {}
             }
         }
     }
@@ -212,8 +338,7 @@ impl Scheduler {
                 reason: "the connection ended while registering".into(),
                 return_by: None,
             };
-            let effects = self.machine.handle(std::time::Instant::now(), input);
-            self.carry_out(effects, Requester::Nobody);
+            self.input(input, Requester::Nobody);
             return;
         }
         if let Some(invocation_id) = invocation_id {
@@ -245,9 +370,19 @@ impl Scheduler {
         if let Some(summary) = self.summary.take() {
             // The owner's event stream ends with the run.
             self.events = None;
+            let closed = match self.journal.take() {
+                Some(journal) => journal.close().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
             if let Some(done) = self.done.take() {
-                let _ = done.send(summary);
+                let _ = done.send(closed.map(|()| summary));
             }
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

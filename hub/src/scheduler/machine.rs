@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use muster_core::journal::Entry;
 use muster_core::wire::calls::{HubCall, WorkerCall};
 use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
@@ -55,6 +56,9 @@ pub(crate) enum Effect {
     Finished(Summary),
     /// The number of connected workers is now this.
     Connected(usize),
+    /// A record for the run's journal: every effect of this input waits
+    /// until it is durable.
+    Journal(Entry),
 }
 
 /// The run, the worker table, and every deadline, owned in one place.
@@ -83,6 +87,9 @@ pub(crate) struct Machine {
     told_connected: usize,
     /// The time of the input being handled.
     pub(super) now: Instant,
+    /// While a resumed run records the modules it kept: the run they
+    /// succeeded in.
+    pub(super) keeping_from: Option<String>,
     effects: Vec<Effect>,
 }
 
@@ -91,11 +98,27 @@ impl Machine {
     /// modules with no needs become ready).
     pub(crate) fn new(
         plan: Plan,
-        settings: SchedulerSettings,
+        mut settings: SchedulerSettings,
         now: Instant,
     ) -> (Machine, Vec<Effect>) {
         let n = plan.len();
-        let (run, changes) = Run::new(plan, settings.limits);
+        let resume = settings.resume.take();
+        let resume_reruns: Option<Vec<ModuleIndex>> = resume
+            .as_ref()
+            .map(|r| r.rerun.iter().map(|rerun| rerun.module).collect());
+        let (run, changes) = match &resume {
+            Some(resume) => {
+                let note = format!("kept from run {}", resume.from_run);
+                Run::resumed(
+                    plan,
+                    settings.limits,
+                    resume.kept.clone(),
+                    resume.first_attempt.clone(),
+                    &note,
+                )
+            }
+            None => Run::new(plan, settings.limits),
+        };
         let mut machine = Machine {
             run,
             workers: BTreeMap::new(),
@@ -111,9 +134,15 @@ impl Machine {
             connected: 0,
             told_connected: 0,
             now,
+            keeping_from: resume.as_ref().map(|r| r.from_run.clone()),
             effects: Vec::new(),
         };
+        machine.journal_start();
         machine.record(changes);
+        machine.keeping_from = None;
+        if let Some(resume) = &resume_reruns {
+            machine.journal_waiting_reruns(resume);
+        }
         machine.finish_if_done();
         let effects = std::mem::take(&mut machine.effects);
         (machine, effects)
@@ -180,6 +209,7 @@ impl Machine {
     /// stream).
     pub(super) fn emit(&mut self, event: RunEvent) {
         if self.outcome.is_none() {
+            self.journal_event(&event);
             self.effects.push(Effect::Event(event));
         }
     }
@@ -255,6 +285,7 @@ impl Machine {
             return;
         }
         tracing::info!("cancelling the run: {reason}");
+        self.journal_cancel(reason);
         let (changes, running) = self.run.cancel_all(reason);
         self.record(changes);
         if !running.is_empty() {
@@ -295,6 +326,7 @@ impl Machine {
             cancelled: self.run.cancel_reason().map(str::to_owned),
         };
         let outcome = summary.outcome();
+        self.journal_finish(outcome, summary.cancelled.as_deref());
         self.outcome = Some(outcome);
         let workers: Vec<WorkerId> = self.workers.keys().copied().collect();
         for worker in workers {

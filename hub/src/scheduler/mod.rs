@@ -14,6 +14,7 @@
 mod actor;
 mod calls;
 mod dispatch;
+mod journal;
 mod machine;
 mod placement;
 mod table;
@@ -24,6 +25,7 @@ mod workers;
 
 use std::time::Duration;
 
+use muster_core::journal::Resumption;
 use muster_core::wire::calls::WorkerCall;
 use muster_core::wire::types::Registration;
 use muster_core::{Limits, WorkerId};
@@ -33,6 +35,7 @@ use tokio::time::Instant;
 use crate::outbox::Outbox;
 
 pub(crate) use actor::Scheduler;
+pub(crate) use journal::JournalSettings;
 
 /// The most slots one worker may claim; more is taken as this many.
 pub(crate) const MAX_SLOTS: u32 = 1024;
@@ -105,4 +108,8 @@ pub(crate) struct SchedulerSettings {
     /// How long an assigned module waits for its worker's `Started`.
     pub start_timeout: Duration,
     pub limits: Limits,
+    /// Journal the run (`None`: it is not journaled).
+    pub journal: Option<JournalSettings>,
+    /// Start from what an earlier run kept.
+    pub resume: Option<Resumption>,
 }

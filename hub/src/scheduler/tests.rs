@@ -23,6 +23,8 @@ fn settings() -> SchedulerSettings {
         result_grace: Duration::from_secs(5),
         start_timeout: Duration::from_secs(60),
         limits: Limits::default(),
+        journal: None,
+        resume: None,
     }
 }
 

@@ -1,0 +1,145 @@
+//! `muster status`: a run's state from its journal, without reaching its
+//! hub: from another terminal for a local run, from any machine that can
+//! reach the Redis of a CI run. `--follow` prints each change as it is
+//! journaled and exits with the run's exit code.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use muster_core::journal::{Entry, History};
+use muster_core::wire::types::RunOutcome;
+
+use crate::failure::{outcome_result, Failure};
+use crate::flags::state_root;
+use crate::journal_source::Source;
+use crate::journaling::unix_ms;
+use crate::status_view::{self, record_line, TAIL_LINES};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The run to show [default: the latest run in the state folder; a CI
+    /// run's id, as `muster ci` prints it, with --redis-url].
+    run_id: Option<String>,
+    /// The pipeline file whose state folder (.muster beside it) holds the
+    /// run.
+    #[arg(long, short = 'f', default_value = "muster.toml")]
+    file: PathBuf,
+    /// The state folder [default: .muster beside the pipeline file].
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Read a CI run's journal from this Redis (needs RUN_ID).
+    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Print each change as it is journaled until the run ends, then exit
+    /// with the run's exit code (0 succeeded, 1 failed, 130 cancelled; 3
+    /// when its master stopped before the end).
+    #[arg(long)]
+    follow: bool,
+    /// Print the run's state as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// List every module, not only those that are not succeeded or pending.
+    #[arg(long)]
+    all: bool,
+}
+
+pub async fn status(args: StatusArgs) -> Result<(), Failure> {
+    let source = match (&args.redis_url, &args.run_id) {
+        (Some(url), Some(run_id)) => Source::Redis {
+            url: url.clone(),
+            run_id: run_id.clone(),
+        },
+        (Some(_), None) => {
+            return Err(Failure::Usage(
+                "a CI run's status needs its run id: muster status RUN_ID (as `muster ci` printed \
+                 it, e.g. github-123-1)"
+                    .into(),
+            ))
+        }
+        (None, run_id) => {
+            let root = state_root(args.state_dir.as_deref(), &args.file);
+            Source::local(&root, run_id.as_deref())?
+        }
+    };
+    let records = source.read().await?;
+    let mut history = History::replay(&records)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", source.shown())))?;
+    let running = source.master_running().await;
+    if args.json {
+        let mut json = serde_json::to_value(&history).map_err(Failure::infrastructure)?;
+        json["masterRunning"] = running.map_or(serde_json::Value::Null, serde_json::Value::Bool);
+        println!("{json}");
+    } else {
+        let mut tails = std::collections::HashMap::new();
+        for module in &history.modules {
+            if module.state.is_terminal() && module.state != muster_core::journal::StateName::Succeeded
+                && module.state != muster_core::journal::StateName::Skipped
+            {
+                if let Some(lines) = source.tail(&module.id, TAIL_LINES).await {
+                    tails.insert(module.id.clone(), lines);
+                }
+            }
+        }
+        let text = status_view::render(&history, unix_ms(), args.all, &|id| tails.get(id).cloned());
+        print!("{text}");
+        if history.finished.is_none() && running == Some(false) {
+            println!(
+                "\nits master is not running: the run stopped before it finished \
+                 (continue it with `muster run --resume {}`)",
+                source.run_id()
+            );
+        }
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    follow(&source, &mut history).await
+}
+
+/// Prints each record after those in `history` until the run finishes.
+async fn follow(source: &Source, history: &mut History) -> Result<(), Failure> {
+    let mut cursor = source.follow().await?;
+    let mut quiet_checks = 0u32;
+    loop {
+        if let Some((outcome, _)) = history.finished {
+            return finished(outcome);
+        }
+        let records = source.next(&mut cursor).await?;
+        if records.is_empty() {
+            // Every few quiet polls, make sure a master is still there.
+            quiet_checks += 1;
+            if quiet_checks % 10 == 0 && source.master_running().await == Some(false) {
+                // One last look: it may have finished just now.
+                let last = source.read().await?;
+                let seen = history.last_seq;
+                for record in last.iter().filter(|r| r.seq > seen) {
+                    println!("{}", record_line(record));
+                    let _ = history.apply(record);
+                }
+                if let Some((outcome, _)) = history.finished {
+                    return finished(outcome);
+                }
+                return Err(Failure::infrastructure(format!(
+                    "the master of run {} stopped before the run finished",
+                    source.run_id()
+                )));
+            }
+            continue;
+        }
+        quiet_checks = 0;
+        let seen = history.last_seq;
+        for record in records.iter().filter(|r| r.seq > seen) {
+            println!("{}", record_line(record));
+            history
+                .apply(record)
+                .map_err(|e| Failure::infrastructure(format!("{}: {e}", source.shown())))?;
+            if matches!(record.entry, Entry::RunFinished { .. }) {
+                break;
+            }
+        }
+    }
+}
+
+fn finished(outcome: RunOutcome) -> Result<(), Failure> {
+    outcome_result(outcome)
+}

@@ -1,0 +1,176 @@
+//! Where `muster status` and `muster runs` read a run from: a local run
+//! folder (its journal file, log files and lock), or a CI run's Redis
+//! Stream (its journal, the failed modules' log tails, and the discovery
+//! record that says whether its master still runs). Readers never write.
+
+use std::path::Path;
+use std::time::Duration;
+
+use muster_core::journal::{codec, Record};
+use muster_discovery::record::record_key;
+use muster_discovery::store::DiscoveryStore;
+use muster_journal::{list_runs, FileJournal, LogFiles, RunFolder};
+
+use crate::failure::Failure;
+use crate::run_lock;
+
+/// How often a local journal is looked at while following it.
+const FILE_POLL: Duration = Duration::from_millis(200);
+
+pub enum Source {
+    Local { folder: RunFolder },
+    Redis { url: String, run_id: String },
+}
+
+/// A follower's place in the journal.
+pub enum Cursor {
+    /// The byte offset up to which the file was read.
+    File(u64),
+    /// The Redis follower, which keeps its own place.
+    Redis(Box<muster_journal::Follower>),
+}
+
+impl Source {
+    /// The local run `run_id` under `root`, or the latest run there.
+    pub fn local(root: &Path, run_id: Option<&str>) -> Result<Source, Failure> {
+        let id = match run_id {
+            Some(id) => id.to_owned(),
+            None => list_runs(root)
+                .map_err(Failure::infrastructure)?
+                .into_iter()
+                .next()
+                .map(|run| run.id)
+                .ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "there are no runs in {}: start one with `muster run` (or pass --state-dir, \
+                         or --redis-url and a RUN_ID for a CI run)",
+                        root.display()
+                    ))
+                })?,
+        };
+        let folder = RunFolder::at(root, &id).map_err(|e| Failure::Usage(e.to_string()))?;
+        if !folder.journal().is_file() {
+            return Err(Failure::Usage(format!(
+                "there is no run {id} in {}: `muster runs` lists the runs there",
+                root.display()
+            )));
+        }
+        Ok(Source::Local { folder })
+    }
+
+    pub fn run_id(&self) -> &str {
+        match self {
+            Source::Local { folder } => folder.id(),
+            Source::Redis { run_id, .. } => run_id,
+        }
+    }
+
+    /// Every record so far.
+    pub async fn read(&self) -> Result<Vec<Record>, Failure> {
+        match self {
+            Source::Local { folder } => {
+                let decoded = FileJournal::read(&folder.journal()).map_err(Failure::infrastructure)?;
+                Ok(decoded.records)
+            }
+            Source::Redis { url, run_id } => muster_journal::read_journal(url, run_id)
+                .await
+                .map_err(Failure::infrastructure)?
+                .ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "Redis has no journal for run {run_id} (never started, or expired)"
+                    ))
+                }),
+        }
+    }
+
+    /// A follower from the journal's start (callers skip the records they
+    /// have by their seq).
+    pub async fn follow(&self) -> Result<Cursor, Failure> {
+        match self {
+            Source::Local { .. } => Ok(Cursor::File(0)),
+            Source::Redis { url, run_id } => {
+                let follower = muster_journal::Follower::open(url, run_id, None)
+                    .await
+                    .map_err(Failure::infrastructure)?;
+                Ok(Cursor::Redis(Box::new(follower)))
+            }
+        }
+    }
+
+    /// Records written after `cursor`, waiting a little for some.
+    pub async fn next(&self, cursor: &mut Cursor) -> Result<Vec<Record>, Failure> {
+        match (self, cursor) {
+            (Source::Local { folder }, Cursor::File(offset)) => {
+                tokio::time::sleep(FILE_POLL).await;
+                let path = folder.journal();
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Failure::infrastructure(format!("cannot read {}: {e}", path.display())))?;
+                let start = (*offset as usize).min(bytes.len());
+                let Some(last_newline) = bytes[start..].iter().rposition(|&b| b == b'\n') else {
+                    return Ok(Vec::new());
+                };
+                let end = start + last_newline + 1;
+                let mut records = Vec::new();
+                let mut at = start;
+                for line in bytes[start..end].split(|&b| b == b'\n') {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let record = codec::decode_one(line, &path.display().to_string(), 0, at as u64)
+                        .map_err(Failure::infrastructure)?;
+                    at += line.len() + 1;
+                    records.push(record);
+                }
+                *offset = end as u64;
+                Ok(records)
+            }
+            (Source::Redis { .. }, Cursor::Redis(follower)) => {
+                follower.next().await.map_err(Failure::infrastructure)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// A module's last log lines, when they are kept.
+    pub async fn tail(&self, module: &str, lines: usize) -> Option<Vec<String>> {
+        match self {
+            Source::Local { folder } => LogFiles::tail(&folder.logs(), module, lines).ok().flatten(),
+            Source::Redis { url, run_id } => {
+                let text = muster_journal::read_log_tail(url, run_id, module)
+                    .await
+                    .ok()
+                    .flatten()?;
+                let all: Vec<String> = text.lines().map(str::to_owned).collect();
+                Some(all[all.len().saturating_sub(lines)..].to_vec())
+            }
+        }
+    }
+
+    /// Whether a master is working on the run now (`None`: cannot tell).
+    pub async fn master_running(&self) -> Option<bool> {
+        match self {
+            Source::Local { folder } => Some(run_lock::is_running(folder.path())),
+            Source::Redis { url, run_id } => {
+                let store = DiscoveryStore::open(url).ok()?;
+                let record = tokio::time::timeout(Duration::from_secs(5), store.read(run_id))
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(record.is_some_and(|r| r.finished().is_none()))
+            }
+        }
+    }
+
+    /// Where the run is, for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Source::Local { folder } => folder.path().display().to_string(),
+            Source::Redis { url, run_id } => format!(
+                "{} in Redis at {} (discovery record {})",
+                muster_journal::redis::stream_key(run_id),
+                muster_core::url::redact_url(url),
+                record_key(run_id)
+            ),
+        }
+    }
+}
