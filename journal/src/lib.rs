@@ -11,8 +11,12 @@ pub mod backend;
 pub mod error;
 pub mod file;
 pub mod folder;
+pub mod logs;
+pub mod writer;
 
 pub use backend::{AppendFuture, Backend, Batch};
 pub use error::StoreError;
 pub use file::FileJournal;
 pub use folder::{list_runs, new_run_id, prune, state_root, RunEntry, RunFolder};
+pub use logs::LogFiles;
+pub use writer::JournalWriter;
