@@ -12,6 +12,7 @@ pub mod error;
 pub mod file;
 pub mod folder;
 pub mod logs;
+pub mod redis;
 pub mod writer;
 
 pub use backend::{AppendFuture, Backend, Batch};
@@ -19,4 +20,5 @@ pub use error::StoreError;
 pub use file::FileJournal;
 pub use folder::{list_runs, new_run_id, prune, state_root, RunEntry, RunFolder};
 pub use logs::LogFiles;
+pub use redis::{read_journal, read_log_tail, Follower, RedisJournal};
 pub use writer::JournalWriter;
