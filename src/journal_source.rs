@@ -69,7 +69,8 @@ impl Source {
     pub async fn read(&self) -> Result<Vec<Record>, Failure> {
         match self {
             Source::Local { folder } => {
-                let decoded = FileJournal::read(&folder.journal()).map_err(Failure::infrastructure)?;
+                let decoded =
+                    FileJournal::read(&folder.journal()).map_err(Failure::infrastructure)?;
                 Ok(decoded.records)
             }
             Source::Redis { url, run_id } => muster_journal::read_journal(url, run_id)
@@ -103,8 +104,9 @@ impl Source {
             (Source::Local { folder }, Cursor::File(offset)) => {
                 tokio::time::sleep(FILE_POLL).await;
                 let path = folder.journal();
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| Failure::infrastructure(format!("cannot read {}: {e}", path.display())))?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    Failure::infrastructure(format!("cannot read {}: {e}", path.display()))
+                })?;
                 let start = (*offset as usize).min(bytes.len());
                 let Some(last_newline) = bytes[start..].iter().rposition(|&b| b == b'\n') else {
                     return Ok(Vec::new());
@@ -134,7 +136,9 @@ impl Source {
     /// A module's last log lines, when they are kept.
     pub async fn tail(&self, module: &str, lines: usize) -> Option<Vec<String>> {
         match self {
-            Source::Local { folder } => LogFiles::tail(&folder.logs(), module, lines).ok().flatten(),
+            Source::Local { folder } => {
+                LogFiles::tail(&folder.logs(), module, lines).ok().flatten()
+            }
             Source::Redis { url, run_id } => {
                 let text = muster_journal::read_log_tail(url, run_id, module)
                     .await

@@ -14,7 +14,9 @@ use muster_core::mask::Masker;
 use muster_core::wire::types::{Artifact, RunOutcome};
 use muster_core::Plan;
 use muster_hub::Journaling;
-use muster_journal::{list_runs, new_run_id, prune, FileJournal, JournalWriter, LogFiles, RunFolder};
+use muster_journal::{
+    list_runs, new_run_id, prune, FileJournal, JournalWriter, LogFiles, RunFolder,
+};
 
 use crate::failure::Failure;
 use crate::flags::LATEST;
@@ -30,6 +32,8 @@ pub struct LocalJournal {
     pub journaling: Journaling,
     /// Held while the master runs.
     pub lock: RunLock,
+    /// What to tell the user: the run, and what a resume kept.
+    pub said: Vec<String>,
 }
 
 /// What the master needs to know to journal: the pipeline as the user
@@ -70,7 +74,7 @@ fn new_local(root: &Path, inputs: &JournalInputs<'_>) -> Result<LocalJournal, Fa
     let id = new_run_id(SystemTime::now());
     let folder = RunFolder::create(root, &id).map_err(Failure::infrastructure)?;
     let lock = RunLock::take(folder.path(), &id)?;
-    say_run(&folder);
+    let said = vec![run_line(&folder)];
     let backend = FileJournal::create(&folder.journal()).map_err(Failure::infrastructure)?;
     let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
         .map_err(Failure::infrastructure)?;
@@ -85,6 +89,7 @@ fn new_local(root: &Path, inputs: &JournalInputs<'_>) -> Result<LocalJournal, Fa
             resume: None,
         },
         lock,
+        said,
     })
 }
 
@@ -105,15 +110,34 @@ fn resume_local(
         )));
     }
     let lock = RunLock::take(folder.path(), &id)?;
-    say_run(&folder);
-    let (backend, decoded) =
-        FileJournal::open_for_append(&folder.journal()).map_err(|e| Failure::Usage(e.to_string()))?;
-    let history = History::replay(&decoded.records).map_err(|e| {
-        Failure::Usage(format!("{}: {e}", folder.journal().display()))
-    })?;
+    let mut said = vec![run_line(&folder)];
+    let (backend, decoded) = FileJournal::open_for_append(&folder.journal())
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    if decoded.records.is_empty() {
+        // Its master stopped before its first record: nothing to keep.
+        said.push(format!(
+            "run {id} had journaled nothing yet: starting it afresh"
+        ));
+        let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
+            .map_err(Failure::infrastructure)?;
+        let writer = JournalWriter::start(Box::new(backend), Some(logs), 1);
+        return Ok(LocalJournal {
+            folder,
+            journaling: Journaling {
+                writer,
+                start: run_start(&id, inputs, 1, None),
+                masker: inputs.masker.clone(),
+                resume: None,
+            },
+            lock,
+            said,
+        });
+    }
+    let history = History::replay(&decoded.records)
+        .map_err(|e| Failure::Usage(format!("{}: {e}", folder.journal().display())))?;
     refuse_succeeded(&history)?;
     let artifacts = folder.artifacts();
-    let resumption = resumption(&history, inputs.plan, &|a| {
+    let resumption = resumption(&history, inputs.plan, &mut said, &|a| {
         muster_hub::stored_artifact(&artifacts, &a.sha256).is_file()
     });
     let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
@@ -129,15 +153,12 @@ fn resume_local(
             resume: Some(resumption),
         },
         lock,
+        said,
     })
 }
 
-fn say_run(folder: &RunFolder) {
-    println!(
-        "muster: run {} (state in {})",
-        folder.id(),
-        folder.path().display()
-    );
+fn run_line(folder: &RunFolder) -> String {
+    format!("run {} (state in {})", folder.id(), folder.path().display())
 }
 
 /// A run that succeeded has nothing left to do.
@@ -151,19 +172,23 @@ pub fn refuse_succeeded(history: &History) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Decides what `plan` keeps from `history` and says so on stdout: one
+/// Decides what `plan` keeps from `history`, and says so in `said`: one
 /// line, then one per module run again.
 pub fn resumption(
     history: &History,
     plan: &Plan,
+    said: &mut Vec<String>,
     available: &dyn Fn(&Artifact) -> bool,
 ) -> Resumption {
     let digests = module_digests(plan);
     let resumption = decide(history, plan, &digests, available);
-    println!("muster: {}", resumption.summary(plan));
-    for line in resumption.lines(plan) {
-        println!("muster:   {line}");
-    }
+    said.push(resumption.summary(plan));
+    said.extend(
+        resumption
+            .lines(plan)
+            .into_iter()
+            .map(|line| format!("  {line}")),
+    );
     resumption
 }
 
@@ -201,9 +226,10 @@ pub fn first_record(journal: &Path) -> Option<RunStart> {
 
 /// The pipeline file's name as journals record it.
 pub fn pipeline_name(pipeline: &Path) -> String {
-    pipeline
-        .file_name()
-        .map_or_else(|| pipeline.display().to_string(), |n| n.to_string_lossy().into_owned())
+    pipeline.file_name().map_or_else(
+        || pipeline.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// The first record of a stint.
@@ -238,6 +264,8 @@ pub fn unix_ms() -> u64 {
 pub struct CiJournal {
     pub folder: RunFolder,
     pub journaling: Journaling,
+    /// What to tell the user: where it resumed from and what it kept.
+    pub said: Vec<String>,
 }
 
 /// Where a CI run's journal goes and what it resumes from.
@@ -277,6 +305,7 @@ pub async fn open_redis(
             .await
             .map_err(|e| Failure::infrastructure(format!("cannot read the journal to resume: {e}")))
     };
+    let mut said = Vec::new();
     let mut resume = None;
     let mut stint = 1;
     let mut next_seq = 1;
@@ -284,12 +313,12 @@ pub async fn open_redis(
     if !place.no_resume {
         if let Some(records) = read(place.run_id.to_owned()).await? {
             let history = replayed(&records, place.run_id)?;
-            println!(
-                "muster: Redis holds a journal for run {} already: going on from it",
+            said.push(format!(
+                "Redis holds a journal for run {} already: going on from it",
                 place.run_id
-            );
+            ));
             let artifacts = folder.artifacts();
-            resume = Some(resumption(&history, inputs.plan, &|a| {
+            resume = Some(resumption(&history, inputs.plan, &mut said, &|a| {
                 muster_hub::stored_artifact(&artifacts, &a.sha256).is_file()
             }));
             stint = history.stints + 1;
@@ -297,21 +326,21 @@ pub async fn open_redis(
             resumed_from = Some(place.run_id.to_owned());
         } else if let Some(previous) = place.previous {
             match read(previous.to_owned()).await? {
-                None => println!(
-                    "muster: no journal of the previous attempt ({previous}) in Redis: starting afresh"
-                ),
+                None => said.push(format!(
+                    "no journal of the previous attempt ({previous}) in Redis: starting afresh"
+                )),
                 Some(records) => {
                     let history = replayed(&records, previous)?;
                     if let Some((RunOutcome::Succeeded, _)) = history.finished {
-                        println!(
-                            "muster: the previous attempt ({previous}) succeeded: starting afresh"
-                        );
+                        said.push(format!(
+                            "the previous attempt ({previous}) succeeded: starting afresh"
+                        ));
                     } else {
                         let earlier = RunFolder::at(root, previous)
                             .map_err(|e| Failure::Usage(e.to_string()))?
                             .artifacts();
                         let artifacts = folder.artifacts();
-                        resume = Some(resumption(&history, inputs.plan, &|a| {
+                        resume = Some(resumption(&history, inputs.plan, &mut said, &|a| {
                             adopt_blob(&earlier, &artifacts, &a.sha256)
                         }));
                         resumed_from = Some(previous.to_owned());
@@ -337,6 +366,7 @@ pub async fn open_redis(
             masker: inputs.masker.clone(),
             resume,
         },
+        said,
     })
 }
 

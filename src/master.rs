@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
-use crate::pipeline::pipeline_dir;
 use crate::journaling::{open_local, open_redis, CiJournalPlace, JournalInputs};
+use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
 use crate::run_lock::RunLock;
 use crate::state_folder::StateFolder;
@@ -51,9 +51,11 @@ pub enum Keeping {
     /// A run folder under the state folder, and the journal.
     Journal {
         artifacts: PathBuf,
-        journaling: Journaling,
+        journaling: Box<Journaling>,
         /// A local run's lock on its folder, held until the run ends.
         lock: Option<RunLock>,
+        /// What to tell the user (printed by [`Keeping::say`]).
+        said: Vec<String>,
     },
 }
 
@@ -81,8 +83,9 @@ impl Keeping {
         let opened = open_local(&root, &inputs, resume, flags.keep_runs as usize)?;
         Ok(Keeping::Journal {
             artifacts: opened.folder.artifacts(),
-            journaling: opened.journaling,
+            journaling: Box::new(opened.journaling),
             lock: Some(opened.lock),
+            said: opened.said,
         })
     }
 
@@ -104,9 +107,26 @@ impl Keeping {
         let opened = open_redis(&root, &inputs, place).await?;
         Ok(Keeping::Journal {
             artifacts: opened.folder.artifacts(),
-            journaling: opened.journaling,
+            journaling: Box::new(opened.journaling),
             lock: None,
+            said: opened.said,
         })
+    }
+
+    /// Prints what opening the journal found (the run, what a resume
+    /// kept), once.
+    pub fn say(&mut self) {
+        for line in self.take_said() {
+            println!("muster: {line}");
+        }
+    }
+
+    /// What opening the journal found, to print later.
+    pub fn take_said(&mut self) -> Vec<String> {
+        match self {
+            Keeping::Journal { said, .. } => std::mem::take(said),
+            Keeping::Nothing(_) => Vec::new(),
+        }
     }
 
     /// Where the hub stores artifacts.
@@ -170,7 +190,7 @@ impl Master {
             Keeping::Nothing(state) => (None, Held::Temporary(state)),
             Keeping::Journal {
                 journaling, lock, ..
-            } => (Some(journaling), lock.map_or(Held::Nothing, Held::Lock)),
+            } => (Some(*journaling), lock.map_or(Held::Nothing, Held::Lock)),
         };
         let hub = Hub::start_journaled(listener, plan, config, journaling).await?;
         Ok(Master {

@@ -40,7 +40,11 @@ pub fn render(
             history.stints - 1
         );
     }
-    if let Some(from) = history.resumed_from.as_deref().filter(|f| *f != history.run_id) {
+    if let Some(from) = history
+        .resumed_from
+        .as_deref()
+        .filter(|f| *f != history.run_id)
+    {
         let _ = writeln!(out, "resumed:  from run {}", escape(from));
     }
     let _ = writeln!(out, "modules:  {}", counts(&history.modules));
@@ -86,12 +90,7 @@ pub fn render(
         ) {
             continue;
         }
-        let _ = write!(
-            out,
-            "\n{} {}",
-            escape(&module.id),
-            module.state.word()
-        );
+        let _ = write!(out, "\n{} {}", escape(&module.id), module.state.word());
         if let Some(code) = module.exit_code {
             let _ = write!(out, " (exit code {code})");
         }
@@ -208,7 +207,11 @@ pub fn record_line(record: &muster_core::journal::Record) -> String {
     let clock = clock.get(11..19).unwrap_or(&clock);
     let what = match &record.entry {
         Entry::RunStarted(start) if start.stint > 1 => {
-            format!("run {} resumed (master {})", escape(&start.run_id), start.stint)
+            format!(
+                "run {} resumed (master {})",
+                escape(&start.run_id),
+                start.stint
+            )
         }
         Entry::RunStarted(start) => format!(
             "run {} started ({} modules)",

@@ -98,7 +98,7 @@ run = "cat dist/b/c/y.tar.gz; test ! -e bin/app && echo 'no app here'"
     );
     assert!(!folders[2].path().join("bin/app").exists());
     // `same` produced content the hub already had: asked, not sent again.
-    let stored: Vec<_> = walk(&state.path().join("artifacts/sha256"));
+    let stored: Vec<_> = walk(&stored_blobs(state.path()));
     assert_eq!(stored.len(), 3, "three distinct contents: {stored:?}");
     let received = out.stderr.matches("artifact received").count();
     assert_eq!(
@@ -109,6 +109,17 @@ run = "cat dist/b/c/y.tar.gz; test ! -e bin/app && echo 'no app here'"
 }
 
 /// Every file under `dir`.
+/// The blob folder of the one run in the state folder `state`.
+fn stored_blobs(state: &Path) -> std::path::PathBuf {
+    let runs = state.join("runs");
+    let run = std::fs::read_dir(&runs)
+        .ok()
+        .and_then(|mut runs| runs.next())
+        .and_then(Result::ok)
+        .map_or_else(|| runs.join("none"), |entry| entry.path());
+    run.join("artifacts/sha256")
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -159,7 +170,7 @@ run = "cat out/data.bin"
     ];
     let deadline = Instant::now() + LIMIT;
     let blob = loop {
-        if let Some(blob) = walk(&state.path().join("artifacts/sha256")).pop() {
+        if let Some(blob) = walk(&stored_blobs(state.path())).pop() {
             break blob;
         }
         assert!(Instant::now() < deadline, "nothing was uploaded");

@@ -9,52 +9,26 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{muster, pipeline, run};
+use common::{effects, muster, pipeline, run};
 
 const LAYERS: usize = 6;
 const WIDTH: usize = 10;
 
-/// Sixty modules in six layers: each needs two of the layer before,
-/// checks an output and an artifact of one of them, writes its own, and
-/// appends its id to `effects.log` as its last step.
 fn layered_pipeline() -> String {
-    let mut text = String::new();
-    for layer in 0..LAYERS {
-        for i in 0..WIDTH {
-            let id = format!("m{layer}_{i}");
-            // 0.15 s to 0.45 s, fixed per module.
-            let sleep = 15 + (layer * 7 + i * 13) % 31;
-            let mut checks = String::new();
-            let _ = writeln!(text, "[modules.{id}]");
-            if layer > 0 {
-                let a = format!("m{}_{i}", layer - 1);
-                let b = format!("m{}_{}", layer - 1, (i + 1) % WIDTH);
-                let _ = writeln!(text, "needs = [\"{a}\", \"{b}\"]");
-                let _ = writeln!(text, "consumes = [\"{a}\"]");
-                let upper = a.to_uppercase();
-                checks = format!(
-                    "test \"$MUSTER_NEEDS_{upper}_V\" = {a} && grep -qx {a} out/{a}.txt && "
-                );
-            }
-            let _ = writeln!(
-                text,
-                "run = '{checks}sleep 0.{sleep:02} && mkdir -p out && echo {id} > out/{id}.txt && \
-                 echo v={id} >> $MUSTER_OUTPUT && echo {id} >> effects.log'"
-            );
-            let _ = writeln!(text, "produces = [\"out/{id}.txt\"]\n");
-        }
-    }
-    text
+    common::layered_pipeline(LAYERS, WIDTH)
 }
 
-/// `muster status --json` of the latest run: module id → state.
+/// `muster status --json` of the latest run: module id → state (none
+/// when no run has journaled anything yet).
 fn journaled_states(file: &Path) -> BTreeMap<String, String> {
     let out = run(muster(&["status", "--json", "-f", file.to_str().unwrap()]));
+    if out.code() == 2 && out.stderr.contains("there are no runs") {
+        return BTreeMap::new();
+    }
     assert_eq!(out.code(), 0, "{out}");
     let json: serde_json::Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"));
@@ -68,14 +42,6 @@ fn journaled_states(file: &Path) -> BTreeMap<String, String> {
                 m["state"].as_str().unwrap().to_owned(),
             )
         })
-        .collect()
-}
-
-fn effects(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("effects.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
         .collect()
 }
 
@@ -101,12 +67,14 @@ fn twenty_sigkills_then_resume_runs_nothing_twice_that_the_journal_held() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_1234_u64);
     let mut moments = Moments(seed);
-    // (lines of effects.log at the kill, modules journaled succeeded then)
-    let mut kills: Vec<(usize, BTreeSet<String>)> = Vec::new();
+    // (lines of effects.log at the kill, modules journaled succeeded then,
+    // whether the run had journaled anything)
+    let mut kills: Vec<(usize, BTreeSet<String>, bool)> = Vec::new();
     let mut finished_early = false;
     for round in 0..20 {
         let mut args = vec!["run", file_arg, "--workers", "4"];
-        if round > 0 {
+        // A master killed before its first record leaves nothing to resume.
+        if kills.iter().any(|(_, _, journaled)| *journaled) {
             args.push("--resume");
         }
         let mut child = muster(&args)
@@ -123,7 +91,11 @@ fn twenty_sigkills_then_resume_runs_nothing_twice_that_the_journal_held() {
             // The run ended before this kill: it must have succeeded.
             let mut stderr = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            assert_eq!(status.code(), Some(0), "round {round} ended on its own: {stderr}");
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "round {round} ended on its own: {stderr}"
+            );
             finished_early = true;
             break;
         }
@@ -132,12 +104,13 @@ fn twenty_sigkills_then_resume_runs_nothing_twice_that_the_journal_held() {
         // Module processes outlive a SIGKILLed master (they are in their
         // own process groups); each ends within 0.45 s.
         std::thread::sleep(Duration::from_millis(700));
-        let succeeded = journaled_states(&file)
-            .into_iter()
-            .filter(|(_, state)| state == "succeeded")
-            .map(|(id, _)| id)
+        let states = journaled_states(&file);
+        let succeeded = states
+            .iter()
+            .filter(|(_, state)| *state == "succeeded")
+            .map(|(id, _)| id.clone())
             .collect();
-        kills.push((effects(dir.path()).len(), succeeded));
+        kills.push((effects(dir.path()).len(), succeeded, !states.is_empty()));
     }
     if !finished_early {
         let out = run(muster(&["run", file_arg, "--workers", "4", "--resume"]));
@@ -153,7 +126,7 @@ fn twenty_sigkills_then_resume_runs_nothing_twice_that_the_journal_held() {
     let lines = effects(dir.path());
     let ran: BTreeSet<&str> = lines.iter().map(String::as_str).collect();
     assert_eq!(ran.len(), LAYERS * WIDTH, "every module ran at least once");
-    for (k, (offset, journaled)) in kills.iter().enumerate() {
+    for (k, (offset, journaled, _)) in kills.iter().enumerate() {
         let again: Vec<&String> = lines[*offset..]
             .iter()
             .filter(|id| journaled.contains(*id))
@@ -214,7 +187,10 @@ run = "echo docs >> effects.log"
     let out = run(muster(&["runs", "-f", file_arg]));
     assert_eq!(out.code(), 0, "{out}");
     assert_eq!(
-        out.stdout.lines().filter(|l| l.contains("succeeded")).count(),
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("succeeded"))
+            .count(),
         1,
         "{out}"
     );
@@ -262,5 +238,8 @@ needs = ["slow"]
     child.kill().unwrap();
     child.wait().unwrap();
     let out = run(muster(&["status", "-f", file_arg]));
-    assert!(out.stdout.contains("not running"), "a dead master is told: {out}");
+    assert!(
+        out.stdout.contains("not running"),
+        "a dead master is told: {out}"
+    );
 }

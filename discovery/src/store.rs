@@ -323,6 +323,25 @@ impl DiscoveryStore {
             .await
     }
 
+    /// Waits up to `limit` for Redis to answer a PING (it may still be
+    /// starting), saying so once as every patient call does.
+    pub async fn answering_within(&self, limit: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + limit;
+        self.patiently(deadline, limit, || async {
+            let mut connection = self.connection().await?;
+            let pong: String = timeout(
+                REDIS_TIMEOUT,
+                redis::cmd("PING").query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| self.silent())?
+            .map_err(|e| self.redis_error(e))?;
+            debug_assert_eq!(pong, "PONG");
+            Ok(())
+        })
+        .await
+    }
+
     /// The run's record, if there is one.
     pub async fn read(&self, run_id: &str) -> Result<Option<DiscoveryRecord>, StoreError> {
         let mut connection = self.connection().await?;

@@ -141,7 +141,6 @@ pub fn stored_artifact(dir: &Path, sha256: &str) -> PathBuf {
 }
 
 impl ArtifactStore {
-
     /// The size of the stored artifact, or `None` when the hub lacks it.
     pub(crate) async fn size_of(&self, digest: &Sha256Hex) -> io::Result<Option<u64>> {
         match tokio::fs::metadata(self.path_of(digest)).await {

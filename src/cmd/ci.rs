@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::discover::{find_hub, finished_soon, outcome_word, Found};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{FileArg, MasterFlags, WorkerFlags};
+use crate::journaling::{unix_ms, CiJournalPlace};
 use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
-use crate::journaling::{unix_ms, CiJournalPlace};
 use crate::workers::{stop_on_interrupt, worker_config, Seat};
 
 #[derive(Args)]
@@ -143,7 +143,16 @@ async fn master(
         epoch,
         ttl: args.journal_ttl,
     };
-    let keeping = Keeping::ci(&args.file.file, &plan, &args.master, &config, &place).await?;
+    // Redis is often a service container still starting: the journal
+    // waits for it as the discovery record does.
+    if !args.master.no_journal {
+        store
+            .answering_within(args.discover_timeout)
+            .await
+            .map_err(|e| Failure::infrastructure(format!("cannot open the run's journal: {e}")))?;
+    }
+    let mut keeping = Keeping::ci(&args.file.file, &plan, &args.master, &config, &place).await?;
+    keeping.say();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

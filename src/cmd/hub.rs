@@ -41,14 +41,16 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
     if let Some(token) = args.token {
         config.token = token;
     }
-    let keeping = Keeping::local(
+    let mut keeping = Keeping::local(
         &args.file.file,
         &plan,
         &args.master,
         args.resume.resume.as_deref(),
         &config,
     )?;
+    let said = keeping.take_said();
     let master = Master::start(listener, plan, config, keeping).await?;
+    // The hub's URL comes first: scripts read it from the first line.
     println!("hub url: {}", master.url());
     if generated {
         // A token made up for this run only: printing it is the only way
@@ -63,6 +65,9 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
             "join with: MUSTER_TOKEN=<your token> muster worker --hub {}",
             master.url()
         );
+    }
+    for line in said {
+        println!("muster: {line}");
     }
     let local = LocalWorkers::plain(args.workers, &args.file.file, &args.master);
     master.run(&local).await?.verdict()

@@ -39,13 +39,14 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .await
         .context("cannot listen on loopback")?;
     let config = hub_settings(&args.master)?;
-    let keeping = Keeping::local(
+    let mut keeping = Keeping::local(
         &args.file.file,
         &plan,
         &args.master,
         args.resume.resume.as_deref(),
         &config,
     )?;
+    keeping.say();
     let master = Master::start(listener, plan, config, keeping).await?;
     let local = LocalWorkers::plain(workers, &args.file.file, &args.master);
     master.run(&local).await?.verdict()

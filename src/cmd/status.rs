@@ -44,26 +44,32 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> Result<(), Failure> {
-    let source = match (&args.redis_url, &args.run_id) {
-        (Some(url), Some(run_id)) => Source::Redis {
-            url: url.clone(),
-            run_id: run_id.clone(),
-        },
-        (Some(_), None) => {
-            return Err(Failure::Usage(
+    let source =
+        match (&args.redis_url, &args.run_id) {
+            (Some(url), Some(run_id)) => Source::Redis {
+                url: url.clone(),
+                run_id: run_id.clone(),
+            },
+            (Some(_), None) => return Err(Failure::Usage(
                 "a CI run's status needs its run id: muster status RUN_ID (as `muster ci` printed \
                  it, e.g. github-123-1)"
                     .into(),
-            ))
-        }
-        (None, run_id) => {
-            let root = state_root(args.state_dir.as_deref(), &args.file);
-            Source::local(&root, run_id.as_deref())?
-        }
-    };
+            )),
+            (None, run_id) => {
+                let root = state_root(args.state_dir.as_deref(), &args.file);
+                Source::local(&root, run_id.as_deref())?
+            }
+        };
     let records = source.read().await?;
-    let mut history = History::replay(&records)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", source.shown())))?;
+    let mut history = if records.is_empty() {
+        // A master that has not written its first record yet.
+        History {
+            run_id: source.run_id().to_owned(),
+            ..History::default()
+        }
+    } else {
+        History::replay(&records).map_err(|e| Failure::Usage(format!("{}: {e}", source.shown())))?
+    };
     let running = source.master_running().await;
     if args.json {
         let mut json = serde_json::to_value(&history).map_err(Failure::infrastructure)?;
@@ -72,7 +78,8 @@ pub async fn status(args: StatusArgs) -> Result<(), Failure> {
     } else {
         let mut tails = std::collections::HashMap::new();
         for module in &history.modules {
-            if module.state.is_terminal() && module.state != muster_core::journal::StateName::Succeeded
+            if module.state.is_terminal()
+                && module.state != muster_core::journal::StateName::Succeeded
                 && module.state != muster_core::journal::StateName::Skipped
             {
                 if let Some(lines) = source.tail(&module.id, TAIL_LINES).await {
@@ -108,7 +115,7 @@ async fn follow(source: &Source, history: &mut History) -> Result<(), Failure> {
         if records.is_empty() {
             // Every few quiet polls, make sure a master is still there.
             quiet_checks += 1;
-            if quiet_checks % 10 == 0 && source.master_running().await == Some(false) {
+            if quiet_checks.is_multiple_of(10) && source.master_running().await == Some(false) {
                 // One last look: it may have finished just now.
                 let last = source.read().await?;
                 let seen = history.last_seq;

@@ -450,3 +450,46 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// `layers` × `width` modules in layers `m<layer>_<i>`: each needs two of the layer before,
+/// checks an output and an artifact of one of them, writes its own, and
+/// appends its id to `effects.log` as its last step.
+pub fn layered_pipeline(layers: usize, width: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for layer in 0..layers {
+        for i in 0..width {
+            let id = format!("m{layer}_{i}");
+            // 0.15 s to 0.45 s, fixed per module.
+            let sleep = 15 + (layer * 7 + i * 13) % 31;
+            let mut checks = String::new();
+            let _ = writeln!(text, "[modules.{id}]");
+            if layer > 0 {
+                let a = format!("m{}_{i}", layer - 1);
+                let b = format!("m{}_{}", layer - 1, (i + 1) % width);
+                let _ = writeln!(text, "needs = [\"{a}\", \"{b}\"]");
+                let _ = writeln!(text, "consumes = [\"{a}\"]");
+                let upper = a.to_uppercase();
+                checks = format!(
+                    "test \"$MUSTER_NEEDS_{upper}_V\" = {a} && grep -qx {a} out/{a}.txt && "
+                );
+            }
+            let _ = writeln!(
+                text,
+                "run = '{checks}sleep 0.{sleep:02} && mkdir -p out && echo {id} > out/{id}.txt && \
+                 echo v={id} >> $MUSTER_OUTPUT && echo {id} >> effects.log'"
+            );
+            let _ = writeln!(text, "produces = [\"out/{id}.txt\"]\n");
+        }
+    }
+    text
+}
+
+/// The module ids `effects.log` in `dir` lists, one per command run.
+pub fn effects(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("effects.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

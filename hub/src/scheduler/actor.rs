@@ -54,6 +54,18 @@ struct Held {
     requester: Requester,
 }
 
+impl Requester {
+    /// Closes the requesting connection with `reason`, unanswered.
+    fn close(&self, reason: &str) {
+        let outbox = match self {
+            Requester::Register { outbox, .. } => outbox,
+            Requester::Call(Some((_, outbox))) => outbox,
+            _ => return,
+        };
+        outbox.send(Outbound::Close(Some(reason.to_owned())));
+    }
+}
+
 pub(crate) struct Scheduler {
     machine: Machine,
     journal: Option<JournalWriter>,
@@ -63,8 +75,8 @@ pub(crate) struct Scheduler {
     held: VecDeque<Held>,
     /// The last record handed to the journal.
     appended: u64,
-    /// The journal failed: the run stops here.
-    journal_lost: bool,
+    /// Why the journal failed, once it did: the run stops there.
+    journal_lost: Option<String>,
     /// Each connected worker's session and outbox.
     outboxes: HashMap<WorkerId, (u64, Outbox)>,
     /// Dropped with the summary, so the owner's event stream ends then.
@@ -93,7 +105,7 @@ impl Scheduler {
             machine,
             durable: appended,
             appended,
-            journal_lost: false,
+            journal_lost: None,
             journal,
             held: VecDeque::new(),
             outboxes: HashMap::new(),
@@ -211,15 +223,21 @@ impl Scheduler {
     /// its effects, at once when nothing waits for the journal, else once
     /// the records are durable.
     fn take_in(&mut self, mut effects: Vec<Effect>, requester: Requester) {
-        if self.journal_lost {
+        if let Some(why) = &self.journal_lost {
             // Nothing may be acknowledged that the journal does not hold.
+            requester.close(why);
             return;
         }
         if let Some(journal) = &mut self.journal {
             let at = unix_ms();
             effects.retain_mut(|effect| match effect {
                 Effect::Journal(entry) => {
-                    let entry = std::mem::replace(entry, Entry::CancelRequested { reason: String::new() });
+                    let entry = std::mem::replace(
+                        entry,
+                        Entry::CancelRequested {
+                            reason: String::new(),
+                        },
+                    );
                     self.appended = journal.append(at, entry);
                     false
                 }
@@ -258,13 +276,14 @@ impl Scheduler {
             .and_then(JournalWriter::failed)
             .map_or_else(|| "the journal stopped".to_owned(), |e| e.to_string());
         tracing::error!("the run's journal failed: {why}");
+        let reason = format!("the master's journal failed: {why}");
         for (_, outbox) in self.outboxes.values() {
-            outbox.send(Outbound::Close(Some(format!(
-                "the master's journal failed: {why}"
-            ))));
+            outbox.send(Outbound::Close(Some(reason.clone())));
         }
-        self.journal_lost = true;
-        self.held.clear();
+        for held in self.held.drain(..) {
+            held.requester.close(&reason);
+        }
+        self.journal_lost = Some(reason);
         self.events = None;
         self.journal = None;
         if let Some(done) = self.done.take() {

@@ -43,7 +43,8 @@ impl Machine {
                     Cow::Owned(masked) => Some(masked),
                     Cow::Borrowed(_) => None,
                 };
-                let mut record = ModuleRecord::of(module, state, worker.clone(), note.clone(), &mask);
+                let mut record =
+                    ModuleRecord::of(module, state, worker.clone(), note.clone(), &mask);
                 if matches!(state, ModuleState::Succeeded(_)) {
                     record.kept_from.clone_from(&self.keeping_from);
                 }

@@ -1,0 +1,190 @@
+//! The hub and its journal over real loopback sockets: a worker's
+//! `Complete` is answered, and the module's dependents are assigned, only
+//! once the journal holds its record; a journal that fails ends the run
+//! with the error and closes every worker's connection, saying why.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Raw, TOKEN};
+use muster_core::journal::{module_digests, plan_digest, RunStart, Settings, StateName};
+use muster_core::mask::Masker;
+use muster_core::parse_pipeline;
+use muster_core::wire::signalr::Message;
+use muster_hub::{Hub, HubConfig, HubError, Journaling};
+use muster_journal::{AppendFuture, Backend, Batch, JournalWriter, StoreError};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// A journal that makes a batch durable only when the test allows one
+/// (a permit per batch), and keeps what it was given.
+struct Gated {
+    permits: Arc<Semaphore>,
+    written: Arc<Mutex<Vec<(StateName, String)>>>,
+    /// Batches made durable before every later one fails.
+    fail_after: Option<usize>,
+    batches: usize,
+}
+
+impl Backend for Gated {
+    fn append<'a>(&'a mut self, batch: &'a Batch) -> AppendFuture<'a> {
+        Box::pin(async move {
+            if self.fail_after.is_some_and(|n| self.batches >= n) {
+                return Err(StoreError::Closed);
+            }
+            self.batches += 1;
+            self.permits.acquire().await.expect("open").forget();
+            let mut written = self.written.lock().unwrap();
+            for record in batch.records() {
+                if let muster_core::journal::Entry::Module(m) = &record.entry {
+                    written.push((m.state, m.module.clone()));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+const PIPELINE: &str =
+    "[modules.a]\nrun = \"true\"\n[modules.b]\nrun = \"true\"\nneeds = [\"a\"]\n";
+
+async fn journaled_hub(backend: Gated) -> Hub {
+    let plan = parse_pipeline("t.toml", PIPELINE).unwrap();
+    let modules = module_digests(&plan);
+    let start = RunStart {
+        run_id: "test-run".into(),
+        pipeline: "t.toml".into(),
+        muster_version: "test".into(),
+        stint: 1,
+        epoch: 1,
+        resumed_from: None,
+        plan_digest: plan_digest(&modules),
+        modules,
+        settings: Settings::default(),
+    };
+    let journaling = Journaling {
+        writer: JournalWriter::start(Box::new(backend), None, 1),
+        start,
+        masker: Masker::default(),
+        resume: None,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = HubConfig {
+        token: TOKEN.into(),
+        ..HubConfig::default()
+    };
+    let mut hub = Hub::start_journaled(listener, plan, config, Some(journaling))
+        .await
+        .unwrap();
+    drop(hub.take_events());
+    hub
+}
+
+/// Nothing but pings for `wait`.
+async fn silent_for(client: &mut Raw, wait: Duration) -> bool {
+    tokio::time::timeout(wait, client.next_non_ping())
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn a_complete_is_answered_and_dependents_assigned_only_once_journaled() {
+    let permits = Arc::new(Semaphore::new(0));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let hub = journaled_hub(Gated {
+        permits: permits.clone(),
+        written: written.clone(),
+        fail_after: None,
+        batches: 0,
+    })
+    .await;
+    let mut worker = Raw::connect(&hub).await;
+    worker.handshake().await;
+    worker
+        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
+        .await;
+    // Even the Welcome waits: the join and the assignment are journaled.
+    assert!(silent_for(&mut worker, Duration::from_millis(300)).await);
+    permits.add_permits(100);
+    assert!(matches!(
+        worker.next_non_ping().await,
+        Some(Message::Completion { .. })
+    ));
+    let (module, attempt) = worker.expect_assign().await;
+    assert_eq!((module.as_str(), attempt), ("a", 1));
+    worker.invoke(Some("s"), "Started", json!(["a", 1])).await;
+    assert!(matches!(
+        worker.next_non_ping().await,
+        Some(Message::Completion { .. })
+    ));
+    // Hold the journal: the Complete is neither answered nor followed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held = permits.available_permits();
+    permits.forget_permits(held);
+    worker
+        .invoke(
+            Some("c"),
+            "Complete",
+            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
+        )
+        .await;
+    assert!(
+        silent_for(&mut worker, Duration::from_millis(500)).await,
+        "the Complete was answered before its record was durable"
+    );
+    assert!(!written
+        .lock()
+        .unwrap()
+        .contains(&(StateName::Succeeded, "a".into())));
+    permits.add_permits(100);
+    match worker.next_non_ping().await {
+        Some(Message::Completion { invocation_id, .. }) => assert_eq!(invocation_id, "c"),
+        other => panic!("expected the Complete's answer, got {other:?}"),
+    }
+    assert!(written
+        .lock()
+        .unwrap()
+        .contains(&(StateName::Succeeded, "a".into())));
+    let (module, _) = worker.expect_assign().await;
+    assert_eq!(module, "b");
+    drop(worker);
+    drop(hub);
+}
+
+#[tokio::test]
+async fn a_failing_journal_ends_the_run_with_its_error_and_tells_workers() {
+    let hub = journaled_hub(Gated {
+        permits: Arc::new(Semaphore::new(100)),
+        written: Arc::new(Mutex::new(Vec::new())),
+        // The run's start is journaled; the worker's joining is not.
+        fail_after: Some(1),
+        batches: 0,
+    })
+    .await;
+    // Let the run's start be written before the worker comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut worker = Raw::connect(&hub).await;
+    worker.handshake().await;
+    worker
+        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
+        .await;
+    let waited = tokio::time::timeout(Duration::from_secs(20), hub.wait(Duration::from_secs(1)))
+        .await
+        .expect("the hub ended");
+    match waited {
+        Err(HubError::Journal(why)) => assert!(!why.is_empty()),
+        other => panic!("expected a journal error, got {other:?}"),
+    }
+    // Nothing was acknowledged: the worker got no Welcome, only a Close.
+    match worker.next_non_ping().await {
+        Some(Message::Close { error, .. }) => {
+            let error = error.unwrap_or_default();
+            assert!(error.contains("journal"), "{error}")
+        }
+        None => {}
+        other => panic!("expected a Close, got {other:?}"),
+    }
+}
