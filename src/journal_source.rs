@@ -12,6 +12,7 @@ use muster_discovery::store::DiscoveryStore;
 use muster_journal::{list_runs, FileJournal, LogFiles, RunFolder};
 
 use crate::failure::Failure;
+use crate::journaling::first_record;
 use crate::run_lock;
 
 /// How often a local journal is looked at while following it.
@@ -31,22 +32,28 @@ pub enum Cursor {
 }
 
 impl Source {
-    /// The local run `run_id` under `root`, or the latest run there.
-    pub fn local(root: &Path, run_id: Option<&str>) -> Result<Source, Failure> {
+    /// The local run `run_id` under `root`, or the latest run there of
+    /// the pipeline file named `pipeline` (of any, when it has none).
+    pub fn local(root: &Path, run_id: Option<&str>, pipeline: &str) -> Result<Source, Failure> {
         let id = match run_id {
             Some(id) => id.to_owned(),
-            None => list_runs(root)
-                .map_err(Failure::infrastructure)?
-                .into_iter()
-                .next()
-                .map(|run| run.id)
-                .ok_or_else(|| {
+            None => {
+                let runs = list_runs(root).map_err(Failure::infrastructure)?;
+                let of_pipeline = runs.iter().find(|run| {
+                    first_record(&run.path.join("journal.jsonl"))
+                        .is_some_and(|start| start.pipeline == pipeline)
+                });
+                of_pipeline
+                    .or(runs.first())
+                    .map(|run| run.id.clone())
+                    .ok_or_else(|| {
                     Failure::Usage(format!(
                         "there are no runs in {}: start one with `muster run` (or pass --state-dir, \
                          or --redis-url and a RUN_ID for a CI run)",
                         root.display()
                     ))
-                })?,
+                })?
+            }
         };
         let folder = RunFolder::at(root, &id).map_err(|e| Failure::Usage(e.to_string()))?;
         if !folder.journal().is_file() {

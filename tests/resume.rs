@@ -243,3 +243,36 @@ needs = ["slow"]
         "a dead master is told: {out}"
     );
 }
+
+#[test]
+fn status_follow_prints_each_change_and_exits_with_the_runs_code() {
+    let text = r#"
+[modules.first]
+run = "touch started && sleep 1"
+[modules.second]
+run = "echo the last words && exit 4"
+needs = ["first"]
+"#;
+    let (dir, file) = pipeline(text);
+    let file_arg = file.to_str().unwrap();
+    let mut child = muster(&["run", file_arg, "--workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = dir.path().join("started");
+    let deadline = Instant::now() + common::LIMIT;
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "first never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run(muster(&["status", "--follow", "-f", file_arg]));
+    assert_eq!(out.code(), 1, "the run failed: {out}");
+    assert!(out.stdout.contains("first succeeded"), "{out}");
+    assert!(out.stdout.contains("second failed"), "{out}");
+    assert!(out.stdout.contains("run finished: failed"), "{out}");
+    child.wait().unwrap();
+    // Afterwards, the failed module's last log lines come with its status.
+    let out = run(muster(&["status", "-f", file_arg]));
+    assert!(out.stdout.contains("| the last words"), "{out}");
+}

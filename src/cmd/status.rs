@@ -12,7 +12,7 @@ use muster_core::wire::types::RunOutcome;
 use crate::failure::{outcome_result, Failure};
 use crate::flags::state_root;
 use crate::journal_source::Source;
-use crate::journaling::unix_ms;
+use crate::journaling::{pipeline_name, unix_ms};
 use crate::status_view::{self, record_line, TAIL_LINES};
 
 #[derive(Args)]
@@ -57,7 +57,7 @@ pub async fn status(args: StatusArgs) -> Result<(), Failure> {
             )),
             (None, run_id) => {
                 let root = state_root(args.state_dir.as_deref(), &args.file);
-                Source::local(&root, run_id.as_deref())?
+                Source::local(&root, run_id.as_deref(), &pipeline_name(&args.file))?
             }
         };
     let records = source.read().await?;

@@ -41,16 +41,22 @@ impl Hub {
     }
 
     fn with(pipeline: &str, adjust: impl FnOnce(&mut SchedulerSettings)) -> Hub {
+        Hub::starting(pipeline, adjust).0
+    }
+
+    /// A machine and the effects of its start.
+    fn starting(pipeline: &str, adjust: impl FnOnce(&mut SchedulerSettings)) -> (Hub, Vec<Effect>) {
         let plan = parse_pipeline("muster.toml", pipeline).expect("a valid pipeline");
         let mut settings = settings();
         adjust(&mut settings);
         let start = Instant::now();
-        let (machine, _) = Machine::new(plan, settings, start);
-        Hub {
+        let (machine, effects) = Machine::new(plan, settings, start);
+        let hub = Hub {
             machine,
             start,
             now: start,
-        }
+        };
+        (hub, effects)
     }
 
     /// Moves the clock to `secs` after the start.
@@ -581,4 +587,169 @@ fn a_second_register_on_a_registered_connection_is_refused() {
     let (answer, effects) = hub.call(w.worker, WorkerCall::Register(registration("w", &[], 1)));
     assert_eq!(answer, Err("this connection is already registered".into()));
     assert_eq!(effects, vec![]);
+}
+
+/// Journaling on, with `secret` masked.
+fn journaled(settings: &mut SchedulerSettings) {
+    use muster_core::journal::{RunStart, Settings};
+    settings.journal = Some(super::JournalSettings {
+        start: RunStart {
+            run_id: "r1".into(),
+            pipeline: "muster.toml".into(),
+            muster_version: "test".into(),
+            stint: 1,
+            epoch: 1,
+            resumed_from: None,
+            plan_digest: String::new(),
+            modules: Vec::new(),
+            settings: Settings::default(),
+        },
+        masker: muster_core::mask::Masker::new(["hunter22"]),
+    });
+}
+
+/// The journal records among the effects, as (module or kind, state).
+fn journaled_records(effects: &[Effect]) -> Vec<(String, String)> {
+    use muster_core::journal::Entry;
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Journal(Entry::Module(m)) => {
+                Some((m.module.clone(), m.state.word().to_owned()))
+            }
+            Effect::Journal(Entry::RunStarted(_)) => Some(("run".into(), "started".into())),
+            Effect::Journal(Entry::WorkerJoined { name, .. }) => {
+                Some((name.clone(), "joined".into()))
+            }
+            Effect::Journal(Entry::RunFinished { .. }) => Some(("run".into(), "finished".into())),
+            Effect::Journal(Entry::CancelRequested { .. }) => {
+                Some(("run".into(), "cancel requested".into()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_change_is_journaled_with_the_effects_it_holds_back() {
+    let (mut hub, effects) = Hub::starting(
+        "[modules.a]\nrun = \"a\"\n[modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n",
+        journaled,
+    );
+    assert_eq!(
+        journaled_records(&effects),
+        [
+            ("run".into(), "started".into()),
+            ("a".into(), "ready".into())
+        ]
+    );
+    let (w, effects) = hub.join("w", &[], 1);
+    assert_eq!(
+        journaled_records(&effects),
+        [
+            ("w".into(), "joined".into()),
+            ("a".into(), "assigned".into())
+        ]
+    );
+    hub.started(w.worker, "a", 1);
+    let mut done = report("a", 1, ReportStatus::Succeeded);
+    done.outputs.insert("token".into(), "is hunter22".into());
+    done.outputs.insert("plain".into(), "1".into());
+    let (answer, effects) = hub.call(w.worker, WorkerCall::Complete(done));
+    assert_eq!(answer, Ok(Value::Null));
+    // The answer, the journal record of a's success and b's assignment
+    // leave together: the actor sends none before the record is durable.
+    assert_eq!(
+        journaled_records(&effects),
+        [
+            ("a".into(), "succeeded".into()),
+            ("b".into(), "ready".into()),
+            ("b".into(), "assigned".into())
+        ]
+    );
+    let record = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Journal(muster_core::journal::Entry::Module(m)) if m.module == "a" => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        record.outputs["token"], "is ***",
+        "no secret in the journal"
+    );
+    assert_eq!(record.outputs["plain"], "1");
+    assert!(record.masked, "a resume must not trust a masked output");
+    // The owner (and through the run, dependents) still get the value.
+    let told = effects.iter().find_map(|e| match e {
+        Effect::Event(RunEvent::Module {
+            state: muster_core::ModuleState::Succeeded(ended),
+            ..
+        }) => Some(ended.outputs["token"].clone()),
+        _ => None,
+    });
+    assert_eq!(told.as_deref(), Some("is hunter22"));
+    hub.started(w.worker, "b", 1);
+    let (_, effects) = hub.complete(w.worker, "b", 1, ReportStatus::Succeeded);
+    let records = journaled_records(&effects);
+    assert_eq!(records.last().unwrap(), &("run".into(), "finished".into()));
+}
+
+#[test]
+fn without_a_journal_nothing_is_journaled() {
+    let (mut hub, effects) = Hub::starting("[modules.a]\nrun = \"a\"\n", |_| {});
+    assert!(journaled_records(&effects).is_empty());
+    let (_, effects) = hub.join("w", &[], 1);
+    assert!(journaled_records(&effects).is_empty());
+}
+
+#[test]
+fn a_resumed_run_journals_what_it_kept_and_what_waits_to_run_again() {
+    use muster_core::journal::{Rerun, Resumption, StateName, Why};
+    let pipeline = "[modules.a]\nrun = \"a\"\n[modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n[modules.c]\nrun = \"c\"\nneeds = [\"b\"]\n";
+    let (mut hub, effects) = Hub::starting(pipeline, |settings| {
+        journaled(settings);
+        settings.resume = Some(Resumption {
+            from_run: "r0".into(),
+            kept: vec![(
+                0,
+                muster_core::Ended {
+                    attempt: 1,
+                    ..Default::default()
+                },
+            )],
+            first_attempt: vec![2, 3, 1],
+            rerun: vec![
+                Rerun {
+                    module: 1,
+                    why: Why::InFlight { attempt: 2 },
+                },
+                Rerun {
+                    module: 2,
+                    why: Why::NotSucceeded(StateName::Skipped),
+                },
+            ],
+        });
+    });
+    assert_eq!(
+        journaled_records(&effects),
+        [
+            ("run".into(), "started".into()),
+            ("a".into(), "succeeded".into()),
+            ("b".into(), "ready".into()),
+            ("c".into(), "pending".into())
+        ]
+    );
+    let kept = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Journal(muster_core::journal::Entry::Module(m)) if m.module == "a" => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(kept.kept_from.as_deref(), Some("r0"));
+    // b runs again as its next attempt.
+    assert_eq!(hub.attempt("b"), Some(3));
+    let (_, effects) = hub.join("w", &[], 1);
+    assert_eq!(assigned(&effects), [(WorkerId(1), "b".to_owned())]);
 }
