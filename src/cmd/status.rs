@@ -90,10 +90,13 @@ pub async fn status(args: StatusArgs) -> Result<(), Failure> {
         let text = status_view::render(&history, unix_ms(), args.all, &|id| tails.get(id).cloned());
         print!("{text}");
         if history.finished.is_none() && running == Some(false) {
+            let how = match &source {
+                Source::Local { .. } => format!("`muster run --resume {}`", source.run_id()),
+                Source::Redis { .. } => "a re-run of the CI job".to_owned(),
+            };
             println!(
                 "\nits master is not running: the run stopped before it finished \
-                 (continue it with `muster run --resume {}`)",
-                source.run_id()
+                 (continue it with {how})"
             );
         }
     }
