@@ -40,7 +40,9 @@ impl Source {
             None => {
                 let runs = list_runs(root).map_err(Failure::infrastructure)?;
                 let of_pipeline = runs.iter().find(|run| {
-                    first_record(&run.path.join("journal.jsonl"))
+                    RunFolder::at(root, &run.id)
+                        .ok()
+                        .and_then(|folder| first_record(&folder.journal()))
                         .is_some_and(|start| start.pipeline == pipeline)
                 });
                 of_pipeline

@@ -74,23 +74,13 @@ fn new_local(root: &Path, inputs: &JournalInputs<'_>) -> Result<LocalJournal, Fa
     let id = new_run_id(SystemTime::now());
     let folder = RunFolder::create(root, &id).map_err(Failure::infrastructure)?;
     let lock = RunLock::take(folder.path(), &id)?;
-    let said = vec![run_line(&folder)];
     let backend = FileJournal::create(&folder.journal()).map_err(Failure::infrastructure)?;
-    let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
-        .map_err(Failure::infrastructure)?;
-    let writer = JournalWriter::start(Box::new(backend), Some(logs), 1);
+    let said = vec![run_line(&folder)];
+    let writer = start_writer(&folder, inputs, backend, 1)?;
     let start = run_start(&id, inputs, 1, None);
-    Ok(LocalJournal {
-        folder,
-        journaling: Journaling {
-            writer,
-            start,
-            masker: inputs.masker.clone(),
-            resume: None,
-        },
-        lock,
-        said,
-    })
+    Ok(local_journal(
+        folder, lock, said, inputs, writer, start, None,
+    ))
 }
 
 fn resume_local(
@@ -118,20 +108,11 @@ fn resume_local(
         said.push(format!(
             "run {id} had journaled nothing yet: starting it afresh"
         ));
-        let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
-            .map_err(Failure::infrastructure)?;
-        let writer = JournalWriter::start(Box::new(backend), Some(logs), 1);
-        return Ok(LocalJournal {
-            folder,
-            journaling: Journaling {
-                writer,
-                start: run_start(&id, inputs, 1, None),
-                masker: inputs.masker.clone(),
-                resume: None,
-            },
-            lock,
-            said,
-        });
+        let writer = start_writer(&folder, inputs, backend, 1)?;
+        let start = run_start(&id, inputs, 1, None);
+        return Ok(local_journal(
+            folder, lock, said, inputs, writer, start, None,
+        ));
     }
     let history = History::replay(&decoded.records)
         .map_err(|e| Failure::Usage(format!("{}: {e}", folder.journal().display())))?;
@@ -140,21 +121,51 @@ fn resume_local(
     let resumption = resumption(&history, inputs.plan, &mut said, &|a| {
         muster_hub::stored_artifact(&artifacts, &a.sha256).is_file()
     });
+    let writer = start_writer(&folder, inputs, backend, history.last_seq + 1)?;
+    let start = run_start(&id, inputs, history.stints + 1, Some(id.clone()));
+    let resume = Some(resumption);
+    Ok(local_journal(
+        folder, lock, said, inputs, writer, start, resume,
+    ))
+}
+
+/// The writer of a local run's journal, with the modules' log files
+/// beside it; its first record is `next_seq`.
+fn start_writer(
+    folder: &RunFolder,
+    inputs: &JournalInputs<'_>,
+    backend: FileJournal,
+    next_seq: u64,
+) -> Result<JournalWriter, Failure> {
     let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
         .map_err(Failure::infrastructure)?;
-    let writer = JournalWriter::start(Box::new(backend), Some(logs), history.last_seq + 1);
-    let start = run_start(&id, inputs, history.stints + 1, Some(id.clone()));
-    Ok(LocalJournal {
+    Ok(JournalWriter::start(
+        Box::new(backend),
+        Some(logs),
+        next_seq,
+    ))
+}
+
+fn local_journal(
+    folder: RunFolder,
+    lock: RunLock,
+    said: Vec<String>,
+    inputs: &JournalInputs<'_>,
+    writer: JournalWriter,
+    start: RunStart,
+    resume: Option<Resumption>,
+) -> LocalJournal {
+    LocalJournal {
         folder,
         journaling: Journaling {
             writer,
             start,
             masker: inputs.masker.clone(),
-            resume: Some(resumption),
+            resume,
         },
         lock,
         said,
-    })
+    }
 }
 
 fn run_line(folder: &RunFolder) -> String {

@@ -351,22 +351,8 @@ pub fn summary_table(summary: &Summary) -> String {
             ]
         })
         .collect();
-    let header = ["MODULE", "STATUS", "TIME", "WORKER"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
     let mut out = String::from("\n");
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
+    out.push_str(&columns(&["MODULE", "STATUS", "TIME", "WORKER"], &rows));
     let succeeded = summary
         .modules
         .iter()
@@ -384,6 +370,28 @@ pub fn summary_table(summary: &Summary) -> String {
     );
     if let Some(reason) = &summary.cancelled {
         let _ = writeln!(out, "cancelled: {}", escape(reason));
+    }
+    out
+}
+
+/// `rows` under `header` in columns two spaces apart, each line ending
+/// without spaces.
+pub fn columns<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header = header.map(str::to_owned);
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
 }

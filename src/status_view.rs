@@ -9,6 +9,8 @@ use muster_core::journal::{History, ModuleStatus, StateName};
 use muster_core::text::{escape, escape_log_line};
 use muster_core::wire::types::RunOutcome;
 
+use crate::report::columns;
+
 /// Modules listed one by one when the run has no more than this many; a
 /// larger run lists only those that are not succeeded or pending.
 const LIST_ALL_UP_TO: usize = 40;
@@ -168,23 +170,7 @@ fn table(modules: &[&ModuleStatus], now_ms: u64) -> String {
             ]
         })
         .collect();
-    let header = ["MODULE", "STATE", "ATTEMPT", "TIME", "WORKER"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
-    out
+    columns(&["MODULE", "STATE", "ATTEMPT", "TIME", "WORKER"], &rows)
 }
 
 /// A Unix ms time as `2026-12-01T10:22:05Z`.

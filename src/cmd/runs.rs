@@ -1,7 +1,6 @@
 //! `muster runs`: the runs kept in the state folder, newest first, with
 //! how each ended (or that it is still going, or stopped unfinished).
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -12,6 +11,7 @@ use muster_journal::{list_runs, FileJournal, RunFolder};
 
 use crate::failure::Failure;
 use crate::flags::state_root;
+use crate::report::columns;
 use crate::run_lock::is_running;
 use crate::status_view::{span, wall};
 
@@ -35,8 +35,7 @@ pub fn runs(args: &RunsArgs) -> Result<(), Failure> {
         println!("no runs in {}", root.display());
         return Ok(());
     }
-    let header = ["RUN", "PIPELINE", "STARTED", "STATE", "SUCCEEDED", "TOOK"].map(String::from);
-    let mut rows = vec![header];
+    let mut rows: Vec<[String; 6]> = Vec::new();
     for run in runs {
         let folder = RunFolder::at(&root, &run.id).map_err(Failure::infrastructure)?;
         let running = is_running(folder.path());
@@ -97,21 +96,10 @@ pub fn runs(args: &RunsArgs) -> Result<(), Failure> {
     if args.json {
         return Ok(());
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
+    let out = columns(
+        &["RUN", "PIPELINE", "STARTED", "STATE", "SUCCEEDED", "TOOK"],
+        &rows,
+    );
     print!("{out}");
     Ok(())
 }
