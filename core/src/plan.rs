@@ -35,6 +35,24 @@ pub struct PlannedModule {
     pub consumes: Vec<Consume>,
     pub timeout: Duration,
     pub retries: u32,
+    /// Globs of the files its result depends on, relative to its cwd, as
+    /// written (after matrix substitution); `!` first leaves out what the
+    /// glob matches. Empty: it has none, and always runs.
+    pub inputs: Vec<String>,
+    /// True when its result may come from the cache: it has inputs and
+    /// does not set `cache = false`. Read it through [`PlannedModule::cached`].
+    pub cache: bool,
+    /// Names of environment variables the command reads, whose values go
+    /// into its cache key: `[defaults] env_inputs` first, each once.
+    pub env_inputs: Vec<String>,
+}
+
+impl PlannedModule {
+    /// Whether a result of an earlier run with the same cache key may stand
+    /// for running it: never without inputs, whatever `cache` says.
+    pub fn cached(&self) -> bool {
+        self.cache && !self.inputs.is_empty()
+    }
 }
 
 /// What a module takes from one of its needs: every artifact, or those

@@ -19,7 +19,11 @@ pub struct ModuleDigest {
     pub digest: String,
     /// Part name (`command`, `shell`, `cwd`, `env`, `matrix`, `needs`,
     /// `requires`, `secrets`, `produces`, `consumes`, `timeout`,
-    /// `retries`) → the first 16 hex digits of its SHA-256.
+    /// `retries`, `inputs`, `cache`, `envInputs`) → the first 16 hex digits
+    /// of its SHA-256. `inputs` and `cache` are left out while the module
+    /// has no inputs, `envInputs` while it has none: a module that does not
+    /// use them keeps the digest it had before they existed, so a journal
+    /// written by an earlier muster still matches it.
     pub parts: BTreeMap<String, String>,
 }
 
@@ -82,6 +86,16 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
     part("timeout", vec![&timeout]);
     let retries = module.retries.to_string();
     part("retries", vec![&retries]);
+    if !module.inputs.is_empty() {
+        part("inputs", module.inputs.iter().map(String::as_str).collect());
+        part("cache", vec![if module.cache { "true" } else { "false" }]);
+    }
+    if !module.env_inputs.is_empty() {
+        part(
+            "envInputs",
+            module.env_inputs.iter().map(String::as_str).collect(),
+        );
+    }
     let mut whole = Sha256::new();
     for (name, digest) in &parts {
         field(&mut whole, name);
@@ -153,5 +167,35 @@ mod tests {
         assert_eq!(before[1], after[1], "b's own definition did not change");
         let env = digests("[modules.a]\nrun = \"make\"\nenv = { X = \"1\" }\n");
         assert_eq!(env[0].changed_parts(&before[0]), ["env"]);
+    }
+
+    #[test]
+    fn cache_settings_are_parts_a_resume_notices() {
+        let plain = digests("[modules.a]\nrun = \"make\"\n");
+        let inputs = digests("[modules.a]\nrun = \"make\"\ninputs = [\"src/**\"]\n");
+        assert_eq!(inputs[0].changed_parts(&plain[0]), ["cache", "inputs"]);
+        assert_eq!(plain[0].changed_parts(&inputs[0]), ["cache", "inputs"]);
+        let more = digests("[modules.a]\nrun = \"make\"\ninputs = [\"src/**\", \"!*.md\"]\n");
+        assert_eq!(more[0].changed_parts(&inputs[0]), ["inputs"]);
+        let opted_out =
+            digests("[modules.a]\nrun = \"make\"\ninputs = [\"src/**\"]\ncache = false\n");
+        assert_eq!(opted_out[0].changed_parts(&inputs[0]), ["cache"]);
+        let env = digests("[modules.a]\nrun = \"make\"\nenv_inputs = [\"RUSTFLAGS\"]\n");
+        assert_eq!(env[0].changed_parts(&plain[0]), ["envInputs"]);
+        let other = digests("[modules.a]\nrun = \"make\"\nenv_inputs = [\"CC\"]\n");
+        assert_eq!(other[0].changed_parts(&env[0]), ["envInputs"]);
+    }
+
+    /// A journal written by an earlier muster must still match a module
+    /// whose definition did not change: a new part is left out of the
+    /// digest while the module does not use it. Changing this digest makes
+    /// every resume run every module again.
+    #[test]
+    fn the_digest_of_a_plain_module_is_stable_across_versions() {
+        let plain = digests("[modules.a]\nrun = \"make\"\nneeds = []\n");
+        assert_eq!(
+            plain[0].digest,
+            "6494afe82ce7c3df739d2e7ebc5fbce950807bfe6ce173f902866297927dc56d"
+        );
     }
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{PipelineError, Source};
-use super::fields::{consumed, cwd, duration, produced, retries, secret_name, shell, Defaults};
+use super::fields::{
+    consumed, cwd, duration, env_input_name, inputs, produced, retries, secret_name, shell,
+    Defaults,
+};
 use super::raw::{MatrixValue, RawMatrix, RawModule};
 use crate::plan::{Consume, ModuleIndex, Plan, PlannedModule};
 
@@ -75,6 +78,8 @@ struct Shared {
     retries: u32,
     cwd: String,
     consumes: Vec<Consume>,
+    /// May its result come from the cache: not opted out, and it has inputs.
+    cache: bool,
 }
 
 impl Shared {
@@ -119,6 +124,22 @@ impl Shared {
                 });
             }
         }
+        let has_inputs = match &raw.inputs {
+            Some(list) => !list.get_ref().is_empty(),
+            None => !defaults.inputs.is_empty(),
+        };
+        let cache = match &raw.cache {
+            Some(written) if *written.get_ref() && !has_inputs => {
+                return Err(source
+                    .error(
+                        written.span(),
+                        format!("module '{name}' sets cache = true but has no inputs"),
+                    )
+                    .help("list the files its result depends on, e.g. inputs = [\"src/**\", \"Cargo.lock\"]: without inputs it runs every time"));
+            }
+            Some(written) => *written.get_ref(),
+            None => defaults.cache && has_inputs,
+        };
         Ok(Shared {
             needs,
             timeout,
@@ -126,6 +147,7 @@ impl Shared {
             retries,
             cwd,
             consumes,
+            cache,
         })
     }
 }
@@ -157,6 +179,17 @@ fn instance(
         .iter()
         .map(|written| produced(source, written, sub(written)?))
         .collect::<Result<Vec<_>, _>>()?;
+    let inputs = match &raw.inputs {
+        Some(list) => inputs(source, list, &sub)?,
+        None => defaults.inputs.clone(),
+    };
+    let mut env_inputs = defaults.env_inputs.clone();
+    for written in &raw.env_inputs {
+        let name = env_input_name(source, written, sub(written)?)?;
+        if !env_inputs.contains(&name) {
+            env_inputs.push(name);
+        }
+    }
     Ok(PlannedModule {
         id: instance_id(name, &combination),
         name: name.to_owned(),
@@ -171,6 +204,9 @@ fn instance(
         consumes: shared.consumes.clone(),
         timeout: shared.timeout,
         retries: shared.retries,
+        inputs,
+        cache: shared.cache,
+        env_inputs,
         matrix: combination,
     })
 }
@@ -445,6 +481,72 @@ run = "lint"
         );
         assert_eq!(plan.modules[1].secrets[3], "KEY_STAGING");
         assert_eq!(plan.modules[2].secrets, ["NPM_TOKEN", "_X1"]);
+    }
+
+    #[test]
+    fn inputs_cache_and_env_inputs_take_the_defaults_and_the_matrix() {
+        let planned = plan(
+            r#"
+[defaults]
+inputs = ["Cargo.lock", "src/**"]
+env_inputs = ["RUSTFLAGS", "CC"]
+
+[modules.build]
+matrix = { arch = ["x86", "arm"] }
+run = "make"
+inputs = ["src/${matrix.arch}/**", "!src/**/*.md", "Cargo.lock"]
+env_inputs = ["CC", "CFLAGS_${matrix.arch}"]
+
+[modules.test]
+run = "test"
+
+[modules.deploy]
+run = "deploy"
+cache = false
+
+[modules.lint]
+run = "lint"
+inputs = []
+
+[modules.docs]
+run = "doc"
+inputs = ["docs/**"]
+cache = true
+"#,
+        );
+        let module = |id: &str| &planned.modules[planned.index_of(id).unwrap()];
+        let arm = module("build[arch=arm]");
+        assert_eq!(
+            arm.inputs,
+            ["src/arm/**", "!src/**/*.md", "Cargo.lock"],
+            "the module's own list replaces the defaults"
+        );
+        assert_eq!(arm.env_inputs, ["RUSTFLAGS", "CC", "CFLAGS_arm"]);
+        assert!(arm.cache && arm.cached());
+        let test = module("test");
+        assert_eq!(test.inputs, ["Cargo.lock", "src/**"]);
+        assert_eq!(test.env_inputs, ["RUSTFLAGS", "CC"]);
+        assert!(test.cached());
+        let deploy = module("deploy");
+        assert_eq!(deploy.inputs, ["Cargo.lock", "src/**"]);
+        assert!(!deploy.cache && !deploy.cached());
+        let lint = module("lint");
+        assert!(lint.inputs.is_empty(), "inputs = [] sets none");
+        assert!(!lint.cache && !lint.cached());
+        assert!(module("docs").cached());
+
+        let bare = plan("[modules.a]\nrun = \"x\"\n");
+        let a = &bare.modules[0];
+        assert!(a.inputs.is_empty() && a.env_inputs.is_empty());
+        assert!(
+            !a.cache && !a.cached(),
+            "without inputs a module always runs"
+        );
+        let no_cache = plan(
+            "[defaults]\ncache = false\ninputs = [\"x\"]\n[modules.a]\nrun = \"x\"\n[modules.b]\nrun = \"y\"\ncache = true\n",
+        );
+        assert!(!no_cache.modules[0].cached());
+        assert!(no_cache.modules[1].cached(), "a module may opt back in");
     }
 
     #[test]

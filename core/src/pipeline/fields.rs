@@ -1,7 +1,7 @@
 //! Checks of single values, each refusal pointing at the value: durations,
-//! retries, shells, secret and module names, folders, and the artifact
-//! paths and globs of `produces` and `consumes`; and the `[defaults]`
-//! every module starts from.
+//! retries, shells, variable and module names, folders, the artifact
+//! paths and globs of `produces` and `consumes`, and the file globs of
+//! `inputs`; and the `[defaults]` every module starts from.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,6 +28,12 @@ pub(super) struct Defaults {
     pub(super) shell: Vec<String>,
     pub(super) env: BTreeMap<String, String>,
     pub(super) secrets: Vec<String>,
+    /// `inputs` of a module that sets none; empty without it.
+    pub(super) inputs: Vec<String>,
+    /// Whether a module with inputs may be cached; true without it.
+    pub(super) cache: bool,
+    /// Added before a module's own `env_inputs`.
+    pub(super) env_inputs: Vec<String>,
 }
 
 impl Defaults {
@@ -59,6 +65,28 @@ impl Defaults {
                     }
                 }
                 secrets
+            },
+            inputs: match &raw.inputs {
+                Some(list) => inputs(source, list, |written| {
+                    if written.get_ref().contains("${matrix.") {
+                        return Err(source
+                            .error(written.span(), "[defaults] inputs cannot use ${matrix.KEY}: the defaults have no matrix")
+                            .help("set inputs on the module whose matrix has the key"));
+                    }
+                    Ok(written.get_ref().clone())
+                })?,
+                None => Vec::new(),
+            },
+            cache: raw.cache.as_ref().is_none_or(|c| *c.get_ref()),
+            env_inputs: {
+                let mut names = Vec::new();
+                for written in &raw.env_inputs {
+                    let name = env_input_name(source, written, written.get_ref().clone())?;
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                names
             },
         })
     }
@@ -116,12 +144,34 @@ pub(super) fn shell(source: &Source, text: &Spanned<String>) -> Result<Vec<Strin
     Ok(words)
 }
 
-/// `name` (the text of `written`, after matrix substitution) if it can name
-/// an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+/// A `secrets` entry: `name` (the text of `written`, after matrix
+/// substitution) if it can name an environment variable.
 pub(super) fn secret_name(
     source: &Source,
     written: &Spanned<String>,
     name: String,
+) -> Result<String, PipelineError> {
+    variable_name(source, written, name, "secret", "list variable names, not values: letters, digits and '_', not starting with a digit, e.g. secrets = [\"NPM_TOKEN\"]")
+}
+
+/// An `env_inputs` entry: `name` (after matrix substitution) if it can
+/// name an environment variable.
+pub(super) fn env_input_name(
+    source: &Source,
+    written: &Spanned<String>,
+    name: String,
+) -> Result<String, PipelineError> {
+    variable_name(source, written, name, "env input", "list the names of variables the command reads: letters, digits and '_', not starting with a digit, e.g. env_inputs = [\"RUSTFLAGS\"]")
+}
+
+/// `name` if it matches `[A-Za-z_][A-Za-z0-9_]*`; `what` names the key in
+/// the refusal.
+fn variable_name(
+    source: &Source,
+    written: &Spanned<String>,
+    name: String,
+    what: &str,
+    help: &str,
 ) -> Result<String, PipelineError> {
     let mut chars = name.chars();
     let ok = chars
@@ -134,9 +184,9 @@ pub(super) fn secret_name(
         Err(source
             .error(
                 written.span(),
-                format!("secret {name:?} is not an environment variable name"),
+                format!("{what} {name:?} is not an environment variable name"),
             )
-            .help("list variable names, not values: letters, digits and '_', not starting with a digit, e.g. secrets = [\"NPM_TOKEN\"]"))
+            .help(help))
     }
 }
 
@@ -232,6 +282,69 @@ fn artifact_glob(
     })
 }
 
+/// An `inputs` list: each entry read by `read` (which substitutes the
+/// matrix) and checked by [`input`]. A list of exclusions only would match
+/// no file; an empty list means the module has no inputs.
+pub(super) fn inputs(
+    source: &Source,
+    list: &Spanned<Vec<Spanned<String>>>,
+    mut read: impl FnMut(&Spanned<String>) -> Result<String, PipelineError>,
+) -> Result<Vec<String>, PipelineError> {
+    let mut patterns = Vec::with_capacity(list.get_ref().len());
+    for written in list.get_ref() {
+        let text = read(written)?;
+        patterns.push(input(source, written, text)?);
+    }
+    if !patterns.is_empty() && patterns.iter().all(|p| p.starts_with('!')) {
+        return Err(source
+            .error(
+                list.span(),
+                "inputs lists only exclusions ('!'), so no file goes in",
+            )
+            .help(
+                "list the files that go in first, e.g. inputs = [\"src/**\", \"!src/**/*.md\"]",
+            ));
+    }
+    Ok(patterns)
+}
+
+/// An `inputs` entry: a glob over files relative to the module's cwd, in
+/// the dialect of [`crate::glob`], `!` first to leave out what it matches.
+/// Kept as written.
+fn input(
+    source: &Source,
+    written: &Spanned<String>,
+    text: String,
+) -> Result<String, PipelineError> {
+    let pattern = text.strip_prefix('!').unwrap_or(&text);
+    let refuse = |message: String, help: &str| source.error(written.span(), message).help(help);
+    if pattern.is_empty() {
+        return Err(refuse(
+            format!("input {text:?} is empty"),
+            "write a glob relative to the module's cwd, e.g. \"src/**\", or \"!src/**/*.md\" to leave files out",
+        ));
+    }
+    if pattern.starts_with(['/', '\\']) {
+        return Err(refuse(
+            format!("input {pattern:?} is an absolute path"),
+            "write a glob relative to the module's cwd, e.g. \"src/**\" or \"Cargo.lock\"",
+        ));
+    }
+    if pattern.split(['/', '\\']).any(|part| part == "..") {
+        return Err(refuse(
+            format!("input {pattern:?} has a '..' part, reaching outside the repository"),
+            "write a glob relative to the module's cwd, without '..'; for files above it, give the module a higher cwd",
+        ));
+    }
+    match crate::glob::compile(pattern) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(refuse(
+            format!("input glob {pattern:?} is not valid: {}", e.kind()),
+            "'*' matches within a folder, '**' across folders, e.g. \"src/**/*.rs\"",
+        )),
+    }
+}
+
 pub(super) fn cwd(source: &Source, text: &Spanned<String>) -> Result<String, PipelineError> {
     let path = text.get_ref();
     if path.starts_with('/') || path.split(['/', '\\']).any(|part| part == "..") {
@@ -320,6 +433,87 @@ mod tests {
             13,
             "consumes path \"../x\" is not a path inside",
         );
+    }
+
+    #[test]
+    fn inputs_are_relative_globs_that_let_something_in() {
+        let module = |line: &str| format!("[modules.a]\nrun = \"x\"\n{line}\n");
+        let cases = [
+            (
+                r#"inputs = ["/etc/**"]"#,
+                11,
+                "input \"/etc/**\" is an absolute path",
+            ),
+            (r#"inputs = ["src/**", "!\\x"]"#, 21, "is an absolute path"),
+            (
+                r#"inputs = ["../Cargo.lock"]"#,
+                11,
+                "has a '..' part, reaching outside the repository",
+            ),
+            (
+                r#"inputs = ["src/**", "!src/../../x"]"#,
+                21,
+                "reaching outside the repository",
+            ),
+            (
+                r#"inputs = ["src/[a"]"#,
+                11,
+                "input glob \"src/[a\" is not valid: unclosed character class",
+            ),
+            (r#"inputs = [""]"#, 11, "input \"\" is empty"),
+            (r#"inputs = ["src/**", "!"]"#, 21, "input \"!\" is empty"),
+            (
+                r#"inputs = ["!*.md", "!*.txt"]"#,
+                10,
+                "inputs lists only exclusions",
+            ),
+            (r#"inputs = "src/**""#, 10, "expected a sequence"),
+            ("cache = \"no\"", 9, "expected a boolean"),
+            (
+                "cache = true",
+                9,
+                "module 'a' sets cache = true but has no inputs",
+            ),
+            (
+                r#"env_inputs = ["RUST-FLAGS"]"#,
+                15,
+                "env input \"RUST-FLAGS\" is not an environment variable name",
+            ),
+            (
+                r#"matrix = { k = ["a"] }
+inputs = ["src/${matrix.nope}"]"#,
+                11,
+                "unknown matrix key 'nope'",
+            ),
+        ];
+        for (line, column, needle) in cases {
+            let row = if line.contains('\n') { 4 } else { 3 };
+            check_error(&module(line), row, column, needle);
+        }
+        check_error(
+            "[defaults]\ninputs = [\"src/${matrix.os}/**\"]\n[modules.a]\nrun = \"x\"\n",
+            2,
+            11,
+            "[defaults] inputs cannot use ${matrix.KEY}",
+        );
+        check_error(
+            "[defaults]\ninputs = [\"!x\"]\n[modules.a]\nrun = \"x\"\n",
+            2,
+            10,
+            "only exclusions",
+        );
+        check_error(
+            "[defaults]\nenv_inputs = [\"1CC\"]\n[modules.a]\nrun = \"x\"\n",
+            2,
+            15,
+            "env input \"1CC\" is not",
+        );
+        // With inputs from the defaults, `cache = true` is no mistake.
+        parse_pipeline(
+            "m.toml",
+            "[defaults]\ninputs = [\"src/**\"]\n[modules.a]\nrun = \"x\"\ncache = true\n",
+        )
+        .unwrap();
     }
 
     #[test]

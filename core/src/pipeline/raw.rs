@@ -28,6 +28,10 @@ pub(super) struct RawDefaults {
     pub(super) env: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub(super) secrets: Vec<Spanned<String>>,
+    pub(super) inputs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) cache: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) env_inputs: Vec<Spanned<String>>,
 }
 
 /// `[modules.NAME]`, as written (before matrix substitution).
@@ -55,6 +59,11 @@ pub(super) struct RawModule {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) retries: Option<Spanned<u32>>,
     pub(super) matrix: Option<Spanned<RawMatrix>>,
+    /// `None` takes `[defaults] inputs`; `Some([])` means none.
+    pub(super) inputs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) cache: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) env_inputs: Vec<Spanned<String>>,
 }
 
 /// `matrix = { key = [values...] }`, each part with its place in the file.
