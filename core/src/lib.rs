@@ -1,6 +1,6 @@
 //! muster's core: the pipeline file and its validation, the expanded DAG
-//! (`Plan`), the module state machine and the run it drives, and the wire
-//! types with their SignalR JSON framing.
+//! (`Plan`) and the part of it a run selects, the module state machine and
+//! the run it drives, and the wire types with their SignalR JSON framing.
 //!
 //! Invariant: this crate does no I/O. It takes text and instants in and
 //! gives values and errors back, so both roles (hub and worker) and every
@@ -17,6 +17,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod run;
+pub mod select;
 pub mod state;
 pub mod text;
 pub mod url;
@@ -25,4 +26,5 @@ pub mod wire;
 pub use pipeline::{parse_pipeline, PipelineError};
 pub use plan::{Consume, ModuleIndex, Plan, PlannedModule};
 pub use run::{Change, Limits, Run};
+pub use select::SelectError;
 pub use state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};

@@ -20,6 +20,7 @@ use toml::Spanned;
 pub use error::PipelineError;
 pub use expand::MAX_MATRIX;
 pub use fields::{DEFAULT_SHELL, DEFAULT_TIMEOUT, MAX_RETRIES, MAX_TIMEOUT};
+pub(crate) use order::edit_distance;
 
 use crate::plan::Plan;
 use error::Source;

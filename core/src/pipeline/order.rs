@@ -146,7 +146,9 @@ fn suggest(missing: &str, modules: &[(Spanned<String>, RawModule)]) -> String {
     format!("{close}defined modules: {}", names.join(", "))
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance in characters: how many insertions, deletions and
+/// substitutions turn `a` into `b`. For "did you mean" suggestions.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
