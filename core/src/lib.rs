@@ -6,6 +6,7 @@
 //! gives values and errors back, so both roles (hub and worker) and every
 //! test can use it without a runtime.
 
+pub mod cache;
 /// Fuzz drivers for `fuzz/` and `tests/fuzz_regressions.rs`; not part of
 /// release builds.
 #[cfg(feature = "fuzzing")]
