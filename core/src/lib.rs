@@ -26,6 +26,6 @@ pub mod wire;
 
 pub use pipeline::{parse_pipeline, PipelineError};
 pub use plan::{Consume, ModuleIndex, Plan, PlannedModule};
-pub use run::{Change, Limits, Run};
+pub use run::{Change, Limits, Run, CACHE_HIT_NOTE};
 pub use select::SelectError;
 pub use state::{Ended, Event, ModuleState, Outcome, Step, TransitionError, WorkerId};

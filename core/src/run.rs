@@ -27,6 +27,10 @@ impl Default for Limits {
     }
 }
 
+/// The note of a module that succeeded from the cache: its state alone
+/// (succeeded, no worker) does not tell it from a kept one.
+pub const CACHE_HIT_NOTE: &str = "result from the cache";
+
 /// A module that moved, and where to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -347,6 +351,21 @@ impl Run {
         }
     }
 
+    /// Finishes a ready module with a result from the cache, without a
+    /// worker: it succeeds as its current attempt (`ended` is the stored
+    /// result; its attempt and worker are replaced), noted
+    /// [`CACHE_HIT_NOTE`], and dependents whose needs are now all met
+    /// become ready. Refused, changing nothing, unless the module is ready.
+    pub fn cache_hit(
+        &mut self,
+        module: ModuleIndex,
+        ended: Ended,
+    ) -> Result<Vec<Change>, TransitionError> {
+        let mut changes = Vec::new();
+        self.apply(module, Event::CacheHit { ended }, &mut changes)?;
+        Ok(changes)
+    }
+
     /// Fails a ready module that no worker can take.
     pub fn no_worker(&mut self, module: ModuleIndex, reason: String) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -437,6 +456,7 @@ impl Run {
             }
             let note = match event {
                 Event::Retry { reason, .. } => Some(reason),
+                Event::CacheHit { .. } => Some(CACHE_HIT_NOTE.to_owned()),
                 _ => None,
             };
             self.states[module] = next.clone();
@@ -850,6 +870,79 @@ run = "e"
         assert!(run.is_finished());
         assert!(run.succeeded());
         assert!(!run.has_ready());
+    }
+
+    #[test]
+    fn a_cache_hit_succeeds_without_a_worker_and_readies_dependents() {
+        let mut run = diamond();
+        let stored = Ended {
+            attempt: 4,
+            worker: Some(W2),
+            outputs: [("version".to_owned(), "1.2".to_owned())].into(),
+            ..succeeded(4)
+        };
+        let changes = run.cache_hit(0, stored.clone()).unwrap();
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| (c.module, c.state.name(), c.note.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, "succeeded", Some(CACHE_HIT_NOTE)),
+                (2, "ready", None),
+                (1, "ready", None),
+            ]
+        );
+        let ended = run.state(0).ended().unwrap();
+        assert_eq!((ended.attempt, ended.worker), (1, None));
+        assert_eq!(ended.outputs["version"], "1.2");
+        assert_eq!(run.ready().collect::<Vec<_>>(), [1, 2, 4]);
+
+        // Refused, and nothing changes, unless the module is ready.
+        let before = run.states().to_vec();
+        for module in [0, 3] {
+            let refused = run.cache_hit(module, stored.clone());
+            assert!(
+                matches!(refused, Err(TransitionError::Illegal { .. })),
+                "{module}: {refused:?}"
+            );
+        }
+        run.handle(4, Event::Assign { worker: W1 }).unwrap();
+        assert!(run.cache_hit(4, stored.clone()).is_err());
+        assert_eq!(run.states()[..4], before[..4]);
+
+        for module in [1, 2, 3] {
+            run.cache_hit(module, stored.clone()).unwrap();
+        }
+        run_to_end_from_assigned(&mut run, 4, W1);
+        assert!(run.is_finished());
+        assert!(run.succeeded());
+    }
+
+    #[test]
+    fn a_cache_hit_in_a_resumed_run_takes_the_first_attempt() {
+        let plan = diamond().plan().clone();
+        let (mut run, _) = Run::resumed(plan, Limits::default(), vec![], vec![1, 1, 1, 1, 6], "");
+        run.cache_hit(4, succeeded(1)).unwrap();
+        assert_eq!(run.state(4).attempt(), Some(6));
+    }
+
+    /// Starts and finishes `m`, which `worker` was assigned.
+    fn run_to_end_from_assigned(run: &mut Run, m: ModuleIndex, worker: WorkerId) {
+        let attempt = run.state(m).attempt().unwrap();
+        let start = Event::Start {
+            worker,
+            attempt,
+            at: Instant::now(),
+        };
+        run.handle(m, start).unwrap();
+        let finish = Event::Finish {
+            worker,
+            outcome: Outcome::Succeeded,
+            ended: succeeded(attempt),
+        };
+        run.handle(m, finish).unwrap();
     }
 
     #[test]

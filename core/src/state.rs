@@ -93,6 +93,10 @@ pub enum Event {
         outcome: Outcome,
         ended: Ended,
     },
+    /// An earlier result stands for running the ready module (its cache
+    /// key matched): it succeeds as its current attempt, without a worker.
+    /// `ended` is the stored result; its attempt and worker are replaced.
+    CacheHit { ended: Ended },
     /// Run the module again as attempt + 1: after a failure with retries
     /// left, or when its worker was lost.
     Retry { attempt: u32, reason: String },
@@ -196,6 +200,11 @@ impl ModuleState {
                 S::Assigned { attempt: a, .. } | S::Running { attempt: a, .. },
                 Event::Retry { attempt, .. },
             ) if a == attempt => moved(S::Ready { attempt: a + 1 }),
+            (S::Ready { attempt }, Event::CacheHit { ended }) => moved(S::Succeeded(Ended {
+                attempt: *attempt,
+                worker: None,
+                ..ended.clone()
+            })),
             (S::Pending | S::Ready { .. }, Event::Cancel { reason }) => {
                 moved(S::Cancelled(Ended {
                     reason: Some(reason.clone()),
@@ -483,6 +492,26 @@ mod tests {
                 cancelled(1, Some(W1)),
             );
         }
+        // A cached result keeps what it held but takes the current
+        // attempt, and no worker ran it.
+        let stored = Ended {
+            attempt: 7,
+            worker: Some(W2),
+            duration: Some(Duration::from_secs(40)),
+            outputs: BTreeMap::from([("version".into(), "1.2".into())]),
+            ..ended(7)
+        };
+        check(
+            ModuleState::Ready { attempt: 2 },
+            Event::CacheHit {
+                ended: stored.clone(),
+            },
+            moved(ModuleState::Succeeded(Ended {
+                attempt: 2,
+                worker: None,
+                ..stored
+            })),
+        );
         check(
             ModuleState::Ready { attempt: 3 },
             Event::NoWorker {
@@ -572,6 +601,26 @@ mod tests {
             Event::NeedsMet { attempt: 1 },
             Err("Illegal"),
         );
+        // Only a ready module can be finished from the cache: not one
+        // whose needs are not met, nor one a worker holds, nor one that
+        // ended already.
+        for state in [
+            ModuleState::Pending,
+            ModuleState::Assigned {
+                worker: W1,
+                attempt: 1,
+            },
+            ModuleState::Running {
+                worker: W1,
+                attempt: 1,
+                started: now,
+            },
+            ModuleState::Succeeded(ended(1)),
+            ModuleState::Failed(ended(1)),
+            ModuleState::Skipped { reason: "x".into() },
+        ] {
+            check(state, Event::CacheHit { ended: ended(1) }, Err("Illegal"));
+        }
         check(
             ModuleState::Succeeded(ended(1)),
             Event::Cancel { reason: "x".into() },
