@@ -21,10 +21,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod digest;
+pub mod entry;
 pub mod input_files;
+pub mod sign;
 pub mod store;
 
+pub use entry::{cap_log, read_entry, write_entry, Artifact, Manifest, FORMAT, MAX_LOG_BYTES};
 pub use input_files::{hash_inputs, MAX_INPUT_FILES};
+pub use sign::{sign, verify};
 pub use store::{check_key, Fetched, Store, StoreFuture};
 
 /// Why the cache could not do something. Every message names the file,
