@@ -22,12 +22,14 @@ use std::sync::Arc;
 
 mod digest;
 pub mod entry;
+pub mod http;
 pub mod input_files;
 pub mod local;
 pub mod sign;
 pub mod store;
 
 pub use entry::{cap_log, read_entry, write_entry, Artifact, Manifest, FORMAT, MAX_LOG_BYTES};
+pub use http::TurboStore;
 pub use input_files::{hash_inputs, MAX_INPUT_FILES};
 pub use local::LocalStore;
 pub use sign::{sign, verify};
