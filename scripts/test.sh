@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
-# machine (node and the official SignalR client from npm, redis-server,
-# bore), then runs every test in the workspace.
+# machine (node, the official SignalR client and the turborepo-remote-cache
+# server from npm, redis-server, bore), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+# A real Turborepo remote cache server for muster-cache's HTTP store tests.
+(cd tests/cache-server && npm ci --no-audit --no-fund --loglevel=error)
 
 # bore (crates.io's bore-cli) for the tunnel tests: a real `bore server`
 # and `bore local` on loopback. Built once into target/tools.
