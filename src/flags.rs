@@ -68,6 +68,70 @@ pub struct MasterFlags {
     /// status`.
     #[arg(long, help_heading = "Storage")]
     pub no_journal: bool,
+    #[command(flatten)]
+    pub cache: CacheFlags,
+}
+
+/// The result cache (`run`, `hub`, instance 0 of `ci`).
+#[derive(Args)]
+pub struct CacheFlags {
+    /// Run every module: neither look results up nor keep them.
+    #[arg(long, help_heading = "Cache")]
+    pub no_cache: bool,
+    /// The local cache folder [default: .muster/cache beside the pipeline
+    /// file]; used when no --cache-url is given.
+    #[arg(long, env = "MUSTER_CACHE_DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// The local cache's size cap; the least recently used entries go first.
+    #[arg(long, default_value = "5GiB", value_parser = parse_size, help_heading = "Cache")]
+    pub cache_max_size: u64,
+    /// A remote cache speaking the Turborepo remote-cache API, e.g.
+    /// https://cache.example.com (instead of the local folder).
+    #[arg(long, env = "MUSTER_CACHE_URL", help_heading = "Cache")]
+    pub cache_url: Option<String>,
+    /// The remote cache's bearer token. Never printed.
+    #[arg(
+        long,
+        env = "MUSTER_CACHE_TOKEN",
+        hide_env_values = true,
+        help_heading = "Cache"
+    )]
+    pub cache_token: Option<String>,
+    /// The remote cache's team (`teamId`, or `slug` when it does not start
+    /// with `team_`).
+    #[arg(long, env = "MUSTER_CACHE_TEAM", help_heading = "Cache")]
+    pub cache_team: Option<String>,
+    /// Whether to keep results [default: true, but false for a pull request
+    /// from a fork in CI].
+    #[arg(long, value_name = "BOOL", help_heading = "Cache")]
+    pub cache_write: Option<bool>,
+}
+
+/// `5GiB`, `500MiB`, `1024` (bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 5GiB or 500MiB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Continuing an earlier run (`run`, `hub`).

@@ -2,6 +2,7 @@
 //! command (`cmd/`), and turns its result into the exit code, in
 //! [`exit_code`] only.
 
+mod cache_policy;
 mod cmd;
 mod discover;
 mod failure;
@@ -13,7 +14,9 @@ mod master;
 mod pipeline;
 mod publish;
 mod report;
+mod result_cache;
 mod run_lock;
+mod selection;
 mod state_folder;
 mod status_view;
 mod worker_view;

@@ -9,22 +9,25 @@
 //! folders removed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_core::journal::Settings;
 use muster_core::wire::types::RunOutcome;
 use muster_core::Plan;
-use muster_hub::{Canceller, Hub, HubConfig, Journaling};
+use muster_hub::{Canceller, Extras, Hub, HubConfig, Journaling, ResultCache};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache_policy::write_policy;
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
 use crate::journaling::{open_local, open_redis, CiJournalPlace, JournalInputs};
 use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
+use crate::result_cache::CacheSetup;
 use crate::run_lock::RunLock;
 use crate::state_folder::StateFolder;
 use crate::workers::{worker_config, Seat, LOCAL_RECONNECT_TIMEOUT};
@@ -138,6 +141,32 @@ impl Keeping {
     }
 }
 
+/// The result cache for `plan` (none with `--no-cache`, or when no module
+/// has inputs), its hits restored under `workdir`; `config` holds the
+/// final token (it is masked).
+pub fn result_cache(
+    file: &Path,
+    plan: &Plan,
+    flags: &MasterFlags,
+    config: &HubConfig,
+    keeping: &Keeping,
+    workdir: PathBuf,
+) -> Result<Option<Arc<dyn ResultCache>>, Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let policy = write_policy(flags.cache.cache_write, &env, &read);
+    let state_root = state_root(flags.state_dir.as_deref(), file);
+    let setup = CacheSetup {
+        flags: &flags.cache,
+        state_root: &state_root,
+        workdir,
+        artifacts: keeping.artifacts(),
+        masker: plan_masker(plan, &[&config.token]),
+        policy,
+    };
+    Ok(crate::result_cache::open(plan, setup)?.map(|c| c as Arc<dyn ResultCache>))
+}
+
 /// What the journal needs from the master's settings.
 pub fn journal_inputs<'a>(
     file: &'a Path,
@@ -182,6 +211,7 @@ impl Master {
         plan: Plan,
         mut config: HubConfig,
         keeping: Keeping,
+        cache: Option<Arc<dyn ResultCache>>,
     ) -> Result<Master, Failure> {
         let token = config.token.clone();
         let reporter = Reporter::for_plan(&plan, &token);
@@ -192,7 +222,8 @@ impl Master {
                 journaling, lock, ..
             } => (Some(*journaling), lock.map_or(Held::Nothing, Held::Lock)),
         };
-        let hub = Hub::start_journaled(listener, plan, config, journaling).await?;
+        let extras = Extras { journaling, cache };
+        let hub = Hub::start_with(listener, plan, config, extras).await?;
         Ok(Master {
             hub,
             token,

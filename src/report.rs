@@ -227,6 +227,10 @@ fn state_line(state: &ModuleState, worker: Option<&str>, note: Option<&str>) -> 
         // A retry says why; a resumed run's module that runs again is
         // said once, before the run.
         ModuleState::Ready { attempt } if *attempt > 1 => format!("will retry: {}", note?),
+        // A result from the cache says so, with its key.
+        ModuleState::Succeeded(_) if note.as_deref().is_some_and(|n| n.starts_with("cached")) => {
+            note.unwrap_or_default()
+        }
         // A resumed run's module kept from the earlier run.
         ModuleState::Succeeded(e) if worker.is_none() && note.is_some() => format!(
             "{} (succeeded{} then)",
@@ -307,6 +311,12 @@ pub fn describe_plan(plan: &Plan) -> String {
         if !module.secrets.is_empty() {
             let _ = write!(out, "  secrets: {}", module.secrets.join(", "));
         }
+        if module.cached() {
+            let _ = write!(out, "  inputs: {}", module.inputs.join(", "));
+            if !module.env_inputs.is_empty() {
+                let _ = write!(out, "  env inputs: {}", module.env_inputs.join(", "));
+            }
+        }
         if !module.produces.is_empty() {
             let _ = write!(out, "  produces: {}", module.produces.join(", "));
         }
@@ -335,7 +345,7 @@ pub fn describe_plan(plan: &Plan) -> String {
 
 /// The table printed when the run ends.
 pub fn summary_table(summary: &Summary) -> String {
-    let rows: Vec<[String; 4]> = summary
+    let rows: Vec<[String; 5]> = summary
         .modules
         .iter()
         .map(|m| {
@@ -348,11 +358,15 @@ pub fn summary_table(summary: &Summary) -> String {
                     .map(seconds)
                     .unwrap_or_else(|| "-".into()),
                 m.worker.as_deref().map_or_else(|| "-".into(), escape),
+                if m.cached.is_some() { "yes" } else { "-" }.to_owned(),
             ]
         })
         .collect();
     let mut out = String::from("\n");
-    out.push_str(&columns(&["MODULE", "STATUS", "TIME", "WORKER"], &rows));
+    out.push_str(&columns(
+        &["MODULE", "STATUS", "TIME", "WORKER", "CACHED"],
+        &rows,
+    ));
     let succeeded = summary
         .modules
         .iter()
@@ -368,6 +382,16 @@ pub fn summary_table(summary: &Summary) -> String {
         "\n{verdict}: {succeeded} of {} modules succeeded",
         summary.modules.len()
     );
+    let hits: Vec<Duration> = summary.modules.iter().filter_map(|m| m.cached).collect();
+    if !hits.is_empty() {
+        let saved: Duration = hits.iter().sum();
+        let _ = writeln!(
+            out,
+            "cache: {} module(s) from the cache, saving {} of module time",
+            hits.len(),
+            humantime::format_duration(Duration::from_secs(saved.as_secs()))
+        );
+    }
     if let Some(reason) = &summary.cancelled {
         let _ = writeln!(out, "cancelled: {}", escape(reason));
     }

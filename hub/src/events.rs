@@ -51,6 +51,8 @@ pub struct ModuleSummary {
     pub state: ModuleState,
     /// The worker that ran the last attempt.
     pub worker: Option<String>,
+    /// Finished from the result cache: how long its original run took.
+    pub cached: Option<std::time::Duration>,
 }
 
 /// The run's outcome, in plan order.

@@ -7,6 +7,7 @@
 //! on.
 
 mod artifacts;
+mod cache;
 mod connection;
 mod events;
 mod front_door;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use artifacts::stored_artifact;
+pub use cache::{CacheFuture, Looked, Lookup, NeedResult, ResultCache, Store};
 pub use events::{ModuleSummary, RunEvent, Summary};
 use ids::random_id;
 pub use scheduler::CancelAnswer;
@@ -178,6 +180,13 @@ pub struct Journaling {
     pub resume: Option<Resumption>,
 }
 
+/// What a hub may have beyond its plan and settings.
+#[derive(Default)]
+pub struct Extras {
+    pub journaling: Option<Journaling>,
+    pub cache: Option<Arc<dyn ResultCache>>,
+}
+
 impl Hub {
     /// Serves `plan` on an already bound listener (bind port 0 in tests),
     /// without a journal.
@@ -192,6 +201,21 @@ impl Hub {
         config: HubConfig,
         journaling: Option<Journaling>,
     ) -> io::Result<Hub> {
+        let extras = Extras {
+            journaling,
+            cache: None,
+        };
+        Hub::start_with(listener, plan, config, extras).await
+    }
+
+    /// Serves `plan` with a journal and a result cache, each when given.
+    pub async fn start_with(
+        listener: TcpListener,
+        plan: Plan,
+        config: HubConfig,
+        extras: Extras,
+    ) -> io::Result<Hub> {
+        let Extras { journaling, cache } = extras;
         let addr = listener.local_addr()?;
         let artifacts = artifacts::ArtifactStore::open(
             &config.artifact_dir,
@@ -215,6 +239,7 @@ impl Hub {
             },
             journal: None,
             resume: None,
+            cache: cache.is_some(),
         };
         let (settings, writer) = match journaling {
             Some(journaling) => (
@@ -230,7 +255,15 @@ impl Hub {
             ),
             None => (settings, None),
         };
-        let scheduler = Scheduler::new(plan, settings, writer, events_tx, done_tx, connected_tx);
+        let scheduler = Scheduler::new(
+            plan,
+            settings,
+            writer,
+            cache,
+            events_tx,
+            done_tx,
+            connected_tx,
+        );
         tokio::spawn(scheduler.run(command_rx));
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();

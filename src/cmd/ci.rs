@@ -24,7 +24,7 @@ use crate::discover::{find_hub, finished_soon, outcome_word, Found};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{FileArg, MasterFlags, WorkerFlags};
 use crate::journaling::{unix_ms, CiJournalPlace};
-use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
+use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
 use crate::workers::{stop_on_interrupt, worker_config, Seat};
@@ -157,7 +157,15 @@ async fn master(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let port = listener.local_addr()?.port();
-    let master = Master::start(listener, plan, config, keeping).await?;
+    let cache = result_cache(
+        &args.file.file,
+        &plan,
+        &args.master,
+        &config,
+        &keeping,
+        workdir(&args),
+    )?;
+    let master = Master::start(listener, plan, config, keeping, cache).await?;
     let tunnel = open_tunnel(&kind, port, args.tunnel_timeout).await?;
     let urls = hub_urls(
         args.listen,

@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 
 use crate::failure::Failure;
 use crate::flags::{FileArg, MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
-use crate::pipeline::load;
+use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
+use crate::pipeline::{load, pipeline_dir};
 
 #[derive(Args)]
 pub struct HubArgs {
@@ -49,7 +49,16 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
         &config,
     )?;
     let said = keeping.take_said();
-    let master = Master::start(listener, plan, config, keeping).await?;
+    let file = &args.file.file;
+    let cache = result_cache(
+        file,
+        &plan,
+        &args.master,
+        &config,
+        &keeping,
+        pipeline_dir(file),
+    )?;
+    let master = Master::start(listener, plan, config, keeping, cache).await?;
     // The hub's URL comes first: scripts read it from the first line.
     println!("hub url: {}", master.url());
     if generated {

@@ -2,6 +2,7 @@
 //! its parsed arguments and returns `Ok(())` or the [`Failure`] that
 //! decides the exit code.
 
+mod cache;
 mod cancel;
 mod ci;
 mod hub;
@@ -35,6 +36,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List the runs kept in the state folder, newest first.
     Runs(runs::RunsArgs),
+    /// The result cache: why a module ran again.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 impl Command {
@@ -48,6 +52,7 @@ impl Command {
             Command::Validate(args) => validate::validate(&args),
             Command::Status(args) => status::status(args).await,
             Command::Runs(args) => runs::runs(&args),
+            Command::Cache(command) => cache::cache(command),
         }
     }
 }

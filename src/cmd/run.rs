@@ -7,14 +7,15 @@ use muster_core::Plan;
 use tokio::net::TcpListener;
 
 use crate::failure::Failure;
-use crate::flags::{FileArg, MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, Keeping, LocalWorkers, Master};
-use crate::pipeline::load;
+use crate::flags::{MasterFlags, ResumeFlag};
+use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
+use crate::pipeline::{load, pipeline_dir};
+use crate::selection::Selection;
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    file: FileArg,
+    selection: Selection,
     /// Local workers to start [default: the number of CPUs].
     #[arg(long, short = 'w')]
     workers: Option<u32>,
@@ -25,7 +26,8 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
-    let plan = load(&args.file.file)?;
+    let file = args.selection.file();
+    let plan = args.selection.apply(load(&file)?)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
@@ -40,15 +42,23 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .context("cannot listen on loopback")?;
     let config = hub_settings(&args.master)?;
     let mut keeping = Keeping::local(
-        &args.file.file,
+        &file,
         &plan,
         &args.master,
         args.resume.resume.as_deref(),
         &config,
     )?;
     keeping.say();
-    let master = Master::start(listener, plan, config, keeping).await?;
-    let local = LocalWorkers::plain(workers, &args.file.file, &args.master);
+    let cache = result_cache(
+        &file,
+        &plan,
+        &args.master,
+        &config,
+        &keeping,
+        pipeline_dir(&file),
+    )?;
+    let master = Master::start(listener, plan, config, keeping, cache).await?;
+    let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
 }
 

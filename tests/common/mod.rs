@@ -39,7 +39,7 @@ impl Output {
                     .map(String::from)
                     .collect::<Vec<_>>()
             })
-            .find(|cells| cells.first().map(String::as_str) == Some(module) && cells.len() == 4)
+            .find(|cells| cells.first().map(String::as_str) == Some(module) && cells.len() == 5)
             .unwrap_or_else(|| panic!("no table row for {module} in:\n{}", self.stdout))
     }
 

@@ -16,9 +16,10 @@
 //! When too many records wait, the actor stops taking commands.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use muster_core::wire::types::Welcome;
-use muster_core::{Plan, WorkerId};
+use muster_core::{ModuleIndex, Plan, WorkerId};
 use muster_journal::JournalWriter;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -27,6 +28,7 @@ use muster_core::journal::Entry;
 
 use super::machine::{Effect, Input, Machine};
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
+use crate::cache::{Looked, ResultCache};
 use crate::events::{RunEvent, Summary};
 use crate::outbox::{Outbound, Outbox};
 
@@ -66,8 +68,17 @@ impl Requester {
     }
 }
 
+/// The most log text kept per module for its cache entry.
+const MAX_CACHED_LOG: usize = 1 << 20;
+
 pub(crate) struct Scheduler {
     machine: Machine,
+    /// The result cache, and where its answers come back.
+    cache: Option<Arc<dyn ResultCache>>,
+    cached_tx: mpsc::UnboundedSender<(ModuleIndex, Looked)>,
+    cached_rx: mpsc::UnboundedReceiver<(ModuleIndex, Looked)>,
+    /// The log of each module that missed the cache and may be kept.
+    cache_logs: HashMap<String, String>,
     journal: Option<JournalWriter>,
     /// The journal's durable record, as last seen.
     durable: u64,
@@ -95,14 +106,21 @@ impl Scheduler {
         plan: Plan,
         settings: SchedulerSettings,
         journal: Option<JournalWriter>,
+        cache: Option<Arc<dyn ResultCache>>,
         events: mpsc::Sender<RunEvent>,
         done: oneshot::Sender<Result<Summary, String>>,
         connected: watch::Sender<usize>,
     ) -> Scheduler {
         let (machine, effects) = Machine::new(plan, settings, std::time::Instant::now());
         let appended = journal.as_ref().map_or(0, |j| *j.durable().borrow());
+        // Bounded by the modules looked up: one answer each.
+        let (cached_tx, cached_rx) = mpsc::unbounded_channel();
         let mut scheduler = Scheduler {
             machine,
+            cache,
+            cached_tx,
+            cached_rx,
+            cache_logs: HashMap::new(),
             durable: appended,
             appended,
             journal_lost: None,
@@ -148,6 +166,13 @@ impl Scheduler {
                     None => break,
                 },
                 () = wake => self.input(Input::Tick, Requester::Nobody),
+                Some((module, looked)) = self.cached_rx.recv() => {
+                    if let Looked::Miss { .. } = &looked {
+                        let id = self.machine_module_id(module);
+                        self.cache_logs.insert(id, String::new());
+                    }
+                    self.input(Input::Cached { module, looked }, Requester::Nobody);
+                }
                 healthy = journal_news => {
                     if !healthy {
                         self.journal_failed();
@@ -324,9 +349,28 @@ impl Scheduler {
                     }
                 }
                 Effect::Event(event) => {
+                    self.keep_log(&event);
                     if self.events.is_some() {
                         self.queued.push_back(event);
                     }
+                }
+                Effect::CacheLookup(lookup) => {
+                    let Some(cache) = self.cache.clone() else {
+                        continue;
+                    };
+                    let answers = self.cached_tx.clone();
+                    tokio::spawn(async move {
+                        let module = lookup.module;
+                        let looked = cache.lookup(lookup).await;
+                        let _ = answers.send((module, looked));
+                    });
+                }
+                Effect::CacheStore(mut store) => {
+                    let Some(cache) = self.cache.clone() else {
+                        continue;
+                    };
+                    store.log = self.cache_logs.remove(&store.id).unwrap_or_default();
+                    tokio::spawn(cache.store(store));
                 }
                 Effect::Finished(summary) => self.summary = Some(summary),
                 Effect::Connected(count) => {
@@ -335,6 +379,34 @@ impl Scheduler {
                 // Taken out before (or not journaled at all).
                 Effect::Journal(_) => {}
             }
+        }
+    }
+
+    fn machine_module_id(&self, module: ModuleIndex) -> String {
+        self.machine.module_id(module).to_owned()
+    }
+
+    /// Keeps the log of a module that may go into the cache (its current
+    /// attempt's, up to [`MAX_CACHED_LOG`]).
+    fn keep_log(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::Log { module, text, .. } => {
+                if let Some(log) = self.cache_logs.get_mut(module) {
+                    if log.len() + text.len() <= MAX_CACHED_LOG {
+                        log.push_str(text);
+                    }
+                }
+            }
+            RunEvent::Module {
+                module,
+                state: muster_core::ModuleState::Running { .. },
+                ..
+            } => {
+                if let Some(log) = self.cache_logs.get_mut(module) {
+                    log.clear();
+                }
+            }
+            _ => {}
         }
     }
 

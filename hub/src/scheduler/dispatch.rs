@@ -45,6 +45,7 @@ impl Machine {
         let ready: Vec<ModuleIndex> = self
             .run
             .ready()
+            .filter(|&m| !self.looking_up(m))
             .filter(|&m| {
                 let requires = &plan.modules[m].requires;
                 self.workers.values().any(|w| w.can_take(requires))

@@ -12,9 +12,11 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
+use super::cache::{cached_note, CacheState};
 use super::calls::Refusal;
 use super::table::{Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
+use crate::cache::{Looked, Lookup, Store};
 use crate::events::{ModuleSummary, RunEvent, Summary};
 
 /// What happens to the scheduler.
@@ -34,6 +36,8 @@ pub(crate) enum Input {
     },
     /// Cancel the whole run.
     Cancel { reason: String },
+    /// The result cache answered a lookup.
+    Cached { module: ModuleIndex, looked: Looked },
     /// Time has passed: fire the timers that are due.
     Tick,
 }
@@ -59,6 +63,11 @@ pub(crate) enum Effect {
     /// A record for the run's journal: every effect of this input waits
     /// until it is durable.
     Journal(Entry),
+    /// Look a ready module up in the result cache; answer with
+    /// `Input::Cached`.
+    CacheLookup(Lookup),
+    /// Keep a module's result in the cache.
+    CacheStore(Store),
 }
 
 /// The run, the worker table, and every deadline, owned in one place.
@@ -90,6 +99,8 @@ pub(crate) struct Machine {
     /// While a resumed run records the modules it kept: the run they
     /// succeeded in.
     pub(super) keeping_from: Option<String>,
+    /// Each module's standing with the result cache.
+    pub(super) cache: Vec<CacheState>,
     effects: Vec<Effect>,
 }
 
@@ -135,6 +146,7 @@ impl Machine {
             told_connected: 0,
             now,
             keeping_from: resume.as_ref().map(|r| r.from_run.clone()),
+            cache: vec![CacheState::Off; n],
             effects: Vec::new(),
         };
         machine.journal_start();
@@ -176,6 +188,7 @@ impl Machine {
                 self.effects.insert(0, Effect::Cancelled(answer));
             }
             Input::Tick => self.fire_timers(),
+            Input::Cached { module, looked } => self.cached(module, looked),
         }
         self.dispatch();
         self.finish_if_done();
@@ -184,6 +197,11 @@ impl Machine {
             self.effects.push(Effect::Connected(self.connected));
         }
         std::mem::take(&mut self.effects)
+    }
+
+    /// A module's id.
+    pub(crate) fn module_id(&self, module: ModuleIndex) -> &str {
+        &self.run.plan().modules[module].id
     }
 
     /// When the machine next needs a `Tick`, if ever.
@@ -224,6 +242,7 @@ impl Machine {
     /// `--fail-fast`.
     pub(super) fn record(&mut self, changes: Vec<Change>) {
         let mut failed = None;
+        let mut ready = Vec::new();
         for change in changes {
             let now = change.state.holder();
             let before = self.holder[change.module];
@@ -238,6 +257,7 @@ impl Machine {
             }
             if matches!(change.state, ModuleState::Ready { .. }) {
                 self.check_placeable(change.module);
+                ready.push(change.module);
             } else {
                 self.unplaceable.remove(&change.module);
             }
@@ -248,18 +268,29 @@ impl Machine {
             ) {
                 failed = Some(change.module);
             }
+            self.keep_result(change.module, &change.state);
             let module = self.run.plan().modules[change.module].id.clone();
             let worker = self.worker_name(&change.state);
+            let note = self.hit_note(change.module).or(change.note);
             self.emit(RunEvent::Module {
                 module,
                 state: change.state,
                 worker,
-                note: change.note,
+                note,
             });
         }
+        self.look_up_ready(&ready);
         if let (true, Some(module)) = (self.settings.fail_fast, failed) {
             let id = self.run.plan().modules[module].id.clone();
             self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
+        }
+    }
+
+    /// A cache hit's note, when the module was one.
+    fn hit_note(&self, module: ModuleIndex) -> Option<String> {
+        match &self.cache[module] {
+            CacheState::Hit { key, saved } => Some(cached_note(key, *saved)),
+            _ => None,
         }
     }
 
@@ -315,10 +346,12 @@ impl Machine {
             .modules
             .iter()
             .zip(self.run.states())
-            .map(|(m, state)| ModuleSummary {
+            .enumerate()
+            .map(|(i, (m, state))| ModuleSummary {
                 id: m.id.clone(),
                 worker: self.worker_name(state),
                 state: state.clone(),
+                cached: self.cache_note(i),
             })
             .collect();
         let summary = Summary {

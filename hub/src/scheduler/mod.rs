@@ -12,6 +12,7 @@
 //! hub's owner.
 
 mod actor;
+mod cache;
 mod calls;
 mod dispatch;
 mod journal;
@@ -112,4 +113,6 @@ pub(crate) struct SchedulerSettings {
     pub journal: Option<JournalSettings>,
     /// Start from what an earlier run kept.
     pub resume: Option<Resumption>,
+    /// Look cacheable modules up before dispatching them.
+    pub cache: bool,
 }

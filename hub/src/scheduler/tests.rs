@@ -25,6 +25,7 @@ fn settings() -> SchedulerSettings {
         limits: Limits::default(),
         journal: None,
         resume: None,
+        cache: false,
     }
 }
 
