@@ -4,10 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use muster_cache::{
@@ -16,130 +13,18 @@ use muster_cache::{
 };
 use sha2::{Digest, Sha256};
 
-const TOKEN: &str = "test-token";
 const TEAM: &str = "team_muster";
 const SIGNING_KEY: &[u8] = b"entry signing key";
 
-/// A `turborepo-remote-cache` server on a free loopback port, storing in
-/// a temporary folder; killed on drop.
-struct TurboServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+#[path = "../../tests/support/turbo_server.rs"]
+mod turbo_server;
 
-impl TurboServer {
-    /// The server takes no port 0: a free port is picked, and another if
-    /// it was taken before the server bound it.
-    fn start() -> TurboServer {
-        let cli = server_cli();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
-            let log = fs::File::create(dir.path().join("server.log")).expect("log file");
-            let child = Command::new("node")
-                .arg(&cli)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("NODE_ENV", "production")
-                .env("HOST", "127.0.0.1")
-                .env("PORT", port.to_string())
-                .env("TURBO_TOKEN", TOKEN)
-                .env("STORAGE_PROVIDER", "local")
-                .env("STORAGE_PATH", dir.path().join("storage"))
-                .env("STORAGE_PATH_USE_TMP_FOLDER", "false")
-                // Without a key of its own the server drops x-artifact-tag.
-                .env("TURBO_REMOTE_CACHE_SIGNATURE_KEY", "server keeps tags")
-                .env("LOG_LEVEL", "warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file"))
-                .stderr(log)
-                .spawn()
-                .expect("node runs (scripts/test.sh installs it)");
-            let mut server = TurboServer { child, port, dir };
-            if server.wait_ready() {
-                return server;
-            }
-        }
-        panic!("turborepo-remote-cache did not start on any of 5 free ports");
-    }
+use turbo_server::{TurboServer, TOKEN};
 
-    /// True once the server answers its status route; false if it
-    /// exited (its port was taken). Waits at most 30 s.
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                eprintln!("turborepo-remote-cache exited ({status}):\n{}", self.log());
-                return false;
-            }
-            if status_answers(self.port) {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "turborepo-remote-cache did not answer within 30 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn store(&self, token: &str) -> TurboStore {
-        TurboStore::new(&self.url(), Some(token.into()), Some(TEAM.into()), None)
-            .expect("valid URL")
-            .with_temp_dir(self.dir.path())
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for TurboServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The server's entry point, installed by `scripts/test.sh`.
-fn server_cli() -> PathBuf {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cache-server");
-    let cli = folder.join("node_modules/turborepo-remote-cache/dist/cli.js");
-    assert!(
-        cli.exists(),
-        "{} is missing: run scripts/test.sh, or `npm ci` in {}",
-        cli.display(),
-        folder.display()
-    );
-    cli
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// One plain HTTP request to the status route, bounded by short timeouts.
-fn status_answers(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let timeout = Some(Duration::from_secs(2));
-    let _ = stream.set_read_timeout(timeout);
-    let _ = stream.set_write_timeout(timeout);
-    let request = b"GET /v8/artifacts/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    let mut answer = Vec::with_capacity(1024);
-    let _ = stream.take(1024).read_to_end(&mut answer);
-    answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200")
+fn store(server: &TurboServer, token: &str) -> TurboStore {
+    TurboStore::new(&server.url(), Some(token.into()), Some(TEAM.into()), None)
+        .expect("valid URL")
+        .with_temp_dir(server.dir.path())
 }
 
 /// A signed entry for `key` with one artifact of `blob` bytes.
@@ -170,7 +55,7 @@ fn signed_entry(dir: &Path, key: &str, blob: &[u8]) -> (PathBuf, String) {
 #[tokio::test]
 async fn put_then_get_is_a_hit_with_the_same_bytes_and_tag() {
     let server = TurboServer::start();
-    let store = server.store(TOKEN);
+    let store = store(&server, TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let key = "a1b2c3d4e5f60718";
     // Large enough to take many chunks each way.
@@ -198,7 +83,7 @@ async fn put_then_get_is_a_hit_with_the_same_bytes_and_tag() {
 #[tokio::test]
 async fn an_unknown_key_is_a_miss() {
     let server = TurboServer::start();
-    let store = server.store(TOKEN);
+    let store = store(&server, TOKEN);
     assert!(store.get("0123456789abcdef").await.unwrap().is_none());
     assert!(!store.contains("0123456789abcdef").await.unwrap());
 }
@@ -206,7 +91,7 @@ async fn an_unknown_key_is_a_miss() {
 #[tokio::test]
 async fn a_wrong_token_is_unauthorized_and_says_which_variable() {
     let server = TurboServer::start();
-    let store = server.store("not-the-token");
+    let store = store(&server, "not-the-token");
     let error = store.get("0123456789abcdef").await.unwrap_err();
     assert!(
         matches!(error, CacheError::Unauthorized { status: 401, .. }),
@@ -251,12 +136,11 @@ async fn a_download_over_the_cap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = "feedface";
     let (archive, tag) = signed_entry(dir.path(), key, &[7u8; 10_000]);
-    server
-        .store(TOKEN)
+    store(&server, TOKEN)
         .put(key, &archive, Some(&tag), 1)
         .await
         .unwrap();
-    let store = server.store(TOKEN).with_max_download(4096);
+    let store = store(&server, TOKEN).with_max_download(4096);
     let error = store.get(key).await.unwrap_err();
     assert!(
         matches!(error, CacheError::TooLarge { limit: 4096, .. }),
@@ -266,7 +150,7 @@ async fn a_download_over_the_cap_is_refused() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_unreachable_at_once() {
-    let port = free_port(); // nothing listens there now
+    let port = turbo_server::free_port(); // nothing listens there now
     let store = TurboStore::new(
         &format!("http://user:secret@127.0.0.1:{port}"),
         Some(TOKEN.into()),
