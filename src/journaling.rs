@@ -58,16 +58,21 @@ pub fn open_local(
         None => new_local(root, inputs)?,
         Some(which) => resume_local(root, inputs, which)?,
     };
-    match prune(root, keep_runs, opened.folder.id()) {
+    prune_runs(root, keep_runs, opened.folder.id());
+    Ok(opened)
+}
+
+/// Removes the oldest runs under `root` beyond `keep`, never `current`.
+pub fn prune_runs(root: &Path, keep: usize, current: &str) {
+    match prune(root, keep, current) {
         Ok(removed) if !removed.is_empty() => tracing::info!(
-            "removed {} old run(s) from {} (--keep-runs {keep_runs})",
+            "removed {} old run(s) from {} (--keep-runs {keep})",
             removed.len(),
             root.display()
         ),
         Ok(_) => {}
         Err(e) => eprintln!("muster: warning: cannot remove old runs: {e}"),
     }
-    Ok(opened)
 }
 
 fn new_local(root: &Path, inputs: &JournalInputs<'_>) -> Result<LocalJournal, Failure> {

@@ -24,7 +24,7 @@ use crate::cache_policy::write_policy;
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
-use crate::journaling::{open_local, open_redis, CiJournalPlace, JournalInputs};
+use crate::journaling::{open_local, open_redis, prune_runs, CiJournalPlace, JournalInputs};
 use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
 use crate::result_cache::CacheSetup;
@@ -108,6 +108,8 @@ impl Keeping {
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);
         let opened = open_redis(&root, &inputs, place).await?;
+        // A self-hosted runner keeps its folders between jobs.
+        prune_runs(&root, flags.keep_runs as usize, opened.folder.id());
         Ok(Keeping::Journal {
             artifacts: opened.folder.artifacts(),
             journaling: Box::new(opened.journaling),
