@@ -7,7 +7,7 @@
 #   scripts/bench.sh                      every scenario, 3 runs each
 #   RUNS=5 scripts/bench.sh               more runs
 #   scripts/bench.sh --only throughput    one scenario (throughput, chain,
-#                                         make, workers, plan, peers)
+#                                         journal, make, workers, plan, peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

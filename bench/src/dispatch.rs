@@ -1,13 +1,15 @@
 //! The scenarios that run a hub in this process against [`Swarm`] workers:
 //! throughput (many independent modules), chain (one module after another)
-//! and idle workers (memory per connection), and their JSON lines.
+//! and idle workers (memory per connection), and their JSON lines. The
+//! journal scenario (`journal`) runs the first two through
+//! [`dispatch_plan`] with a journal.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use muster_core::{parse_pipeline, ModuleState};
-use muster_hub::{Hub, HubConfig, RunEvent};
+use muster_core::{parse_pipeline, ModuleState, Plan};
+use muster_hub::{Hub, HubConfig, Journaling, RunEvent};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -26,6 +28,20 @@ pub struct Dispatch {
     steps: Vec<Duration>,
 }
 
+impl Dispatch {
+    /// Modules per second.
+    pub fn rate(&self) -> f64 {
+        self.modules as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p` quantile (0–1) of the time per step, in µs.
+    pub fn step_percentile_us(&self, p: f64) -> f64 {
+        let mut us: Vec<f64> = self.steps.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        us.sort_by(f64::total_cmp);
+        us[((us.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
 /// `n` modules running `true`; each needs the one before it when `chain`.
 pub fn noop_plan(n: usize, chain: bool) -> String {
     let mut text = String::with_capacity(n * 40);
@@ -41,9 +57,27 @@ pub fn noop_plan(n: usize, chain: bool) -> String {
 /// Runs `plan` through an in-process hub and `processes` × `per_process`
 /// no-op worker connections.
 pub async fn dispatch(plan: String, processes: u32, per_process: u32) -> Result<Dispatch> {
-    let plan = parse_pipeline("bench.toml", &plan)?;
+    dispatch_plan(bench_plan(&plan)?, processes, per_process, None).await
+}
+
+/// A generated pipeline, parsed.
+pub fn bench_plan(text: &str) -> Result<Plan> {
+    Ok(parse_pipeline("bench.toml", text)?)
+}
+
+/// [`dispatch`] of a parsed plan, journaling through `journaling` when
+/// given (none: `Hub::start`, as the other scenarios).
+pub async fn dispatch_plan(
+    plan: Plan,
+    processes: u32,
+    per_process: u32,
+    journaling: Option<Journaling>,
+) -> Result<Dispatch> {
     let modules = plan.len();
-    let mut hub = start_hub(plan).await?;
+    let mut hub = match journaling {
+        None => start_hub(plan).await?,
+        Some(journaling) => start_journaled_hub(plan, journaling).await?,
+    };
     let mut events = hub.take_events().context("events")?;
     let _swarm = Swarm::spawn(hub.url(), processes, per_process)?;
     let mut first_join = None;
@@ -118,10 +152,7 @@ pub async fn idle_workers(processes: u32, per_process: u32) -> Result<Value> {
 
 /// Modules per second and master CPU per 1,000 modules, over `runs`.
 pub fn throughput_line(scenario: &str, who: &str, runs: &[Dispatch]) -> Value {
-    let rates: Vec<f64> = runs
-        .iter()
-        .map(|r| r.modules as f64 / r.elapsed.as_secs_f64())
-        .collect();
+    let rates: Vec<f64> = runs.iter().map(Dispatch::rate).collect();
     let cpu: Vec<f64> = runs
         .iter()
         .map(|r| r.cpu.as_secs_f64() * 1000.0 / r.modules as f64)
@@ -135,29 +166,31 @@ pub fn throughput_line(scenario: &str, who: &str, runs: &[Dispatch]) -> Value {
 }
 
 /// p50 and p99 of the time per chain step, in µs, over `runs`.
-pub fn chain_line(who: &str, runs: &[Dispatch]) -> Value {
-    let percentile = |p: f64| -> Vec<f64> {
-        runs.iter()
-            .map(|r| {
-                let mut us: Vec<f64> = r.steps.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-                us.sort_by(f64::total_cmp);
-                us[((us.len() - 1) as f64 * p).round() as usize]
-            })
-            .collect()
-    };
+pub fn chain_line(scenario: &str, who: &str, runs: &[Dispatch]) -> Value {
+    let percentile =
+        |p: f64| -> Vec<f64> { runs.iter().map(|r| r.step_percentile_us(p)).collect() };
     json!({
-        "scenario": "chain", "who": who, "unit": "us/step",
+        "scenario": scenario, "who": who, "unit": "us/step",
         "steps": runs[0].modules,
         "p50": stats(&percentile(0.5)),
         "p99": stats(&percentile(0.99)),
     })
 }
 
-async fn start_hub(plan: muster_core::Plan) -> Result<Hub> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let config = HubConfig {
+/// The hub's settings in every scenario.
+pub fn hub_config() -> HubConfig {
+    HubConfig {
         token: TOKEN.into(),
         ..HubConfig::default()
-    };
-    Ok(Hub::start(listener, plan, config).await?)
+    }
+}
+
+async fn start_hub(plan: Plan) -> Result<Hub> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(Hub::start(listener, plan, hub_config()).await?)
+}
+
+async fn start_journaled_hub(plan: Plan, journaling: Journaling) -> Result<Hub> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(Hub::start_journaled(listener, plan, hub_config(), Some(journaling)).await?)
 }

@@ -9,6 +9,7 @@
 //! scenario lives in its own module, the report in `report`.
 
 mod dispatch;
+mod journal;
 mod make;
 mod peers;
 mod plan;
@@ -40,7 +41,8 @@ enum Cmd {
         /// Repetitions of each scenario (figures are medians, with min/max).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Only these scenarios (throughput, chain, make, workers, plan, peers).
+        /// Only these scenarios (throughput, chain, journal, make, workers,
+        /// plan, peers).
         #[arg(long)]
         only: Vec<String>,
         /// Write the markdown report here too.
@@ -93,7 +95,12 @@ fn run_all(runs: usize, only: &[String], write: Option<&Path>, muster: &Path) ->
         let runs: Vec<Dispatch> = (0..runs)
             .map(|_| runtime.block_on(dispatch(noop_plan(2_000, true), 8, 1)))
             .collect::<Result<_>>()?;
-        report.add(chain_line("muster", &runs));
+        report.add(chain_line("chain", "muster", &runs));
+    }
+    if wanted("journal") {
+        for line in journal::journal_lines(&runtime, runs)? {
+            report.add(line);
+        }
     }
     if wanted("make") {
         report.add(make::versus_make(runs, muster)?);

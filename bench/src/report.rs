@@ -1,11 +1,14 @@
 //! The results of a run: each scenario's JSON line, printed as it comes,
 //! and at the end the markdown report written from them (the figures
-//! table, ratios against the peers, the targets, the hand-written notes).
+//! table, ratios against the peers, the journal's cost, the targets, the
+//! hand-written notes).
 
 use std::fmt::Write as _;
 use std::process::Command;
 
 use serde_json::Value;
+
+use crate::journal::MAX_FILE_LOSS;
 
 /// Every scenario's result, in order, for the report.
 #[derive(Default)]
@@ -27,6 +30,7 @@ impl Report {
         write_header(&mut out);
         self.write_figures(&mut out);
         self.write_peer_ratios(&mut out);
+        self.write_journal(&mut out);
         self.write_targets(&mut out);
         write_notes(&mut out);
         out
@@ -55,11 +59,12 @@ impl Report {
         })
     }
 
-    /// The table of every figure, one row per figure of each line.
+    /// The table of every figure, one row per figure of each line (the
+    /// journal's have a section of their own).
     fn write_figures(&self, out: &mut String) {
         let _ = writeln!(out, "| scenario | who | figure | median | min–max |");
         let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
-        for line in &self.lines {
+        for line in self.lines.iter().filter(|l| !is_journal(l)) {
             write_figure_rows(out, line);
         }
     }
@@ -83,6 +88,60 @@ impl Report {
         }
     }
 
+    /// The journal scenario: each figure with the journal off, in a file
+    /// and in Redis, each journaled one against off, and the target.
+    fn write_journal(&self, out: &mut String) {
+        let journal: Vec<&Value> = self.lines.iter().filter(|l| is_journal(l)).collect();
+        if journal.is_empty() {
+            return;
+        }
+        let of = |scenario: &str, mode: &str| {
+            journal
+                .iter()
+                .copied()
+                .find(|l| l["scenario"] == scenario && l["journal"] == mode)
+        };
+        let summary = journal
+            .iter()
+            .copied()
+            .find(|l| l.get("throughput_vs_off").is_some());
+        let size = |scenario: &str, key: &str| of(scenario, "off").map(|l| l[key].clone());
+        let _ = writeln!(out, "\n## The journal\n");
+        write_journal_method(
+            out,
+            &size("journal-throughput", "modules").unwrap_or_default(),
+            &size("journal-chain", "steps").unwrap_or_default(),
+        );
+        for error in journal.iter().filter(|l| l.get("error").is_some()) {
+            let _ = writeln!(
+                out,
+                "Not measured: {} ({}).\n",
+                error["journal"], error["error"]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| figure | off | file | Redis | file/off | Redis/off |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+        for (label, scenario, key, rounds) in JOURNAL_ROWS {
+            let figure = |mode: &str| of(scenario, mode).and_then(|l| l.get(key));
+            let rounds = |mode: &str| rounds.and_then(|k| summary.map(|s| &s[k][mode]["rounds"]));
+            let _ = writeln!(
+                out,
+                "| {label} | {} | {} | {} | {} | {} |",
+                stats_cell(figure("off")),
+                stats_cell(figure("file")),
+                stats_cell(figure("redis")),
+                ratio_cell(figure("file"), figure("off"), rounds("file")),
+                ratio_cell(figure("redis"), figure("off"), rounds("redis")),
+            );
+        }
+        if let Some(summary) = summary {
+            write_journal_verdict(out, summary);
+        }
+    }
+
     /// The project's targets, each with its figure and whether it was met.
     fn write_targets(&self, out: &mut String) {
         let _ = writeln!(out, "\n## Targets\n");
@@ -102,7 +161,7 @@ impl Report {
 
     /// Each target: its name, the figure measured, whether that meets it,
     /// and the figure's unit.
-    fn targets(&self) -> [(&'static str, Option<f64>, Met, &'static str); 6] {
+    fn targets(&self) -> [(&'static str, Option<f64>, Met, &'static str); 7] {
         let plan_100k = self
             .lines
             .iter()
@@ -114,6 +173,10 @@ impl Report {
         let make_ratio = self
             .find("make", "muster")
             .and_then(|l| l["ratio"].as_f64());
+        let file_journal = self
+            .lines
+            .iter()
+            .find_map(|l| l["throughput_vs_off"]["file"]["ratio"].as_f64());
         [
             (
                 "throughput ≥ 5× Dask",
@@ -141,6 +204,12 @@ impl Report {
                 " KiB",
             ),
             ("100,000-module plan < 2 s", plan_100k, |v| v < 2.0, " s"),
+            (
+                "file journal: throughput ≥ 0.90 × without",
+                file_journal,
+                |v| v >= 1.0 - MAX_FILE_LOSS,
+                "×",
+            ),
         ]
     }
 }
@@ -211,6 +280,143 @@ fn write_notes(out: &mut String) {
     if let Ok(notes) = std::fs::read_to_string("bench/notes.md") {
         let _ = writeln!(out, "\n{}", notes.trim_end());
     }
+}
+
+/// The journal section's rows: label, scenario, figure, and where the
+/// summary line keeps each round's ratio for it.
+const JOURNAL_ROWS: [(&str, &str, &str, Option<&str>); 10] = [
+    (
+        "throughput, modules/s",
+        "journal-throughput",
+        "rate",
+        Some("throughput_vs_off"),
+    ),
+    (
+        "master CPU s / 1,000 modules",
+        "journal-throughput",
+        "master_cpu_s_per_1000",
+        None,
+    ),
+    (
+        "chain p50 µs/step",
+        "journal-chain",
+        "p50",
+        Some("chain_p50_vs_off"),
+    ),
+    ("chain p99 µs/step", "journal-chain", "p99", None),
+    (
+        "group commits per throughput run",
+        "journal-throughput",
+        "commits",
+        None,
+    ),
+    (
+        "records per group commit, throughput",
+        "journal-throughput",
+        "records_per_commit",
+        None,
+    ),
+    (
+        "ms in group commits per throughput run",
+        "journal-throughput",
+        "commit_ms",
+        None,
+    ),
+    (
+        "group commits per chain run",
+        "journal-chain",
+        "commits",
+        None,
+    ),
+    (
+        "records per group commit, chain",
+        "journal-chain",
+        "records_per_commit",
+        None,
+    ),
+    (
+        "ms in group commits per chain run",
+        "journal-chain",
+        "commit_ms",
+        None,
+    ),
+];
+
+/// Whether the file journal met its target, and how busy the machine was.
+fn write_journal_verdict(out: &mut String, summary: &Value) {
+    let file = summary["throughput_vs_off"]["file"]["ratio"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let verdict = if summary["met"] == true {
+        "met"
+    } else {
+        "**not met**"
+    };
+    let _ = writeln!(
+        out,
+        "\nTarget: the file journal costs at most {:.0} % of the throughput ({}): \
+         file/off = {file:.2}, a loss of {:.0} %: {verdict}.",
+        MAX_FILE_LOSS * 100.0,
+        summary["target"].as_str().unwrap_or(""),
+        (1.0 - file) * 100.0,
+    );
+    let load = &summary["load_average"];
+    let _ = writeln!(
+        out,
+        "\nThe machine's load average (1 min) was {} before the rounds and {} after.",
+        load["before"], load["after"]
+    );
+}
+
+/// How the journal scenario measures, with its sizes.
+fn write_journal_method(out: &mut String, modules: &Value, steps: &Value) {
+    let _ = writeln!(
+        out,
+        "Throughput ({modules} independent no-op modules, 8 worker processes) and chain \
+         ({steps} steps), as above, with the hub's journal off (`Hub::start`, as in every \
+         other scenario), in a file (a run folder under `target/`, on the repository's disk: \
+         one write and one `fdatasync` per group commit) and in Redis (a private \
+         `redis-server` on loopback without persistence: one script call per group commit). \
+         Rounds alternate off, file, Redis, off, file, Redis, …, so a slow spell of the \
+         machine falls on all three. Figures are medians of the rounds (min–max); ratios \
+         compare medians, with each round's own ratio in brackets.\n"
+    );
+}
+
+/// A figure's median (min–max), or a dash.
+fn stats_cell(figure: Option<&Value>) -> String {
+    figure.map_or("—".into(), |v| {
+        format!("{} ({}–{})", v["median"], v["min"], v["max"])
+    })
+}
+
+/// The ratio of two figures' medians, with each round's ratio if given.
+fn ratio_cell(on: Option<&Value>, off: Option<&Value>, rounds: Option<&Value>) -> String {
+    let median = |v: Option<&Value>| v.and_then(|v| v["median"].as_f64());
+    let (Some(on), Some(off)) = (median(on), median(off)) else {
+        return String::new();
+    };
+    let each: Vec<String> = rounds
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_f64)
+                .map(|v| format!("{v:.2}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if each.is_empty() {
+        format!("{:.2}", on / off)
+    } else {
+        format!("{:.2} [{}]", on / off, each.join(" · "))
+    }
+}
+
+/// A line of the journal scenario.
+fn is_journal(line: &Value) -> bool {
+    line["scenario"]
+        .as_str()
+        .is_some_and(|s| s == "journal" || s.starts_with("journal-"))
 }
 
 fn scenario_name(line: &Value) -> String {

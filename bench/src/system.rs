@@ -1,5 +1,6 @@
 //! What the benchmark reads from (and sets on) its own process and others:
-//! CPU time, resident memory, and the open-file limit. Linux only.
+//! CPU time, resident memory, the open-file limit, and the machine's load.
+//! Linux only.
 
 use std::time::Duration;
 
@@ -27,6 +28,17 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// A process's peak resident memory, in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
+}
+
+/// The machine's load average over the last minute: how busy other
+/// programs kept it while a scenario ran.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A thousand sockets need more than the usual 1,024 descriptors.
