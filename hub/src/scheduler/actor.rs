@@ -8,23 +8,30 @@
 //! the events (a terminal, a pipe) slows the scheduler, then the
 //! connections, then the workers, and nothing piles up in memory.
 //!
-//! With a journal, the effects of each input are held until the journal
-//! records that input produced are durable, then carried out in the order
-//! the inputs came. The journal writes in groups (one fsync for all that
-//! queued meanwhile), and the actor goes on handling inputs while a group
-//! is written, so journaling costs latency per step, little throughput.
-//! When too many records wait, the actor stops taking commands.
+//! With a journal, every record an input produced is appended (queued, in
+//! order) before any of its effects leave. Two kinds of effect also wait
+//! until records are durable: the answer to a `Complete` that ended a
+//! module (until its record is), and the `Assign` of a module made ready by
+//! a result (until that result's record is). While such an `Assign` waits,
+//! later messages to the same worker wait behind it, so a `Cancel` never
+//! overtakes the `Assign` it is about. Everything else goes out at once: a
+//! worker whose slot freed gets its next, unrelated module without waiting
+//! for the disk, and the journal writes in groups (one fsync for all that
+//! queued meanwhile). When too many records wait, the actor stops taking
+//! commands.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use muster_core::wire::calls::HubCall;
 use muster_core::wire::types::Welcome;
 use muster_core::{ModuleIndex, Plan, WorkerId};
 use muster_journal::JournalWriter;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use muster_core::journal::Entry;
+use muster_core::journal::{Entry, StateName};
+use serde_json::Value;
 
 use super::machine::{Effect, Input, Machine};
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
@@ -48,12 +55,10 @@ enum Requester {
 /// Records written but not yet durable beyond which no command is taken.
 const MAX_UNDURABLE: u64 = 16_384;
 
-/// An input's effects waiting for the journal.
-struct Held {
-    /// Carried out once the journal is durable up to this record.
+/// A message waiting for the journal to be durable up to `seq`.
+struct Waiting<T> {
     seq: u64,
-    effects: Vec<Effect>,
-    requester: Requester,
+    item: T,
 }
 
 impl Requester {
@@ -82,10 +87,18 @@ pub(crate) struct Scheduler {
     journal: Option<JournalWriter>,
     /// The journal's durable record, as last seen.
     durable: u64,
-    /// Inputs whose effects wait for the journal, oldest first.
-    held: VecDeque<Held>,
+    /// Answers to `Complete`s waiting for their result's record: the
+    /// invocation, and where to send it.
+    waiting_answers: VecDeque<Waiting<(String, Outbox, Result<Value, String>)>>,
+    /// Per worker, the hub calls waiting (an `Assign` of a module whose
+    /// readiness is not durable yet, and whatever came after it).
+    waiting_calls: HashMap<WorkerId, VecDeque<Waiting<HubCall>>>,
     /// The last record handed to the journal.
     appended: u64,
+    /// The last record of a module's result handed to the journal.
+    last_result: u64,
+    /// For each module made ready: the result record its readiness rests on.
+    ready_after: HashMap<String, u64>,
     /// Why the journal failed, once it did: the run stops there.
     journal_lost: Option<String>,
     /// Each connected worker's session and outbox.
@@ -125,7 +138,10 @@ impl Scheduler {
             appended,
             journal_lost: None,
             journal,
-            held: VecDeque::new(),
+            waiting_answers: VecDeque::new(),
+            waiting_calls: HashMap::new(),
+            last_result: 0,
+            ready_after: HashMap::new(),
             outboxes: HashMap::new(),
             events: Some(events),
             queued: VecDeque::new(),
@@ -244,17 +260,20 @@ impl Scheduler {
         self.take_in(effects, requester);
     }
 
-    /// Hands an input's journal records to the journal, then carries out
-    /// its effects, at once when nothing waits for the journal, else once
-    /// the records are durable.
+    /// Hands an input's journal records to the journal (in order), then
+    /// carries out its effects; see the module documentation for what
+    /// waits until the records are durable.
     fn take_in(&mut self, mut effects: Vec<Effect>, requester: Requester) {
         if let Some(why) = &self.journal_lost {
             // Nothing may be acknowledged that the journal does not hold.
             requester.close(why);
             return;
         }
+        // The answer waits for this input's results, when it has some.
+        let mut result_in_input = 0;
         if let Some(journal) = &mut self.journal {
             let at = unix_ms();
+            let (last_result, ready_after) = (&mut self.last_result, &mut self.ready_after);
             effects.retain_mut(|effect| match effect {
                 Effect::Journal(entry) => {
                     let entry = std::mem::replace(
@@ -263,7 +282,22 @@ impl Scheduler {
                             reason: String::new(),
                         },
                     );
-                    self.appended = journal.append(at, entry);
+                    let module = match &entry {
+                        Entry::Module(record) => Some((record.module.clone(), record.state)),
+                        _ => None,
+                    };
+                    let seq = journal.append(at, entry);
+                    match module {
+                        Some((_, state)) if state.is_terminal() => {
+                            *last_result = seq;
+                            result_in_input = seq;
+                        }
+                        Some((id, StateName::Ready)) => {
+                            ready_after.insert(id, *last_result);
+                        }
+                        _ => {}
+                    }
+                    self.appended = seq;
                     false
                 }
                 Effect::Event(RunEvent::Log { module, text, .. }) => {
@@ -273,22 +307,57 @@ impl Scheduler {
                 _ => true,
             });
         }
-        if self.held.is_empty() && self.appended <= self.durable {
-            self.carry_out(effects, requester);
-        } else {
-            self.held.push_back(Held {
-                seq: self.appended,
-                effects,
-                requester,
-            });
-        }
+        self.carry_out(effects, requester, result_in_input);
     }
 
-    /// Carries out the held inputs whose records are now durable.
+    /// Sends what waited for records that are now durable.
     fn release(&mut self) {
-        while self.held.front().is_some_and(|h| h.seq <= self.durable) {
-            let held = self.held.pop_front().expect("checked");
-            self.carry_out(held.effects, held.requester);
+        let durable = self.durable;
+        while self
+            .waiting_answers
+            .front()
+            .is_some_and(|w| w.seq <= durable)
+        {
+            let Waiting {
+                item: (invocation_id, outbox, result),
+                ..
+            } = self.waiting_answers.pop_front().expect("checked");
+            outbox.answer(invocation_id, result);
+        }
+        let outboxes = &self.outboxes;
+        self.waiting_calls.retain(|worker, calls| {
+            while calls.front().is_some_and(|w| w.seq <= durable) {
+                let call = calls.pop_front().expect("checked").item;
+                if let Some((_, outbox)) = outboxes.get(worker) {
+                    outbox.send(Outbound::Message(call.to_message()));
+                }
+            }
+            !calls.is_empty()
+        });
+    }
+
+    /// Sends a hub call to a worker, or queues it behind what waits for
+    /// that worker: an `Assign` waits until the module's readiness is
+    /// durable.
+    fn send_call(&mut self, worker: WorkerId, call: HubCall) {
+        let mut needs = 0;
+        if let HubCall::Assign(assignment) = &call {
+            if let Some(&after) = self.ready_after.get(&assignment.module_id) {
+                needs = after;
+            }
+        }
+        let queue = self.waiting_calls.get(&worker);
+        let behind = queue.and_then(|q| q.back()).map_or(0, |w| w.seq);
+        let seq = needs.max(behind);
+        if seq <= self.durable {
+            if let Some((_, outbox)) = self.outboxes.get(&worker) {
+                outbox.send(Outbound::Message(call.to_message()));
+            }
+        } else {
+            self.waiting_calls
+                .entry(worker)
+                .or_default()
+                .push_back(Waiting { seq, item: call });
         }
     }
 
@@ -305,9 +374,10 @@ impl Scheduler {
         for (_, outbox) in self.outboxes.values() {
             outbox.send(Outbound::Close(Some(reason.clone())));
         }
-        for held in self.held.drain(..) {
-            held.requester.close(&reason);
+        for waiting in self.waiting_answers.drain(..) {
+            waiting.item.1.send(Outbound::Close(Some(reason.clone())));
         }
+        self.waiting_calls.clear();
         self.journal_lost = Some(reason);
         self.events = None;
         self.journal = None;
@@ -316,7 +386,10 @@ impl Scheduler {
         }
     }
 
-    fn carry_out(&mut self, effects: Vec<Effect>, mut requester: Requester) {
+    /// Carries out an input's effects in order; the answer to a call
+    /// waits until the record `result_seq` (the result it reported, 0 for
+    /// none) is durable.
+    fn carry_out(&mut self, effects: Vec<Effect>, mut requester: Requester, result_seq: u64) {
         for effect in effects {
             match effect {
                 Effect::Welcome(registered, welcome) => {
@@ -333,7 +406,14 @@ impl Scheduler {
                 Effect::Answer(result) => {
                     if let Requester::Call(Some((invocation_id, outbox))) = &requester {
                         let result = result.map_err(|refusal| refusal.to_string());
-                        outbox.answer(invocation_id.clone(), result);
+                        if result_seq <= self.durable {
+                            outbox.answer(invocation_id.clone(), result);
+                        } else {
+                            self.waiting_answers.push_back(Waiting {
+                                seq: result_seq,
+                                item: (invocation_id.clone(), outbox.clone(), result),
+                            });
+                        }
                     }
                 }
                 Effect::Cancelled(answer) => {
@@ -343,11 +423,7 @@ impl Scheduler {
                         }
                     }
                 }
-                Effect::Send { worker, call } => {
-                    if let Some((_, outbox)) = self.outboxes.get(&worker) {
-                        outbox.send(Outbound::Message(call.to_message()));
-                    }
-                }
+                Effect::Send { worker, call } => self.send_call(worker, call),
                 Effect::Event(event) => {
                     self.keep_log(&event);
                     if self.events.is_some() {
@@ -465,6 +541,11 @@ impl Scheduler {
                 Some(journal) => journal.close().await.map_err(|e| e.to_string()),
                 None => Ok(()),
             };
+            if closed.is_ok() {
+                // Everything is durable now: what waited for it goes.
+                self.durable = self.appended;
+                self.release();
+            }
             if let Some(done) = self.done.take() {
                 let _ = done.send(closed.map(|()| summary));
             }
