@@ -55,6 +55,10 @@ enum Requester {
 /// Records written but not yet durable beyond which no command is taken.
 const MAX_UNDURABLE: u64 = 16_384;
 
+/// The answer to a call: its invocation id, the caller's outbox, and what
+/// to answer.
+type Answer = (String, Outbox, Result<Value, String>);
+
 /// A message waiting for the journal to be durable up to `seq`.
 struct Waiting<T> {
     seq: u64,
@@ -89,7 +93,7 @@ pub(crate) struct Scheduler {
     durable: u64,
     /// Answers to `Complete`s waiting for their result's record: the
     /// invocation, and where to send it.
-    waiting_answers: VecDeque<Waiting<(String, Outbox, Result<Value, String>)>>,
+    waiting_answers: VecDeque<Waiting<Answer>>,
     /// Per worker, the hub calls waiting (an `Assign` of a module whose
     /// readiness is not durable yet, and whatever came after it).
     waiting_calls: HashMap<WorkerId, VecDeque<Waiting<HubCall>>>,
