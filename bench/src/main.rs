@@ -8,6 +8,7 @@
 //! This file is the command line and the choice of scenarios; each
 //! scenario lives in its own module, the report in `report`.
 
+mod cache;
 mod dispatch;
 mod journal;
 mod make;
@@ -104,6 +105,11 @@ fn run_all(runs: usize, only: &[String], write: Option<&Path>, muster: &Path) ->
     }
     if wanted("make") {
         report.add(make::versus_make(runs, muster)?);
+    }
+    if wanted("cache") {
+        report.add(cache::versus_turbo(runs, muster).unwrap_or_else(
+            |e| json!({"scenario": "cache", "who": "muster", "error": format!("{e:#}")}),
+        ));
     }
     if wanted("workers") {
         report.add(runtime.block_on(idle_workers(4, 250))?);

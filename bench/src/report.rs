@@ -157,6 +157,7 @@ impl Report {
             };
             let _ = writeln!(out, "| {target} | {shown} | {verdict} |");
         }
+        crate::cache::write_target(out, self.find("cache", "muster"));
     }
 
     /// Each target: its name, the figure measured, whether that meets it,
@@ -234,6 +235,9 @@ fn write_header(out: &mut String) {
 
 /// One line's rows in the figures table.
 fn write_figure_rows(out: &mut String, line: &Value) {
+    if line["scenario"] == "cache" && line.get("error").is_none() {
+        return crate::cache::write_figure_rows(out, line);
+    }
     for (label, key) in [
         ("modules/s", "rate"),
         ("master CPU s / 1,000 modules", "master_cpu_s_per_1000"),
