@@ -58,7 +58,15 @@ struct Inner {
     dir: PathBuf,
     lock: PathBuf,
     max_bytes: u64,
+    /// The folder's size as last scanned plus what this store put since,
+    /// and puts since that scan: a put scans the folder only when the
+    /// estimate passes the cap, or every [`RESCAN_EVERY`] puts (other runs
+    /// write too), so filling a cache is not quadratic in its entries.
+    estimate: std::sync::Mutex<Option<(u64, u32)>>,
 }
+
+/// Puts between two scans of the folder at most.
+const RESCAN_EVERY: u32 = 256;
 
 impl LocalStore {
     /// Opens (creating it if needed) the cache folder `dir`, to be kept
@@ -77,6 +85,7 @@ impl LocalStore {
                 dir,
                 lock,
                 max_bytes,
+                estimate: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -133,7 +142,11 @@ impl Store for LocalStore {
         let (key, archive, tag) = (key.to_owned(), archive.to_owned(), tag.map(str::to_owned));
         self.blocking(move |inner| {
             inner.put(&key, &archive, tag.as_deref())?;
-            inner.evict_if_over()
+            let added = fs::metadata(&archive).map_or(0, |m| m.len());
+            if inner.may_be_over(added) {
+                inner.evict_if_over()?;
+            }
+            Ok(())
         })
     }
 
@@ -209,9 +222,27 @@ impl Inner {
 
     /// Removes the least recently used entries while the folder is over
     /// its cap, down to 90% of it.
+    /// Adds `added` bytes to the estimate; true when the folder should be
+    /// scanned (the estimate passed the cap, or it is time to look again).
+    fn may_be_over(&self, added: u64) -> bool {
+        let mut estimate = self.estimate.lock().expect("not poisoned");
+        match estimate.as_mut() {
+            Some((total, puts)) => {
+                *total += added;
+                *puts += 1;
+                *total > self.max_bytes || *puts >= RESCAN_EVERY
+            }
+            None => true,
+        }
+    }
+
     fn evict_if_over(&self) -> Result<(), CacheError> {
         let (mut entries, mut total) = self.scan()?;
+        let remember = |total: u64| {
+            *self.estimate.lock().expect("not poisoned") = Some((total, 0));
+        };
         if total <= self.max_bytes {
+            remember(total);
             return Ok(());
         }
         let target = self.max_bytes / 10 * 9;
@@ -233,6 +264,7 @@ impl Inner {
             removed += 1;
         }
         tracing::debug!(removed, total, cap = self.max_bytes, cache = %self.dir.display(), "evicted");
+        remember(total);
         Ok(())
     }
 
