@@ -48,7 +48,8 @@ enum Requester {
         outbox: Outbox,
         reply: oneshot::Sender<Registered>,
     },
-    Call(Option<(String, Outbox)>),
+    /// A worker's call, and where to answer it when it has an invocation id.
+    Call(WorkerId, Option<(String, Outbox)>),
     Cancel(Option<oneshot::Sender<CancelAnswer>>),
 }
 
@@ -70,7 +71,7 @@ impl Requester {
     fn close(&self, reason: &str) {
         let outbox = match self {
             Requester::Register { outbox, .. } => outbox,
-            Requester::Call(Some((_, outbox))) => outbox,
+            Requester::Call(_, Some((_, outbox))) => outbox,
             _ => return,
         };
         outbox.send(Outbound::Close(Some(reason.to_owned())));
@@ -94,6 +95,9 @@ pub(crate) struct Scheduler {
     /// Answers to `Complete`s waiting for their result's record: the
     /// invocation, and where to send it.
     waiting_answers: VecDeque<Waiting<Answer>>,
+    /// Per worker, the record its last waiting answer waits for: a
+    /// `Cancel` or `Shutdown` to it goes after that answer.
+    answer_after: HashMap<WorkerId, u64>,
     /// Per worker, the hub calls waiting (an `Assign` of a module whose
     /// readiness is not durable yet, and whatever came after it).
     waiting_calls: HashMap<WorkerId, VecDeque<Waiting<HubCall>>>,
@@ -143,6 +147,7 @@ impl Scheduler {
             journal_lost: None,
             journal,
             waiting_answers: VecDeque::new(),
+            answer_after: HashMap::new(),
             waiting_calls: HashMap::new(),
             last_result: 0,
             ready_after: HashMap::new(),
@@ -230,7 +235,10 @@ impl Scheduler {
                 worker,
                 call,
                 answer,
-            } => self.input(Input::Call { worker, call }, Requester::Call(answer)),
+            } => self.input(
+                Input::Call { worker, call },
+                Requester::Call(worker, answer),
+            ),
             Command::Disconnected {
                 worker,
                 session,
@@ -317,6 +325,7 @@ impl Scheduler {
     /// Sends what waited for records that are now durable.
     fn release(&mut self) {
         let durable = self.durable;
+        self.answer_after.retain(|_, seq| *seq > durable);
         while self
             .waiting_answers
             .front()
@@ -342,14 +351,23 @@ impl Scheduler {
 
     /// Sends a hub call to a worker, or queues it behind what waits for
     /// that worker: an `Assign` waits until the module's readiness is
-    /// durable.
+    /// durable; a `Cancel` or `Shutdown` until the worker's waiting answer
+    /// has gone (the answer to a call precedes what follows from it; an
+    /// unrelated `Assign` may overtake it).
     fn send_call(&mut self, worker: WorkerId, call: HubCall) {
-        let mut needs = 0;
-        if let HubCall::Assign(assignment) = &call {
-            if let Some(&after) = self.ready_after.get(&assignment.module_id) {
-                needs = after;
-            }
-        }
+        let needs = match &call {
+            HubCall::Assign(assignment) => self
+                .ready_after
+                .get(&assignment.module_id)
+                .copied()
+                .unwrap_or(0),
+            _ => self
+                .answer_after
+                .get(&worker)
+                .copied()
+                .filter(|&seq| seq > self.durable)
+                .unwrap_or(0),
+        };
         let queue = self.waiting_calls.get(&worker);
         let behind = queue.and_then(|q| q.back()).map_or(0, |w| w.seq);
         let seq = needs.max(behind);
@@ -408,11 +426,12 @@ impl Scheduler {
                     self.welcome(registered, &welcome, invocation_id, outbox, reply);
                 }
                 Effect::Answer(result) => {
-                    if let Requester::Call(Some((invocation_id, outbox))) = &requester {
+                    if let Requester::Call(worker, Some((invocation_id, outbox))) = &requester {
                         let result = result.map_err(|refusal| refusal.to_string());
                         if result_seq <= self.durable {
                             outbox.answer(invocation_id.clone(), result);
                         } else {
+                            self.answer_after.insert(*worker, result_seq);
                             self.waiting_answers.push_back(Waiting {
                                 seq: result_seq,
                                 item: (invocation_id.clone(), outbox.clone(), result),
