@@ -9,22 +9,9 @@ use std::time::Duration;
 use muster_core::{Ended, ModuleIndex, ModuleState};
 
 use super::machine::{Effect, Machine};
+use super::table::CacheState;
 use crate::cache::{Looked, Lookup, NeedResult};
 use crate::events::RunEvent;
-
-/// How a module stands with the cache.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) enum CacheState {
-    /// Not cacheable, or no cache.
-    #[default]
-    Off,
-    /// Being looked up: not dispatched meanwhile.
-    LookingUp,
-    /// Missed: runs, and its success is kept under the key.
-    Missed(String),
-    /// Finished from the cache, with how long the original run took.
-    Hit { key: String, saved: Duration },
-}
 
 impl Machine {
     /// Looks up the modules among `changes` that became ready for the first
@@ -135,15 +122,4 @@ impl Machine {
             _ => None,
         }
     }
-}
-
-/// The note a cached module's success carries: `cached (key 3f9a…, saved 4m 12s)`.
-pub(crate) fn cached_note(key: &str, saved: Duration) -> String {
-    let short: String = key.chars().take(8).collect();
-    let saved = if saved < Duration::from_secs(1) {
-        format!("{:.1}s", saved.as_secs_f64())
-    } else {
-        humantime::format_duration(Duration::from_secs(saved.as_secs())).to_string()
-    };
-    format!("cached (key {short}…, saved {saved})")
 }

@@ -10,25 +10,11 @@ use muster_core::{Ended, Event, ModuleIndex, Outcome, TransitionError, WorkerId}
 use serde_json::Value;
 
 use super::machine::Machine;
+use super::table::Refusal;
 use crate::events::RunEvent;
 
 /// Refused calls per worker logged as warnings before the rest go to debug.
 const REFUSALS_WARNED: u32 = 10;
-
-/// Why a worker's call was refused; its text is the error Completion the
-/// worker gets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refusal {
-    #[error("this connection is already registered")]
-    AlreadyRegistered,
-    #[error("no module '{0}' in this pipeline")]
-    UnknownModule(String),
-    #[error("log for module '{module}' attempt {attempt}, which this worker does not hold")]
-    LogNotHeld { module: String, attempt: u32 },
-    /// The run's state machine refused the transition, in the worker's terms.
-    #[error("module '{module}': {why}")]
-    Transition { module: String, why: String },
-}
 
 /// A refused call: why, and a `Cancel` to send after the answer when the
 /// worker must stop an attempt.

@@ -12,9 +12,7 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
-use super::cache::{cached_note, CacheState};
-use super::calls::Refusal;
-use super::table::{Timer, Worker};
+use super::table::{cached_note, CacheState, Refusal, Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
 use crate::cache::{Looked, Lookup, Store};
 use crate::events::{ModuleSummary, RunEvent, Summary};

@@ -1,9 +1,11 @@
 //! What the state machine keeps beside the run: the entries of its worker
-//! table and the deadlines it wakes up for. Plain data, so the files that
-//! act on them (`workers.rs`, `timers.rs`) and the machine that holds them
-//! all depend on this file and not on each other.
+//! table, the deadlines it wakes up for, each module's standing with the
+//! result cache, and why a call was refused. Plain data, so the files that
+//! act on them (`workers.rs`, `timers.rs`, `cache.rs`, `calls.rs`) and the
+//! machine that holds them all depend on this file and not on each other.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use muster_core::{ModuleIndex, WorkerId};
 
@@ -44,4 +46,44 @@ pub(crate) enum Timer {
     Result { module: ModuleIndex, attempt: u32 },
     /// An assigned attempt has had its time to be started.
     Start { module: ModuleIndex, attempt: u32 },
+}
+
+/// How a module stands with the cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum CacheState {
+    /// Not cacheable, or no cache.
+    #[default]
+    Off,
+    /// Being looked up: not dispatched meanwhile.
+    LookingUp,
+    /// Missed: runs, and its success is kept under the key.
+    Missed(String),
+    /// Finished from the cache, with how long the original run took.
+    Hit { key: String, saved: Duration },
+}
+
+/// The note a cached module's success carries: `cached (key 3f9a…, saved 4m 12s)`.
+pub(crate) fn cached_note(key: &str, saved: Duration) -> String {
+    let short: String = key.chars().take(8).collect();
+    let saved = if saved < Duration::from_secs(1) {
+        format!("{:.1}s", saved.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(saved.as_secs())).to_string()
+    };
+    format!("cached (key {short}…, saved {saved})")
+}
+
+/// Why a worker's call was refused; its text is the error Completion the
+/// worker gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("this connection is already registered")]
+    AlreadyRegistered,
+    #[error("no module '{0}' in this pipeline")]
+    UnknownModule(String),
+    #[error("log for module '{module}' attempt {attempt}, which this worker does not hold")]
+    LogNotHeld { module: String, attempt: u32 },
+    /// The run's state machine refused the transition, in the worker's terms.
+    #[error("module '{module}': {why}")]
+    Transition { module: String, why: String },
 }
