@@ -261,12 +261,10 @@ impl CacheService {
 
     /// The key's inputs: the module's files hashed, its needs' results.
     async fn key_inputs(&self, lookup: &Lookup) -> Option<KeyInputs> {
-        let planned = self.plan.modules[lookup.module].clone();
+        let planned = &self.plan.modules[lookup.module];
+        let (cwd, globs) = (planned.cwd.clone(), planned.inputs.clone());
         let workdir = self.workdir.clone();
-        let hashed = tokio::task::spawn_blocking(move || {
-            hash_inputs(&workdir, &planned.cwd, &planned.inputs)
-        })
-        .await;
+        let hashed = tokio::task::spawn_blocking(move || hash_inputs(&workdir, &cwd, &globs)).await;
         let files = match hashed {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => {

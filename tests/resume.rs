@@ -196,6 +196,23 @@ run = "echo docs >> effects.log"
     );
 }
 
+/// `muster run FILE --workers N` in the background, once one of its
+/// modules has run `touch started`.
+fn run_until_started(dir: &Path, file: &str, workers: &str) -> std::process::Child {
+    let child = muster(&["run", file, "--workers", workers])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = dir.join("started");
+    let deadline = Instant::now() + common::LIMIT;
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "no module started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 #[test]
 fn status_from_another_process_while_the_run_goes_on() {
     let text = r#"
@@ -209,17 +226,7 @@ needs = ["slow"]
 "#;
     let (dir, file) = pipeline(text);
     let file_arg = file.to_str().unwrap();
-    let mut child = muster(&["run", file_arg, "--workers", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = dir.path().join("started");
-    let deadline = Instant::now() + common::LIMIT;
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "slow never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = run_until_started(dir.path(), file_arg, "2");
     let deadline = Instant::now() + Duration::from_secs(10);
     let states = loop {
         let states = journaled_states(&file);
@@ -255,17 +262,7 @@ needs = ["first"]
 "#;
     let (dir, file) = pipeline(text);
     let file_arg = file.to_str().unwrap();
-    let mut child = muster(&["run", file_arg, "--workers", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = dir.path().join("started");
-    let deadline = Instant::now() + common::LIMIT;
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "first never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = run_until_started(dir.path(), file_arg, "1");
     let out = run(muster(&["status", "--follow", "-f", file_arg]));
     assert_eq!(out.code(), 1, "the run failed: {out}");
     assert!(out.stdout.contains("first succeeded"), "{out}");

@@ -128,11 +128,7 @@ impl KeyInputs {
             }
         }
         CacheKey {
-            hex: hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            hex: format!("{:x}", hasher.finalize()),
         }
     }
 

@@ -120,8 +120,15 @@ fn field(hasher: &mut Sha256, value: &str) {
     hasher.update(value.as_bytes());
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex of a digest (one `format!`, not one per byte: a plan's
+/// digests are made at every start).
+fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(digest.len() * 2);
+    for byte in digest {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
 }
 
 impl ModuleDigest {
