@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use muster_core::journal::{encode, Record};
+use muster_core::journal::{encode_into, Record};
 
 use crate::error::StoreError;
 
@@ -45,7 +45,7 @@ impl Batch {
 
     /// Adds a record, encoding it.
     pub fn push(&mut self, record: Record) {
-        self.bytes.extend_from_slice(&encode(&record));
+        encode_into(&record, &mut self.bytes);
         self.ends.push(self.bytes.len());
         self.records.push(record);
     }

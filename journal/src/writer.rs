@@ -2,8 +2,16 @@
 //! only enqueues (the scheduler never waits on a disk or on Redis); one
 //! task takes everything queued as one batch and makes it durable at once
 //! (group commit: a burst of events costs one fsync or one script call),
-//! then says how far the journal is durable. The hub holds each effect
-//! until its record is durable, and stops taking work when too much waits.
+//! then says how far the journal is durable. The hub holds some effects
+//! until their records are durable, and stops taking work when too much
+//! waits.
+//!
+//! A sync costs CPU as well as time, so the writer gathers: a batch is
+//! committed when something is blocked on it ([`JournalWriter::expedite`]:
+//! a module waits to be assigned), when it is full, when the queue
+//! closes, or at the latest [`GATHER_LIMIT`] after its first record. A
+//! busy run then pays one sync per few milliseconds instead of one per
+//! handful of modules, and a chain of modules still pays no wait at all.
 //!
 //! After a failure nothing more is written and durability never advances:
 //! the first error is kept for the hub, which ends the run.
@@ -30,9 +38,9 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// said in the module's log): the scheduler must never wait on log files,
 /// and the queue must not grow without end when they are slow.
 pub const MAX_QUEUED_LOG_BYTES: usize = 16 * 1024 * 1024;
-/// Times the writer lets other tasks run before taking a batch, so the
-/// records of commands already arriving join it (fewer syncs, no timer).
-const YIELDS_BEFORE_A_BATCH: usize = 4;
+/// The longest a record waits for its group commit to start when nothing
+/// is blocked on it (a `Complete`'s answer, a worker joining or leaving).
+pub const GATHER_LIMIT: Duration = Duration::from_millis(5);
 
 /// How long [`JournalWriter::close`] waits for the rest to be durable.
 pub const CLOSE_LIMIT: Duration = Duration::from_secs(60);
@@ -54,7 +62,12 @@ pub struct JournalWriter {
 #[derive(Debug)]
 enum Item {
     Record(Record),
-    Log { module: String, text: String },
+    Log {
+        module: String,
+        text: String,
+    },
+    /// Commit what is queued now: something is blocked until it is durable.
+    Expedite,
 }
 
 impl JournalWriter {
@@ -105,6 +118,12 @@ impl JournalWriter {
         // A closed queue means the task stopped; `failed` says why.
         let _ = self.queue.send(Item::Record(record));
         seq
+    }
+
+    /// Asks for everything appended so far to be made durable without
+    /// gathering more: the caller holds back work until it is.
+    pub fn expedite(&mut self) {
+        let _ = self.queue.send(Item::Expedite);
     }
 
     /// Enqueues log text of `module` for its log file. Never waits, and
@@ -218,12 +237,9 @@ async fn write(
     let mut texts: Vec<(String, String)> = Vec::new();
     let mut said_log_trouble = false;
     while let Some(first) = queued.recv().await {
-        // Let the scheduler finish what it is handling: its records join
-        // this batch instead of waiting a whole sync for the next one.
-        for _ in 0..YIELDS_BEFORE_A_BATCH {
-            tokio::task::yield_now().await;
-        }
+        let commit_by = tokio::time::Instant::now() + GATHER_LIMIT;
         let mut text_bytes = 0;
+        let mut expedite = false;
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
@@ -232,11 +248,25 @@ async fn write(
                     text_bytes += text.len();
                     texts.push((module, text));
                 }
+                Item::Expedite => expedite = true,
             }
             let full = batch.len() >= MAX_BATCH_RECORDS
                 || batch.bytes().len() >= MAX_BATCH_BYTES
                 || text_bytes >= MAX_BATCH_BYTES;
-            next = if full { None } else { queued.try_recv().ok() };
+            next = if full {
+                None
+            } else if let Ok(item) = queued.try_recv() {
+                Some(item)
+            } else if expedite {
+                None
+            } else {
+                // Nothing queued and nothing blocked: gather until the
+                // limit, or until the queue closes (`None`: commit now).
+                tokio::time::timeout_at(commit_by, queued.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
         }
 
         for (module, text) in &texts {
@@ -407,6 +437,42 @@ mod tests {
             "{} syncs for 1000 records",
             batches.len()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_nobody_waits_for_are_gathered_for_a_bounded_time() {
+        let backend = Recorder::default();
+        let batches = Arc::clone(&backend.batches);
+        let mut writer = JournalWriter::start(Box::new(backend), None, 1);
+        let began = tokio::time::Instant::now();
+        writer.append(0, entry(0));
+        tokio::time::sleep(GATHER_LIMIT / 5).await;
+        writer.append(1, entry(1));
+        tokio::time::sleep(GATHER_LIMIT / 5).await;
+        assert_eq!(*writer.durable().borrow(), 0, "committed before the limit");
+        durable_reaches(&writer, 2).await;
+        let waited = began.elapsed();
+        assert!(
+            waited >= GATHER_LIMIT && waited < GATHER_LIMIT * 2,
+            "{waited:?}"
+        );
+        let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2], "one group commit for both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expedited_record_is_committed_without_gathering() {
+        let backend = Recorder::default();
+        let mut writer = JournalWriter::start(Box::new(backend), None, 1);
+        let began = tokio::time::Instant::now();
+        writer.append(0, entry(0));
+        writer.expedite();
+        durable_reaches(&writer, 1).await;
+        assert!(began.elapsed() < GATHER_LIMIT, "{:?}", began.elapsed());
+        // Closing commits what is queued at once, too.
+        writer.append(1, entry(1));
+        writer.close().await.unwrap();
+        assert!(began.elapsed() < GATHER_LIMIT, "{:?}", began.elapsed());
     }
 
     #[tokio::test]

@@ -48,9 +48,15 @@ pub struct Decoded {
 
 /// One record as one line, newline included.
 pub fn encode(record: &Record) -> Vec<u8> {
-    let mut line = serde_json::to_vec(record).expect("a record serializes");
-    line.push(b'\n');
+    let mut line = Vec::new();
+    encode_into(record, &mut line);
     line
+}
+
+/// Appends one record as one line, newline included, to `out`.
+pub fn encode_into(record: &Record, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, record).expect("a record serializes");
+    out.push(b'\n');
 }
 
 /// Reads every record of a file's bytes; `source_name` (the file's path)

@@ -42,7 +42,7 @@ pub fn plan_digest(digests: &[ModuleDigest]) -> String {
         field(&mut hasher, &module.id);
         field(&mut hasher, &module.digest);
     }
-    hex(&hasher.finalize())
+    format!("{:x}", hasher.finalize())
 }
 
 fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
@@ -53,7 +53,10 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
         for value in values {
             field(&mut hasher, value);
         }
-        parts.insert(name.to_owned(), hex(&hasher.finalize())[..16].to_owned());
+        parts.insert(
+            name.to_owned(),
+            format!("{:x}", hasher.finalize())[..16].to_owned(),
+        );
     };
     part("command", vec![&module.run]);
     part("shell", module.shell.iter().map(String::as_str).collect());
@@ -103,7 +106,7 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
     }
     ModuleDigest {
         id: module.id.clone(),
-        digest: hex(&whole.finalize()),
+        digest: format!("{:x}", whole.finalize()),
         parts,
     }
 }
@@ -118,17 +121,6 @@ fn pairs(map: &BTreeMap<String, String>) -> Vec<&str> {
 fn field(hasher: &mut Sha256, value: &str) {
     hasher.update((value.len() as u64).to_le_bytes());
     hasher.update(value.as_bytes());
-}
-
-/// Lower-case hex of a digest (one `format!`, not one per byte: a plan's
-/// digests are made at every start).
-fn hex(digest: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(digest.len() * 2);
-    for byte in digest {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
 }
 
 impl ModuleDigest {

@@ -11,7 +11,7 @@ pub mod history;
 pub mod record;
 pub mod resume;
 
-pub use codec::{decode, encode, Decoded, JournalError, TornTail};
+pub use codec::{decode, encode, encode_into, Decoded, JournalError, TornTail};
 pub use digest::{module_digests, plan_digest, ModuleDigest};
 pub use history::{History, HistoryError, ModuleStatus};
 pub use record::{Entry, ModuleRecord, Record, RunStart, Settings, StateName, FORMAT_VERSION};

@@ -105,8 +105,12 @@ pub(crate) struct Scheduler {
     appended: u64,
     /// The last record of a module's result handed to the journal.
     last_result: u64,
-    /// For each module made ready: the result record its readiness rests on.
+    /// For each module made ready by a result not yet durable at the
+    /// time: that result's record. Taken out when the module is assigned.
     ready_after: HashMap<String, u64>,
+    /// The journal was last asked to commit without gathering when it had
+    /// this many records.
+    expedited: u64,
     /// Why the journal failed, once it did: the run stops there.
     journal_lost: Option<String>,
     /// Each connected worker's session and outbox.
@@ -151,6 +155,7 @@ impl Scheduler {
             waiting_calls: HashMap::new(),
             last_result: 0,
             ready_after: HashMap::new(),
+            expedited: 0,
             outboxes: HashMap::new(),
             events: Some(events),
             queued: VecDeque::new(),
@@ -285,6 +290,7 @@ impl Scheduler {
         let mut result_in_input = 0;
         if let Some(journal) = &mut self.journal {
             let at = unix_ms();
+            let durable = self.durable;
             let (last_result, ready_after) = (&mut self.last_result, &mut self.ready_after);
             effects.retain_mut(|effect| match effect {
                 Effect::Journal(entry) => {
@@ -294,20 +300,22 @@ impl Scheduler {
                             reason: String::new(),
                         },
                     );
-                    let module = match &entry {
-                        Entry::Module(record) => Some((record.module.clone(), record.state)),
-                        _ => None,
+                    let (terminal, ready) = match &entry {
+                        Entry::Module(record) if record.state == StateName::Ready => {
+                            (false, Some(record.module.clone()))
+                        }
+                        Entry::Module(record) => (record.state.is_terminal(), None),
+                        _ => (false, None),
                     };
                     let seq = journal.append(at, entry);
-                    match module {
-                        Some((_, state)) if state.is_terminal() => {
-                            *last_result = seq;
-                            result_in_input = seq;
-                        }
-                        Some((id, StateName::Ready)) => {
-                            ready_after.insert(id, *last_result);
-                        }
-                        _ => {}
+                    if terminal {
+                        *last_result = seq;
+                        result_in_input = seq;
+                    }
+                    // A module made ready before any result not yet
+                    // durable needs no entry: its Assign goes at once.
+                    if let Some(id) = ready.filter(|_| *last_result > durable) {
+                        ready_after.insert(id, *last_result);
                     }
                     self.appended = seq;
                     false
@@ -356,11 +364,9 @@ impl Scheduler {
     /// unrelated `Assign` may overtake it).
     fn send_call(&mut self, worker: WorkerId, call: HubCall) {
         let needs = match &call {
-            HubCall::Assign(assignment) => self
-                .ready_after
-                .get(&assignment.module_id)
-                .copied()
-                .unwrap_or(0),
+            HubCall::Assign(assignment) => {
+                self.ready_after.remove(&assignment.module_id).unwrap_or(0)
+            }
             _ => self
                 .answer_after
                 .get(&worker)
@@ -380,6 +386,13 @@ impl Scheduler {
                 .entry(worker)
                 .or_default()
                 .push_back(Waiting { seq, item: call });
+            // A worker waits for this call: the journal must not gather.
+            if let Some(journal) = &mut self.journal {
+                if self.expedited < seq {
+                    journal.expedite();
+                    self.expedited = self.appended;
+                }
+            }
         }
     }
 
