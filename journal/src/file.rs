@@ -21,6 +21,10 @@ pub struct FileJournal {
     path: PathBuf,
     /// Shared with the blocking thread of the write in progress.
     file: Arc<File>,
+    /// The bytes of the write in progress, kept between writes: a batch
+    /// of a busy run is tens of KB, and a fresh buffer each time costs the
+    /// allocator more than the copy.
+    buffer: Vec<u8>,
 }
 
 impl FileJournal {
@@ -37,6 +41,7 @@ impl FileJournal {
         Ok(FileJournal {
             path: path.to_owned(),
             file: Arc::new(file),
+            buffer: Vec::new(),
         })
     }
 
@@ -71,6 +76,7 @@ impl FileJournal {
         let journal = FileJournal {
             path: path.to_owned(),
             file: Arc::new(file),
+            buffer: Vec::new(),
         };
         Ok((journal, decoded))
     }
@@ -92,18 +98,26 @@ impl Backend for FileJournal {
     fn append<'a>(&'a mut self, batch: &'a Batch) -> AppendFuture<'a> {
         // A copy for the blocking thread: a batch is bounded (see the
         // writer), and a copy costs nothing next to a sync.
-        let bytes = batch.bytes().to_vec();
+        let mut bytes = std::mem::take(&mut self.buffer);
+        bytes.clear();
+        bytes.extend_from_slice(batch.bytes());
         let file = Arc::clone(&self.file);
         Box::pin(async move {
             if bytes.is_empty() {
                 return Ok(());
             }
             let written = tokio::task::spawn_blocking(move || {
-                (&*file).write_all(&bytes)?;
-                file.sync_data()
+                let written = (&*file).write_all(&bytes).and_then(|()| file.sync_data());
+                (written, bytes)
             })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            .await;
+            let written = match written {
+                Ok((written, bytes)) => {
+                    self.buffer = bytes;
+                    written
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            };
             written.map_err(|e| StoreError::io(&self.path, "append to the journal", e))
         })
     }
@@ -230,6 +244,7 @@ mod tests {
         let mut journal = FileJournal {
             path: path.to_owned(),
             file: Arc::new(file),
+            buffer: Vec::new(),
         };
         let mut batch = Batch::new();
         batch.push(record(1));
