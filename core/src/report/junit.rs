@@ -196,6 +196,47 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_module_is_an_error_and_an_unfinished_one_skipped() {
+        use crate::journal::{Entry, ModuleRecord};
+        use crate::report::model::tests::sample_records;
+        let mut records = sample_records();
+        records.pop(); // The run has not finished.
+        let mut moved = |module: &str, state: StateName, reason: Option<&str>| {
+            let seq = records.len() as u64 + 1;
+            records.push(crate::journal::Record {
+                v: 1,
+                seq,
+                at: 1_700_000_100_000,
+                entry: Entry::Module(ModuleRecord {
+                    module: module.to_owned(),
+                    state,
+                    attempt: Some(1),
+                    reason: reason.map(str::to_owned),
+                    ..ModuleRecord::default()
+                }),
+            });
+        };
+        moved("lint", StateName::Cancelled, Some("cancelled by the user"));
+        moved("docs", StateName::Running, None);
+        let report = Report::build(&records, &|_| None).unwrap();
+        let xml = junit(&report);
+        assert!(
+            xml.contains("failures=\"1\" errors=\"1\" skipped=\"2\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "<error message=\"cancelled by the user\" type=\"cancelled\">attempt: 1\n</error>"
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<skipped message=\"did not finish: running when the report was made\"/>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn text_is_escaped_and_forbidden_characters_dropped() {
         let check = |raw: &str, expected: &str| assert_eq!(text(raw), expected, "{raw:?}");
         check("a<b>&\"c'", "a&lt;b&gt;&amp;&quot;c&apos;");

@@ -150,7 +150,10 @@ fn gantt(out: &mut String, report: &Report) {
             StateName::Failed | StateName::TimedOut | StateName::Cancelled => "crit, ",
             _ => "active, ",
         };
-        let _ = writeln!(out, "  {} :{tag}{start}, {end}", label(&module.id));
+        // No space before the colon: mermaid takes `title …`, `click …`
+        // and the like for statements, and only a matrix id has a space
+        // (inside its brackets, after the name).
+        let _ = writeln!(out, "  {}:{tag}{start}, {end}", label(&module.id));
     }
     out.push_str("```\n");
     if all > MAX_BARS {
@@ -268,7 +271,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("  section w2\n  test :crit, 1700000006000, 1700000007000\n"),
+            md.contains("  section w2\n  test:crit, 1700000006000, 1700000007000\n"),
             "{md}"
         );
         assert!(!md.contains("… and"), "{md}");
@@ -367,12 +370,8 @@ mod tests {
             "mermaid takes 50,000 characters: {}",
             chart.len()
         );
-        let bars = chart.lines().filter(|l| l.contains(" :")).count();
+        let bars = chart.lines().filter(|l| l.contains(":crit, ")).count();
         assert_eq!(bars, MAX_BARS);
-        assert!(chart
-            .lines()
-            .filter(|l| l.contains(" :"))
-            .all(|l| l.contains(":crit, ")));
         assert!(md.contains("… and 9900 more modules not drawn"), "{md}");
     }
 }
