@@ -16,8 +16,8 @@ use common::{muster, pipeline, run, RedisServer};
 use serde_json::Value;
 
 /// `build` succeeds with an output and an artifact, `test` fails after
-/// printing text XML and terminals must not take raw, `deploy` is skipped
-/// for it, `lint` succeeds on its own.
+/// printing a secret and text XML and terminals must not take raw,
+/// `deploy` is skipped for it, `lint` succeeds on its own.
 const PIPELINE: &str = r#"
 [modules.build]
 run = "mkdir -p dist && echo app > dist/app && echo version=super-secret-value >> $MUSTER_OUTPUT"
@@ -25,7 +25,9 @@ produces = ["dist/app"]
 
 [modules.test]
 needs = ["build"]
-run = "echo 'first line'; printf 'bad <tag> & \"q\" \\033[31mred\\001 ]]> end\\n'; exit 3"
+secrets = ["REPORT_SECRET"]
+env = { REPORT_SECRET = "hunter2-in-the-log" }
+run = "echo \"first line $REPORT_SECRET\"; printf 'bad <tag> & \"q\" \\033[31mred\\001 ]]> end\\n'; exit 3"
 
 [modules.deploy]
 needs = ["test"]
@@ -148,7 +150,11 @@ fn check_junit(xml: &str) {
     let body = body.unwrap();
     assert!(body.contains("exit code: 3"), "{body}");
     assert!(
-        body.contains("first line\nbad <tag> & \"q\" red ]]> end"),
+        !xml.contains("hunter2-in-the-log"),
+        "secrets stay masked: {xml}"
+    );
+    assert!(
+        body.contains("first line ***\nbad <tag> & \"q\" red ]]> end"),
         "the log's tail, colour and control characters gone: {body:?}"
     );
     let (message, _) = child(&cases[2], "skipped").expect("deploy skipped");
