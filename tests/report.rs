@@ -1,6 +1,7 @@
 //! Reports of real runs: `muster run` with a failing and a skipped module,
-//! then `muster report` writing JUnit (parsed with a real XML parser),
-//! JSON (checked against docs/report.schema.json) and Markdown;
+//! then `muster report` writing JUnit (parsed with a real XML parser, and
+//! read by junitparser from PyPI), JSON (validated by jsonschema against
+//! docs/report.schema.json) and Markdown;
 //! `--report-json` and `--junit` on `muster run`, with and without a
 //! journal, and a report that cannot be written; `muster graph` as DOT
 //! and mermaid; and `muster ci` against a real `redis-server` appending
@@ -81,7 +82,7 @@ fn a_finished_run_reports_as_junit_json_and_markdown() {
         "output values stay out"
     );
     let report: Value = serde_json::from_str(&text).unwrap();
-    validate(&report, &schema(), &schema());
+    check_read_by_junitparser(&consumers(&junit, &json));
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["counts"]["failed"], 1);
     let module = |id: &str| {
@@ -178,8 +179,7 @@ fn a_run_without_a_journal_still_writes_its_reports_at_the_end() {
     ]));
     assert_eq!(ran.code(), 1, "{ran}");
     check_junit(&std::fs::read_to_string(&junit).unwrap());
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    validate(&report, &schema(), &schema());
+    check_read_by_junitparser(&consumers(&junit, &json));
     assert!(
         !dir.path().join(".muster").exists(),
         "--no-journal leaves no state folder"
@@ -381,88 +381,70 @@ fn muster_ci_adds_its_summary_to_the_github_job_and_reports_from_redis() {
     );
 }
 
-fn schema() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+/// What junitparser read from `junit`, after jsonschema checked `json`
+/// against docs/report.schema.json (tests/report/consumers.py, with the
+/// Python that scripts/test.sh sets up in target/tools/py).
+fn consumers(junit: &Path, json: &Path) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("MUSTER_TEST_PYTHON")
+        .map_or_else(|| root.join("target/tools/py/bin/python"), Into::into);
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test.sh installs junitparser and jsonschema there",
+        python.display()
+    );
+    let output = std::process::Command::new(&python)
+        .arg(root.join("tests/report/consumers.py"))
+        .args([junit, json, &root.join("docs/report.schema.json")])
+        .output()
+        .expect("run tests/report/consumers.py");
+    assert!(
+        output.status.success(),
+        "the reports were refused:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("consumers.py prints JSON")
 }
 
-/// Checks `value` against `schema`, in the subset of JSON Schema that
-/// docs/report.schema.json uses: `$ref` into `$defs`, `type`, `enum`,
-/// `required`, `properties`, `additionalProperties`, `propertyNames`,
-/// `items`, `minimum`, and the `time` pattern (checked by parsing).
-fn validate(value: &Value, schema: &Value, root: &Value) {
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        let name = reference.trim_start_matches("#/$defs/");
-        if name == "time" {
-            if let Some(text) = value.as_str() {
-                assert!(
-                    text.ends_with('Z') && humantime::parse_rfc3339(text).is_ok(),
-                    "not an RFC 3339 UTC time: {text}"
-                );
-            }
-        }
-        return validate(value, &root["$defs"][name], root);
-    }
-    if let Some(types) = schema.get("type") {
-        let types: Vec<&str> = match types {
-            Value::String(one) => vec![one.as_str()],
-            many => many
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_str)
-                .collect(),
-        };
-        let fits = |t: &str| match t {
-            "null" => value.is_null(),
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            "object" => value.is_object(),
-            other => panic!("the checker does not know type {other}"),
-        };
-        assert!(types.iter().any(|t| fits(t)), "{value} is not {types:?}");
-    }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        assert!(allowed.contains(value), "{value} is not one of {allowed:?}");
-    }
-    if let (Some(minimum), Some(n)) = (
-        schema.get("minimum").and_then(Value::as_i64),
-        value.as_i64(),
-    ) {
-        assert!(n >= minimum, "{n} < {minimum}");
-    }
-    if let Some(items) = value.as_array() {
-        for item in items {
-            validate(item, &schema["items"], root);
-        }
-    }
-    let Some(object) = value.as_object() else {
-        return;
-    };
-    for key in schema
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = key.as_str().unwrap();
-        assert!(object.contains_key(key), "{key} missing from {value}");
-    }
-    let properties = schema.get("properties").and_then(Value::as_object);
-    for (key, field) in object {
-        if let Some(names) = schema.get("propertyNames") {
-            validate(&Value::String(key.clone()), names, root);
-        }
-        match (
-            properties.and_then(|p| p.get(key)),
-            schema.get("additionalProperties"),
-        ) {
-            (Some(field_schema), _) => validate(field, field_schema, root),
-            (None, Some(Value::Bool(false))) => panic!("{key} is not in the schema"),
-            (None, Some(extra)) => validate(field, extra, root),
-            (None, None) => {}
-        }
-    }
+/// What junitparser must read from [`PIPELINE`]'s run.
+fn check_read_by_junitparser(read: &Value) {
+    assert_eq!(
+        (
+            &read["tests"],
+            &read["failures"],
+            &read["errors"],
+            &read["skipped"]
+        ),
+        (
+            &Value::from(4),
+            &Value::from(1),
+            &Value::from(0),
+            &Value::from(1)
+        ),
+        "{read}"
+    );
+    let cases = read["cases"].as_array().unwrap();
+    let summary: Vec<(&str, &str, Vec<&str>)> = cases
+        .iter()
+        .map(|c| {
+            let results = c["results"].as_array().unwrap();
+            (
+                c["classname"].as_str().unwrap(),
+                c["name"].as_str().unwrap(),
+                results.iter().filter_map(Value::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("muster.toml", "build", vec![]),
+            ("muster.toml", "test", vec!["Failure"]),
+            ("muster.toml", "deploy", vec!["Skipped"]),
+            ("muster.toml", "lint", vec![]),
+        ]
+    );
+    assert_eq!(cases[1]["messages"][0], "exited with code 3");
+    let text = cases[1]["texts"][0].as_str().unwrap();
+    assert!(text.contains("first line ***\nbad <tag>"), "{text}");
 }
