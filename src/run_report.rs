@@ -7,11 +7,9 @@
 //! when its run ends, for `--report-json` and `--junit`, and appends the
 //! Markdown to `$GITHUB_STEP_SUMMARY` in `muster ci`.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use muster_core::journal::{History, StateName};
 use muster_core::report::{junit, markdown, Report};
 
 use crate::failure::Failure;
@@ -67,21 +65,15 @@ impl Outputs {
 /// module that ended without succeeding.
 pub async fn gather(source: &Source) -> Result<Report, Failure> {
     let records = source.read().await?;
-    let unreadable =
-        |e: muster_core::journal::HistoryError| Failure::Usage(format!("{}: {e}", source.shown()));
-    let history = History::replay(&records).map_err(unreadable)?;
-    let mut tails = HashMap::new();
-    for module in &history.modules {
-        if matches!(
-            module.state,
-            StateName::Failed | StateName::TimedOut | StateName::Cancelled
-        ) {
-            if let Some(lines) = source.tail(&module.id, TAIL_LINES).await {
-                tails.insert(module.id.clone(), lines);
-            }
-        }
+    let mut report =
+        Report::build(&records).map_err(|e| Failure::Usage(format!("{}: {e}", source.shown())))?;
+    for module in report.modules.iter_mut().filter(|m| m.did_not_succeed()) {
+        module.log_tail = source
+            .tail(&module.id, TAIL_LINES)
+            .await
+            .unwrap_or_default();
     }
-    Report::build(&records, &|id| tails.get(id).cloned()).map_err(unreadable)
+    Ok(report)
 }
 
 /// Appends the run's Markdown summary to the file `$GITHUB_STEP_SUMMARY`

@@ -218,7 +218,7 @@ mod tests {
         };
         moved("lint", StateName::Cancelled, Some("cancelled by the user"));
         moved("docs", StateName::Running, None);
-        let report = Report::build(&records, &|_| None).unwrap();
+        let report = Report::build(&records).unwrap();
         let xml = junit(&report);
         assert!(
             xml.contains("failures=\"1\" errors=\"1\" skipped=\"2\""),

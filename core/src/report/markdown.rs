@@ -349,7 +349,7 @@ mod tests {
                 cancelled: None,
             },
         });
-        Report::build(&records, &|_| None).unwrap()
+        Report::build(&records).unwrap()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The report model: one run, as its journal tells it, in the shape every
 //! format renders. Built by a pure function from the run's records (folded
-//! by [`History`]) and the last log lines of the modules that did not
-//! succeed; its JSON form (`serde`) is the documented `muster-report/1`
+//! by [`History`]); the caller adds the last log lines of the modules that
+//! did not succeed, from wherever the run keeps them. Its JSON form (`serde`) is the documented `muster-report/1`
 //! schema (docs/report.md, docs/report.schema.json): field order is the
 //! order below, maps are sorted.
 
@@ -117,18 +117,12 @@ pub struct WorkerReport {
 }
 
 impl Report {
-    /// The report of the run `records` tell; `tail` gives a module's last
-    /// log lines (asked only for modules that ended without succeeding).
-    pub fn build(
-        records: &[Record],
-        tail: &dyn Fn(&str) -> Option<Vec<String>>,
-    ) -> Result<Report, HistoryError> {
+    /// The report of the run `records` tell, without log tails (the
+    /// caller adds those of the modules that [did not
+    /// succeed](ModuleReport::did_not_succeed)).
+    pub fn build(records: &[Record]) -> Result<Report, HistoryError> {
         let history = History::replay(records)?;
-        let modules: Vec<ModuleReport> = history
-            .modules
-            .iter()
-            .map(|status| module_report(status, tail))
-            .collect();
+        let modules: Vec<ModuleReport> = history.modules.iter().map(module_report).collect();
         let workers = worker_reports(records, &modules);
         let finished_at = history.finished.map(|(_, at)| at);
         Ok(Report {
@@ -185,13 +179,10 @@ impl ModuleReport {
     }
 }
 
-fn module_report(
-    status: &ModuleStatus,
-    tail: &dyn Fn(&str) -> Option<Vec<String>>,
-) -> ModuleReport {
+fn module_report(status: &ModuleStatus) -> ModuleReport {
     let terminal = status.state.is_terminal();
     let ran = status.started_at.is_some() || status.duration_ms.is_some();
-    let mut module = ModuleReport {
+    ModuleReport {
         id: status.id.clone(),
         state: status.state,
         attempts: status.attempt.unwrap_or(0),
@@ -214,11 +205,7 @@ fn module_report(
         cached: is_cache_hit(status),
         kept_from: status.kept_from.clone(),
         log_tail: Vec::new(),
-    };
-    if module.did_not_succeed() {
-        module.log_tail = tail(&module.id).unwrap_or_default();
     }
-    module
 }
 
 /// A cache hit's success carries a note saying so: the hub's
@@ -402,10 +389,11 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn sample() -> Report {
-        Report::build(&sample_records(), &|id| {
-            (id == "test").then(|| vec!["compiling".to_owned(), "error: boom".to_owned()])
-        })
-        .unwrap()
+        let mut report = Report::build(&sample_records()).unwrap();
+        for module in report.modules.iter_mut().filter(|m| m.did_not_succeed()) {
+            module.log_tail = vec!["compiling".to_owned(), "error: boom".to_owned()];
+        }
+        report
     }
 
     #[test]
