@@ -17,6 +17,9 @@ use crate::journal::StateName;
 
 /// A log line in a failure is cut to this many characters.
 const MAX_LINE_CHARS: usize = 1000;
+/// Log text the whole document holds at most: past it, failures say their
+/// lines were left out (CI systems refuse or truncate huge test reports).
+pub const MAX_LOG_BYTES: usize = 8 << 20;
 
 /// The report as one `<testsuites>` document with one `<testsuite>`.
 pub fn junit(report: &Report) -> String {
@@ -44,14 +47,15 @@ pub fn junit(report: &Report) -> String {
         let _ = write!(out, " timestamp=\"{}\"", at.trim_end_matches('Z'));
     }
     let _ = writeln!(out, " id=\"{}\">", text(&report.run_id));
+    let mut log_budget = MAX_LOG_BYTES;
     for module in &report.modules {
-        testcase(&mut out, &suite, module);
+        testcase(&mut out, &suite, module, &mut log_budget);
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
 }
 
-fn testcase(out: &mut String, suite: &str, module: &ModuleReport) {
+fn testcase(out: &mut String, suite: &str, module: &ModuleReport, log_budget: &mut usize) {
     let _ = write!(
         out,
         "    <testcase classname=\"{suite}\" name=\"{}\" time=\"{}\"",
@@ -74,7 +78,7 @@ fn testcase(out: &mut String, suite: &str, module: &ModuleReport) {
             let _ = write!(
                 out,
                 ">\n      <failure message=\"{message}\" type=\"{kind}\">{}</failure>\n",
-                failure_body(module)
+                failure_body(module, log_budget)
             );
         }
         StateName::Cancelled => {
@@ -82,7 +86,7 @@ fn testcase(out: &mut String, suite: &str, module: &ModuleReport) {
             let _ = write!(
                 out,
                 ">\n      <error message=\"{message}\" type=\"cancelled\">{}</error>\n",
-                failure_body(module)
+                failure_body(module, log_budget)
             );
         }
         StateName::Skipped => {
@@ -100,8 +104,9 @@ fn testcase(out: &mut String, suite: &str, module: &ModuleReport) {
     out.push_str("    </testcase>\n");
 }
 
-/// Where it ran, the exit code, and the last log lines.
-fn failure_body(module: &ModuleReport) -> String {
+/// Where it ran, the exit code, and the last log lines while
+/// `log_budget` lasts.
+fn failure_body(module: &ModuleReport, log_budget: &mut usize) -> String {
     let mut body = String::new();
     if let Some(worker) = &module.worker {
         let _ = writeln!(body, "worker: {}", text(worker));
@@ -110,13 +115,22 @@ fn failure_body(module: &ModuleReport) -> String {
     if let Some(code) = module.exit_code {
         let _ = writeln!(body, "exit code: {code}");
     }
-    if !module.log_tail.is_empty() {
-        let _ = writeln!(body, "last {} log lines:", module.log_tail.len());
-        for line in &module.log_tail {
-            let line: String = line.chars().take(MAX_LINE_CHARS).collect();
-            let _ = writeln!(body, "{}", text(&line));
-        }
+    if module.log_tail.is_empty() {
+        return body;
     }
+    let mut lines = String::new();
+    for line in &module.log_tail {
+        let line: String = line.chars().take(MAX_LINE_CHARS).collect();
+        let _ = writeln!(lines, "{}", text(&line));
+    }
+    if lines.len() > *log_budget {
+        body.push_str("log lines left out: this report already holds its limit of log text\n");
+        *log_budget = 0;
+        return body;
+    }
+    *log_budget -= lines.len();
+    let _ = writeln!(body, "last {} log lines:", module.log_tail.len());
+    body.push_str(&lines);
     body
 }
 
@@ -234,6 +248,23 @@ mod tests {
             xml.contains("<skipped message=\"did not finish: running when the report was made\"/>"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn log_text_is_bounded_for_the_whole_document() {
+        let mut report = sample();
+        let failed = report.module("test").unwrap().clone();
+        report.modules = (0..400)
+            .map(|i| ModuleReport {
+                id: format!("m{i}"),
+                log_tail: vec!["x".repeat(5000); 50],
+                ..failed.clone()
+            })
+            .collect();
+        let xml = junit(&report);
+        assert!(xml.len() < MAX_LOG_BYTES + (1 << 20), "{} bytes", xml.len());
+        assert!(xml.contains("log lines left out: this report already holds its limit"));
+        assert_eq!(xml.matches("last 50 log lines:").count(), 167);
     }
 
     #[test]
