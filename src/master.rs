@@ -30,7 +30,7 @@ use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
 use crate::result_cache::CacheSetup;
 use crate::run_lock::RunLock;
-use crate::run_report::{append_step_summary, gather, Outputs};
+use crate::run_report::{append_step_summary, gather, step_summary_path, Outputs};
 use crate::state_folder::StateFolder;
 use crate::workers::{worker_config, Seat, LOCAL_RECONNECT_TIMEOUT};
 
@@ -86,7 +86,7 @@ impl Keeping {
                     "--resume needs the run's journal: leave out --no-journal".into(),
                 ));
             }
-            return Keeping::nothing(file, plan, flags, config);
+            return Keeping::nothing(file, plan, flags, config, flags.reports.any());
         }
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);
@@ -104,16 +104,17 @@ impl Keeping {
     }
 
     /// `--no-journal`: a temporary folder, removed with the run. When the
-    /// run is to leave reports, it is journaled there, so the reports are
+    /// run is to leave `reports`, it is journaled there, so the reports are
     /// made from its journal as `muster report` makes them.
     fn nothing(
         file: &Path,
         plan: &Plan,
         flags: &MasterFlags,
         config: &HubConfig,
+        reports: bool,
     ) -> Result<Keeping, Failure> {
         let state = StateFolder::temporary()?;
-        if !flags.reports.any() {
+        if !reports {
             return Ok(Keeping::Nothing(state));
         }
         let inputs = journal_inputs(file, plan, flags, config);
@@ -141,7 +142,8 @@ impl Keeping {
         place: &CiJournalPlace<'_>,
     ) -> Result<Keeping, Failure> {
         if flags.no_journal {
-            return Keeping::nothing(file, plan, flags, config);
+            let reports = flags.reports.any() || step_summary_path().is_some();
+            return Keeping::nothing(file, plan, flags, config, reports);
         }
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);

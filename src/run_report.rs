@@ -20,7 +20,8 @@ use crate::report::write_stdout;
 /// Log lines a JUnit failure shows.
 pub const TAIL_LINES: usize = 50;
 
-/// The files to write; `-` is stdout.
+/// The files to write; `-` is stdout. Each format is one field and one
+/// step of [`Outputs::write`] (an offline HTML page would be another).
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
     pub json: Option<PathBuf>,
@@ -80,10 +81,9 @@ pub async fn gather(source: &Source) -> Result<Report, Failure> {
 /// names, when it is set (GitHub Actions shows it on the run's page). A
 /// summary that cannot be written is a warning: it never fails the run.
 pub fn append_step_summary(report: &Report) {
-    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+    let Some(path) = step_summary_path() else {
         return;
     };
-    let path = PathBuf::from(path);
     let appended = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -95,6 +95,13 @@ pub fn append_step_summary(report: &Report) {
             path.display()
         );
     }
+}
+
+/// The job summary file GitHub Actions names in `$GITHUB_STEP_SUMMARY`.
+pub fn step_summary_path() -> Option<PathBuf> {
+    std::env::var_os("GITHUB_STEP_SUMMARY")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Writes `bytes` to `path` whole or not at all (`-`: stdout); the error

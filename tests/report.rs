@@ -351,34 +351,41 @@ fn muster_ci_adds_its_summary_to_the_github_job_and_reports_from_redis() {
     assert_eq!(reported.code(), 0, "{reported}");
     check_junit(&reported.stdout);
 
-    // A summary file that cannot be written is a warning, not a failure.
+    // Without a journal the summary is made all the same; a summary file
+    // that cannot be written is a warning, not a failure.
     let ok = dir.path().join("ok.toml");
     std::fs::write(&ok, "[modules.a]\nrun = \"true\"\n").unwrap();
-    let mut ci = muster(&[
-        "ci",
-        arg(&ok),
-        "--instance",
-        "0",
-        "--total",
-        "1",
-        "--run-id",
-        "report-run-2",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    ci.env("MUSTER_REDIS_URL", redis.url())
-        .env("MUSTER_TOKEN", "report-token")
-        .env(
-            "GITHUB_STEP_SUMMARY",
-            dir.path().join("no/such/dir/summary.md"),
-        );
-    let ran = run(ci);
-    assert_eq!(ran.code(), 0, "{ran}");
-    assert!(
-        ran.stderr
-            .contains("warning: cannot add the run's summary to GITHUB_STEP_SUMMARY"),
-        "{ran}"
-    );
+    let second = dir.path().join("second-summary.md");
+    let unwritable = dir.path().join("no/such/dir/summary.md");
+    for (run_id, summary, extra) in [
+        ("report-run-2", &second, "--no-journal"),
+        ("report-run-3", &unwritable, "--workers=1"),
+    ] {
+        let mut ci = muster(&[
+            "ci",
+            arg(&ok),
+            "--instance",
+            "0",
+            "--total",
+            "1",
+            "--run-id",
+            run_id,
+            "--listen",
+            "127.0.0.1:0",
+            extra,
+        ]);
+        ci.env("MUSTER_REDIS_URL", redis.url())
+            .env("MUSTER_TOKEN", "report-token")
+            .env("GITHUB_STEP_SUMMARY", summary);
+        let ran = run(ci);
+        assert_eq!(ran.code(), 0, "{ran}");
+        let warned = ran
+            .stderr
+            .contains("warning: cannot add the run's summary to GITHUB_STEP_SUMMARY");
+        assert_eq!(warned, summary == &unwritable, "{ran}");
+    }
+    let text = std::fs::read_to_string(&second).unwrap();
+    assert!(text.contains("| a | succeeded | 1 |"), "{text}");
 }
 
 /// What junitparser read from `junit`, after jsonschema checked `json`
