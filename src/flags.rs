@@ -65,7 +65,8 @@ pub struct MasterFlags {
     pub keep_runs: u32,
     /// Keep no journal: the run's state lives in a temporary folder removed
     /// at the end, and the run cannot be resumed or followed with `muster
-    /// status`.
+    /// status` (reports asked for are made from a journal kept there until
+    /// the end).
     #[arg(long, help_heading = "Storage")]
     pub no_journal: bool,
     #[command(flatten)]
