@@ -181,14 +181,17 @@ impl ModuleReport {
 
 fn module_report(status: &ModuleStatus) -> ModuleReport {
     let terminal = status.state.is_terminal();
+    // A kept module ran in an earlier run: its times here would be when
+    // this one kept it.
+    let kept = status.kept_from.is_some();
     let ran = status.started_at.is_some() || status.duration_ms.is_some();
     ModuleReport {
         id: status.id.clone(),
         state: status.state,
         attempts: status.attempt.unwrap_or(0),
         worker: status.worker.clone(),
-        started_at: status.started_at,
-        finished_at: (terminal && ran).then_some(status.since),
+        started_at: status.started_at.filter(|_| !kept),
+        finished_at: (terminal && ran && !kept).then_some(status.since),
         duration_ms: status.duration_ms,
         exit_code: status.exit_code,
         reason: status.reason.clone(),
@@ -439,6 +442,7 @@ pub(crate) mod tests {
             (docs.cached, docs.kept_from.as_deref()),
             (false, Some("r0"))
         );
+        assert_eq!((docs.started_at, docs.finished_at), (None, None));
 
         let names: Vec<&str> = report.workers.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["w1", "w2"]);
