@@ -3,7 +3,8 @@
 //! read by junitparser from PyPI), JSON (validated by jsonschema against
 //! docs/report.schema.json) and Markdown;
 //! `--report-json` and `--junit` on `muster run`, with and without a
-//! journal, and a report that cannot be written; `muster graph` as DOT
+//! journal, a cache hit, and a report that cannot be written; `muster
+//! graph` as DOT
 //! and mermaid; and `muster ci` against a real `redis-server` appending
 //! its summary to `$GITHUB_STEP_SUMMARY`, its reports read back from Redis
 //! by another process.
@@ -224,6 +225,32 @@ fn a_report_that_cannot_be_written_names_the_file() {
         nothing.stderr.contains("say which report to write"),
         "{nothing}"
     );
+}
+
+#[test]
+fn a_cache_hit_is_reported_as_one() {
+    let (dir, file) = pipeline(
+        "[modules.built]\ninputs = [\"src.txt\"]\nrun = \"cat src.txt\"\n\n\
+         [modules.always]\nrun = \"true\"\n",
+    );
+    std::fs::write(dir.path().join("src.txt"), "source\n").unwrap();
+    for round in ["first", "second"] {
+        let ran = run(muster(&["run", arg(&file), "--workers", "1"]));
+        assert_eq!(ran.code(), 0, "{round} run: {ran}");
+    }
+    let reported = run(muster(&["report", "-f", arg(&file), "--json", "-"]));
+    assert_eq!(reported.code(), 0, "{reported}");
+    let report: Value = serde_json::from_str(&reported.stdout).unwrap();
+    let cached: Vec<(&str, bool)> = report["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["cached"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(cached, [("built", true), ("always", false)], "{report}");
+    let md = run(muster(&["report", "-f", arg(&file), "--markdown"]));
+    assert!(md.stdout.contains("| built | succeeded (cached) |"), "{md}");
+    assert!(md.stdout.contains("1 from the cache"), "{md}");
 }
 
 const DAG: &str = r#"
