@@ -1,13 +1,12 @@
 //! Reports of real runs: `muster run` with a failing and a skipped module,
 //! then `muster report` writing JUnit (parsed with a real XML parser, and
 //! read by junitparser from PyPI), JSON (validated by jsonschema against
-//! docs/report.schema.json) and Markdown;
-//! `--report-json` and `--junit` on `muster run`, with and without a
-//! journal, a cache hit, and a report that cannot be written; `muster
-//! graph` as DOT
-//! and mermaid; and `muster ci` against a real `redis-server` appending
-//! its summary to `$GITHUB_STEP_SUMMARY`, its reports read back from Redis
-//! by another process.
+//! docs/report.schema.json) and Markdown; `--report-json` and `--junit` on
+//! `muster run`, with and without a journal; a cache hit; a report that
+//! cannot be written; `muster graph` as DOT and mermaid; and `muster ci`
+//! against a real `redis-server` appending its summary to
+//! `$GITHUB_STEP_SUMMARY`, its reports read back from Redis by another
+//! process.
 
 mod common;
 
