@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
 # machine (node, the official SignalR client and the turborepo-remote-cache
-# server from npm, redis-server, bore), then runs every test in the workspace.
+# server from npm, redis-server, bore, junitparser and jsonschema from PyPI),
+# then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
@@ -34,6 +36,14 @@ export PATH="$tools/bin:$PATH"
 if ! command -v bore >/dev/null; then
   echo "scripts/test.sh: installing bore-cli 0.6.0 into target/tools" >&2
   cargo install bore-cli --version 0.6.0 --locked --quiet --root "$tools"
+fi
+
+# junitparser and jsonschema from PyPI, the consumers tests/report.rs hands
+# muster's JUnit and JSON reports to, in a virtualenv beside bore.
+if ! "$tools/py/bin/python" -c 'import junitparser, jsonschema' 2>/dev/null; then
+  echo "scripts/test.sh: installing junitparser and jsonschema into target/tools/py" >&2
+  python3 -m venv "$tools/py"
+  "$tools/py/bin/pip" install --quiet --disable-pip-version-check junitparser==5.0.3 jsonschema==4.26.0
 fi
 
 # Run every test (--no-fail-fast: a failure in one test binary does not

@@ -65,11 +65,35 @@ pub struct MasterFlags {
     pub keep_runs: u32,
     /// Keep no journal: the run's state lives in a temporary folder removed
     /// at the end, and the run cannot be resumed or followed with `muster
-    /// status`.
+    /// status` (reports asked for are made from a journal kept there until
+    /// the end).
     #[arg(long, help_heading = "Storage")]
     pub no_journal: bool,
     #[command(flatten)]
     pub cache: CacheFlags,
+    #[command(flatten)]
+    pub reports: ReportFlags,
+}
+
+/// Reports written when the run ends (`run`, `hub`, instance 0 of `ci`),
+/// from the run's journal, as `muster report` writes them afterwards.
+#[derive(Args, Clone, Default)]
+pub struct ReportFlags {
+    /// Write the run's report as JSON (schema muster-report/1,
+    /// docs/report.md) to FILE when the run ends.
+    #[arg(long, value_name = "FILE", help_heading = "Reports")]
+    pub report_json: Option<PathBuf>,
+    /// Write the run as JUnit XML (a test case per module) to FILE when the
+    /// run ends.
+    #[arg(long, value_name = "FILE", help_heading = "Reports")]
+    pub junit: Option<PathBuf>,
+}
+
+impl ReportFlags {
+    /// Whether any report is asked for.
+    pub fn any(&self) -> bool {
+        self.report_json.is_some() || self.junit.is_some()
+    }
 }
 
 /// The result cache (`run`, `hub`, instance 0 of `ci`).

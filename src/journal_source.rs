@@ -12,7 +12,8 @@ use muster_discovery::store::DiscoveryStore;
 use muster_journal::{list_runs, FileJournal, LogFiles, RunFolder};
 
 use crate::failure::Failure;
-use crate::journaling::first_record;
+use crate::flags::state_root;
+use crate::journaling::{first_record, pipeline_name};
 use crate::run_lock;
 
 /// How often a local journal is looked at while following it.
@@ -32,6 +33,33 @@ pub enum Cursor {
 }
 
 impl Source {
+    /// The run `muster status` and `muster report` name: `run_id` in the
+    /// Redis at `redis_url` (a CI run), else `run_id` under the state folder
+    /// (`state_dir`, or `.muster` beside `file`), else the latest run there
+    /// of the pipeline `file`.
+    pub fn resolve(
+        redis_url: Option<&str>,
+        run_id: Option<&str>,
+        state_dir: Option<&Path>,
+        file: &Path,
+    ) -> Result<Source, Failure> {
+        match (redis_url, run_id) {
+            (Some(url), Some(run_id)) => Ok(Source::Redis {
+                url: url.to_owned(),
+                run_id: run_id.to_owned(),
+            }),
+            (Some(_), None) => Err(Failure::Usage(
+                "a CI run needs its run id: pass RUN_ID (as `muster ci` printed it, e.g. \
+                 github-123-1)"
+                    .into(),
+            )),
+            (None, run_id) => {
+                let root = state_root(state_dir, file);
+                Source::local(&root, run_id, &pipeline_name(file))
+            }
+        }
+    }
+
     /// The local run `run_id` under `root`, or the latest run there of
     /// the pipeline file named `pipeline` (of any, when it has none).
     pub fn local(root: &Path, run_id: Option<&str>, pipeline: &str) -> Result<Source, Failure> {

@@ -16,6 +16,7 @@ mod publish;
 mod report;
 mod result_cache;
 mod run_lock;
+mod run_report;
 mod selection;
 mod state_folder;
 mod status_view;

@@ -24,11 +24,13 @@ use crate::cache_policy::write_policy;
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
+use crate::journal_source::Source;
 use crate::journaling::{open_local, open_redis, prune_runs, CiJournalPlace, JournalInputs};
 use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
 use crate::result_cache::CacheSetup;
 use crate::run_lock::RunLock;
+use crate::run_report::{append_step_summary, gather, step_summary_path, Outputs};
 use crate::state_folder::StateFolder;
 use crate::workers::{worker_config, Seat, LOCAL_RECONNECT_TIMEOUT};
 
@@ -55,8 +57,13 @@ pub enum Keeping {
     Journal {
         artifacts: PathBuf,
         journaling: Box<Journaling>,
+        /// Where the journal is read back (for the reports at the end).
+        source: Source,
         /// A local run's lock on its folder, held until the run ends.
         lock: Option<RunLock>,
+        /// `--no-journal` with reports asked for: the run is journaled in
+        /// a temporary folder, removed when the run ends.
+        temporary: Option<StateFolder>,
         /// What to tell the user (printed by [`Keeping::say`]).
         said: Vec<String>,
     },
@@ -79,7 +86,7 @@ impl Keeping {
                     "--resume needs the run's journal: leave out --no-journal".into(),
                 ));
             }
-            return Ok(Keeping::Nothing(StateFolder::temporary()?));
+            return Keeping::nothing(file, plan, flags, config, flags.reports.any());
         }
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);
@@ -87,8 +94,40 @@ impl Keeping {
         Ok(Keeping::Journal {
             artifacts: opened.folder.artifacts(),
             journaling: Box::new(opened.journaling),
+            source: Source::Local {
+                folder: opened.folder,
+            },
             lock: Some(opened.lock),
+            temporary: None,
             said: opened.said,
+        })
+    }
+
+    /// `--no-journal`: a temporary folder, removed with the run. When the
+    /// run is to leave `reports`, it is journaled there, so the reports are
+    /// made from its journal as `muster report` makes them.
+    fn nothing(
+        file: &Path,
+        plan: &Plan,
+        flags: &MasterFlags,
+        config: &HubConfig,
+        reports: bool,
+    ) -> Result<Keeping, Failure> {
+        let state = StateFolder::temporary()?;
+        if !reports {
+            return Ok(Keeping::Nothing(state));
+        }
+        let inputs = journal_inputs(file, plan, flags, config);
+        let opened = open_local(state.path(), &inputs, None, 1)?;
+        Ok(Keeping::Journal {
+            artifacts: opened.folder.artifacts(),
+            journaling: Box::new(opened.journaling),
+            source: Source::Local {
+                folder: opened.folder,
+            },
+            lock: Some(opened.lock),
+            temporary: Some(state),
+            said: Vec::new(),
         })
     }
 
@@ -103,7 +142,8 @@ impl Keeping {
         place: &CiJournalPlace<'_>,
     ) -> Result<Keeping, Failure> {
         if flags.no_journal {
-            return Ok(Keeping::Nothing(StateFolder::temporary()?));
+            let reports = flags.reports.any() || step_summary_path().is_some();
+            return Keeping::nothing(file, plan, flags, config, reports);
         }
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);
@@ -113,7 +153,12 @@ impl Keeping {
         Ok(Keeping::Journal {
             artifacts: opened.folder.artifacts(),
             journaling: Box::new(opened.journaling),
+            source: Source::Redis {
+                url: place.redis_url.to_owned(),
+                run_id: place.run_id.to_owned(),
+            },
             lock: None,
+            temporary: None,
             said: opened.said,
         })
     }
@@ -192,17 +237,35 @@ pub struct Master {
     hub: Hub,
     token: String,
     reporter: Reporter,
+    /// Where its journal is read back, when it keeps one.
+    source: Option<Source>,
+    /// What to write from the journal when the run ends.
+    reports: EndReports,
     /// Dropped when the run ends.
     held: Held,
 }
 
 /// What a master holds until its run ends: its temporary folder (removed
-/// when dropped), or its run folder's lock (released when dropped).
+/// when dropped), and its run folder's lock (released when dropped).
 #[allow(dead_code)] // held for their drop
-enum Held {
-    Temporary(StateFolder),
-    Lock(RunLock),
-    Nothing,
+struct Held {
+    temporary: Option<StateFolder>,
+    lock: Option<RunLock>,
+}
+
+/// The reports a master writes when its run ends.
+#[derive(Debug, Clone, Default)]
+pub struct EndReports {
+    /// `--report-json`, `--junit`.
+    pub files: Outputs,
+    /// Append the Markdown summary to `$GITHUB_STEP_SUMMARY` (`muster ci`).
+    pub step_summary: bool,
+}
+
+impl EndReports {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && !self.step_summary
+    }
 }
 
 impl Master {
@@ -218,11 +281,22 @@ impl Master {
         let token = config.token.clone();
         let reporter = Reporter::for_plan(&plan, &token);
         config.artifact_dir = keeping.artifacts();
-        let (journaling, held) = match keeping {
-            Keeping::Nothing(state) => (None, Held::Temporary(state)),
+        let (journaling, source, held) = match keeping {
+            Keeping::Nothing(state) => (
+                None,
+                None,
+                Held {
+                    temporary: Some(state),
+                    lock: None,
+                },
+            ),
             Keeping::Journal {
-                journaling, lock, ..
-            } => (Some(*journaling), lock.map_or(Held::Nothing, Held::Lock)),
+                journaling,
+                source,
+                lock,
+                temporary,
+                ..
+            } => (Some(*journaling), Some(source), Held { temporary, lock }),
         };
         let extras = Extras { journaling, cache };
         let hub = Hub::start_with(listener, plan, config, extras).await?;
@@ -230,8 +304,16 @@ impl Master {
             hub,
             token,
             reporter,
+            source,
+            reports: EndReports::default(),
             held,
         })
+    }
+
+    /// Writes `reports` from the journal when the run ends.
+    pub fn reporting(mut self, reports: EndReports) -> Master {
+        self.reports = reports;
+        self
     }
 
     /// The URL workers join.
@@ -251,11 +333,16 @@ impl Master {
             hub,
             token,
             reporter,
+            source,
+            reports,
             held,
         } = self;
         let stop = CancellationToken::new();
         let tasks = local.spawn(hub.url(), &token, &stop);
-        let ran = supervise(hub, reporter).await;
+        let mut ran = supervise(hub, reporter).await;
+        if let (Ok(ran), Some(source)) = (&mut ran, &source) {
+            ran.reports_lost = !write_reports(source, &reports).await;
+        }
         if ran.is_ok() {
             stop.cancel();
             for task in tasks {
@@ -343,6 +430,9 @@ pub struct Ran {
     pub outcome: RunOutcome,
     /// Whether some of the run's output did not reach stdout.
     pub output_lost: bool,
+    /// Whether a report asked for (`--report-json`, `--junit`) could not
+    /// be written.
+    pub reports_lost: bool,
 }
 
 impl Ran {
@@ -352,6 +442,11 @@ impl Ran {
         outcome_result(self.outcome)?;
         if self.output_lost {
             return Err(Failure::OutputLost);
+        }
+        if self.reports_lost {
+            return Err(Failure::infrastructure(
+                "every module succeeded, but a report could not be written (see above)",
+            ));
         }
         Ok(())
     }
@@ -383,7 +478,39 @@ async fn supervise(mut hub: Hub, reporter: Reporter) -> Result<Ran, Failure> {
     Ok(Ran {
         outcome: summary.outcome(),
         output_lost: output.is_err(),
+        reports_lost: false,
     })
+}
+
+/// Writes the reports `reports` asks for from the run's journal; says why
+/// not on stderr and returns false when one asked for is not written.
+/// The step summary is best effort: it only ever warns.
+async fn write_reports(source: &Source, reports: &EndReports) -> bool {
+    if reports.is_empty() {
+        return true;
+    }
+    let report = match gather(source).await {
+        Ok(report) => report,
+        Err(failure) => {
+            let why = failure.message().unwrap_or_default();
+            if reports.files.is_empty() {
+                eprintln!("muster: warning: no job summary: the run's journal: {why}");
+                return true;
+            }
+            eprintln!("muster: cannot make the run's reports from its journal: {why}");
+            return false;
+        }
+    };
+    if reports.step_summary {
+        append_step_summary(&report);
+    }
+    match reports.files.write(&report) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("muster: error: {why}");
+            false
+        }
+    }
 }
 
 /// Cancels the run at the first interrupt; returns at the second.

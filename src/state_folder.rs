@@ -27,6 +27,10 @@ impl StateFolder {
         })
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Where the hub stores artifacts.
     pub fn artifacts(&self) -> PathBuf {
         self.path.join("artifacts")

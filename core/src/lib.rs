@@ -12,11 +12,13 @@ pub mod cache;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod glob;
+pub mod graph;
 pub mod journal;
 pub mod mask;
 pub mod outputs;
 pub mod pipeline;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod select;
 pub mod state;

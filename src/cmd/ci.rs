@@ -24,9 +24,10 @@ use crate::discover::{find_hub, finished_soon, outcome_word, Found};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{FileArg, MasterFlags, WorkerFlags};
 use crate::journaling::{unix_ms, CiJournalPlace};
-use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
+use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
+use crate::run_report::Outputs;
 use crate::workers::{stop_on_interrupt, worker_config, Seat};
 
 #[derive(Args)]
@@ -165,7 +166,13 @@ async fn master(
         &keeping,
         workdir(&args),
     )?;
-    let master = Master::start(listener, plan, config, keeping, cache).await?;
+    let master = Master::start(listener, plan, config, keeping, cache)
+        .await?
+        .reporting(EndReports {
+            files: Outputs::of(&args.master.reports),
+            // On GitHub, the run's summary goes to the job's page.
+            step_summary: true,
+        });
     let tunnel = open_tunnel(&kind, port, args.tunnel_timeout).await?;
     let urls = hub_urls(
         args.listen,

@@ -9,8 +9,9 @@ use tokio::net::TcpListener;
 
 use crate::failure::Failure;
 use crate::flags::{FileArg, MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
+use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
+use crate::run_report::Outputs;
 
 #[derive(Args)]
 pub struct HubArgs {
@@ -58,7 +59,12 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
         &keeping,
         pipeline_dir(file),
     )?;
-    let master = Master::start(listener, plan, config, keeping, cache).await?;
+    let master = Master::start(listener, plan, config, keeping, cache)
+        .await?
+        .reporting(EndReports {
+            files: Outputs::of(&args.master.reports),
+            step_summary: false,
+        });
     // The hub's URL comes first: scripts read it from the first line.
     println!("hub url: {}", master.url());
     if generated {

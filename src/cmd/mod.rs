@@ -5,7 +5,9 @@
 mod cache;
 mod cancel;
 mod ci;
+mod graph;
 mod hub;
+mod report;
 mod run;
 mod runs;
 mod status;
@@ -36,6 +38,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// List the runs kept in the state folder, newest first.
     Runs(runs::RunsArgs),
+    /// Write a run's reports from its journal: JSON, JUnit XML, Markdown.
+    Report(report::ReportArgs),
+    /// Print the pipeline's DAG (after matrix expansion) as DOT or mermaid.
+    Graph(graph::GraphArgs),
     /// The result cache: why a module ran again.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -52,6 +58,8 @@ impl Command {
             Command::Validate(args) => validate::validate(&args),
             Command::Status(args) => status::status(args).await,
             Command::Runs(args) => runs::runs(&args),
+            Command::Report(args) => report::report(args).await,
+            Command::Graph(args) => graph::graph(&args),
             Command::Cache(command) => cache::cache(command),
         }
     }

@@ -8,8 +8,9 @@ use tokio::net::TcpListener;
 
 use crate::failure::Failure;
 use crate::flags::{MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, result_cache, Keeping, LocalWorkers, Master};
+use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
+use crate::run_report::Outputs;
 use crate::selection::Selection;
 
 #[derive(Args)]
@@ -57,7 +58,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         &keeping,
         pipeline_dir(&file),
     )?;
-    let master = Master::start(listener, plan, config, keeping, cache).await?;
+    let master = Master::start(listener, plan, config, keeping, cache)
+        .await?
+        .reporting(EndReports {
+            files: Outputs::of(&args.master.reports),
+            step_summary: false,
+        });
     let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
 }

@@ -10,9 +10,8 @@ use muster_core::journal::{Entry, History};
 use muster_core::wire::types::RunOutcome;
 
 use crate::failure::{outcome_result, Failure};
-use crate::flags::state_root;
 use crate::journal_source::Source;
-use crate::journaling::{pipeline_name, unix_ms};
+use crate::journaling::unix_ms;
 use crate::status_view::{self, record_line, TAIL_LINES};
 
 #[derive(Args)]
@@ -44,22 +43,12 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> Result<(), Failure> {
-    let source =
-        match (&args.redis_url, &args.run_id) {
-            (Some(url), Some(run_id)) => Source::Redis {
-                url: url.clone(),
-                run_id: run_id.clone(),
-            },
-            (Some(_), None) => return Err(Failure::Usage(
-                "a CI run's status needs its run id: muster status RUN_ID (as `muster ci` printed \
-                 it, e.g. github-123-1)"
-                    .into(),
-            )),
-            (None, run_id) => {
-                let root = state_root(args.state_dir.as_deref(), &args.file);
-                Source::local(&root, run_id.as_deref(), &pipeline_name(&args.file))?
-            }
-        };
+    let source = Source::resolve(
+        args.redis_url.as_deref(),
+        args.run_id.as_deref(),
+        args.state_dir.as_deref(),
+        &args.file,
+    )?;
     let records = source.read().await?;
     let mut history = if records.is_empty() {
         // A master that has not written its first record yet.

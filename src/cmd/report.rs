@@ -1,0 +1,73 @@
+//! `muster report`: a finished (or running) run's reports, from its
+//! journal: JSON (`--json`), JUnit XML (`--junit`) and Markdown with a
+//! mermaid Gantt chart (`--markdown`), any combination, for the latest
+//! local run or any run by id, a CI run's from its Redis. The run's
+//! outcome does not change the exit code: 0 once every file is written.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::failure::Failure;
+use crate::journal_source::Source;
+use crate::run_report::{gather, Outputs};
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The run [default: the latest run in the state folder; a CI run's
+    /// id, as `muster ci` prints it, with --redis-url].
+    run_id: Option<String>,
+    /// The pipeline file whose state folder (.muster beside it) holds the
+    /// run.
+    #[arg(long, short = 'f', default_value = "muster.toml")]
+    file: PathBuf,
+    /// The state folder [default: .muster beside the pipeline file].
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Read a CI run's journal from this Redis (needs RUN_ID).
+    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Write the report as JSON (schema muster-report/1, docs/report.md)
+    /// to FILE (`-`: stdout).
+    #[arg(long, value_name = "FILE", help_heading = "Reports")]
+    json: Option<PathBuf>,
+    /// Write JUnit XML, a test case per module, to FILE (`-`: stdout).
+    #[arg(long, value_name = "FILE", help_heading = "Reports")]
+    junit: Option<PathBuf>,
+    /// Write a Markdown summary (a table and a mermaid Gantt chart) to
+    /// FILE [default: stdout].
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-", help_heading = "Reports")]
+    markdown: Option<PathBuf>,
+}
+
+pub async fn report(args: ReportArgs) -> Result<(), Failure> {
+    let outputs = Outputs {
+        json: args.json,
+        junit: args.junit,
+        markdown: args.markdown,
+    };
+    if outputs.is_empty() {
+        return Err(Failure::Usage(
+            "say which report to write: --json FILE, --junit FILE and/or --markdown [FILE] \
+             (`-` is stdout)"
+                .into(),
+        ));
+    }
+    let stdout = [&outputs.json, &outputs.junit, &outputs.markdown]
+        .iter()
+        .filter(|o| o.as_deref().is_some_and(|p| p.as_os_str() == "-"))
+        .count();
+    if stdout > 1 {
+        return Err(Failure::Usage(
+            "only one report can go to stdout (`-`); give the others a file".into(),
+        ));
+    }
+    let source = Source::resolve(
+        args.redis_url.as_deref(),
+        args.run_id.as_deref(),
+        args.state_dir.as_deref(),
+        &args.file,
+    )?;
+    let report = gather(&source).await?;
+    outputs.write(&report).map_err(Failure::Usage)
+}
