@@ -3,7 +3,7 @@
 //! Stream (its journal, the failed modules' log tails, and the discovery
 //! record that says whether its master still runs). Readers never write.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_core::journal::{codec, Record};
@@ -11,10 +11,43 @@ use muster_discovery::record::record_key;
 use muster_discovery::store::DiscoveryStore;
 use muster_journal::{list_runs, FileJournal, LogFiles, RunFolder};
 
+use clap::Args;
+
 use crate::failure::Failure;
 use crate::flags::state_root;
 use crate::journaling::{first_record, pipeline_name};
 use crate::run_lock;
+
+/// Which run a reader reads, as `muster status` and `muster report` take
+/// it on their command lines.
+#[derive(Args)]
+pub struct RunChoice {
+    /// The run [default: the latest run in the state folder; a CI run's
+    /// id, as `muster ci` prints it, with --redis-url].
+    run_id: Option<String>,
+    /// The pipeline file whose state folder (.muster beside it) holds the
+    /// run.
+    #[arg(long, short = 'f', default_value = "muster.toml")]
+    file: PathBuf,
+    /// The state folder [default: .muster beside the pipeline file].
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Read a CI run's journal from this Redis (needs RUN_ID).
+    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+}
+
+impl RunChoice {
+    /// Where the chosen run's journal is.
+    pub fn source(&self) -> Result<Source, Failure> {
+        Source::resolve(
+            self.redis_url.as_deref(),
+            self.run_id.as_deref(),
+            self.state_dir.as_deref(),
+            &self.file,
+        )
+    }
+}
 
 /// How often a local journal is looked at while following it.
 const FILE_POLL: Duration = Duration::from_millis(200);

@@ -25,7 +25,9 @@ use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, MasterFlags, WorkerFlags};
 use crate::interrupt::wait_for_interrupt;
 use crate::journal_source::Source;
-use crate::journaling::{open_local, open_redis, prune_runs, CiJournalPlace, JournalInputs};
+use crate::journaling::{
+    open_local, open_redis, prune_runs, CiJournalPlace, JournalInputs, LocalJournal,
+};
 use crate::pipeline::pipeline_dir;
 use crate::report::{self, plan_masker, Reporter};
 use crate::result_cache::CacheSetup;
@@ -91,16 +93,7 @@ impl Keeping {
         let root = state_root(flags.state_dir.as_deref(), file);
         let inputs = journal_inputs(file, plan, flags, config);
         let opened = open_local(&root, &inputs, resume, flags.keep_runs as usize)?;
-        Ok(Keeping::Journal {
-            artifacts: opened.folder.artifacts(),
-            journaling: Box::new(opened.journaling),
-            source: Source::Local {
-                folder: opened.folder,
-            },
-            lock: Some(opened.lock),
-            temporary: None,
-            said: opened.said,
-        })
+        Ok(Keeping::in_folder(opened, None))
     }
 
     /// `--no-journal`: a temporary folder, removed with the run. When the
@@ -118,17 +111,25 @@ impl Keeping {
             return Ok(Keeping::Nothing(state));
         }
         let inputs = journal_inputs(file, plan, flags, config);
-        let opened = open_local(state.path(), &inputs, None, 1)?;
-        Ok(Keeping::Journal {
+        let mut opened = open_local(state.path(), &inputs, None, 1)?;
+        // Nothing is worth saying about a folder removed with the run.
+        opened.said.clear();
+        Ok(Keeping::in_folder(opened, Some(state)))
+    }
+
+    /// A run journaled in a local run folder, held under its lock;
+    /// `temporary` is removed with the run.
+    fn in_folder(opened: LocalJournal, temporary: Option<StateFolder>) -> Keeping {
+        Keeping::Journal {
             artifacts: opened.folder.artifacts(),
             journaling: Box::new(opened.journaling),
             source: Source::Local {
                 folder: opened.folder,
             },
             lock: Some(opened.lock),
-            temporary: Some(state),
-            said: Vec::new(),
-        })
+            temporary,
+            said: opened.said,
+        }
     }
 
     /// For instance 0 of `muster ci`: the journal in Redis (resuming what

@@ -9,24 +9,13 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::failure::Failure;
-use crate::journal_source::Source;
+use crate::journal_source::RunChoice;
 use crate::run_report::{gather, Outputs};
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// The run [default: the latest run in the state folder; a CI run's
-    /// id, as `muster ci` prints it, with --redis-url].
-    run_id: Option<String>,
-    /// The pipeline file whose state folder (.muster beside it) holds the
-    /// run.
-    #[arg(long, short = 'f', default_value = "muster.toml")]
-    file: PathBuf,
-    /// The state folder [default: .muster beside the pipeline file].
-    #[arg(long, env = "MUSTER_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// Read a CI run's journal from this Redis (needs RUN_ID).
-    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    run: RunChoice,
     /// Write the report as JSON (schema muster-report/1, docs/report.md)
     /// to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE", help_heading = "Reports")]
@@ -62,12 +51,7 @@ pub async fn report(args: ReportArgs) -> Result<(), Failure> {
             "only one report can go to stdout (`-`); give the others a file".into(),
         ));
     }
-    let source = Source::resolve(
-        args.redis_url.as_deref(),
-        args.run_id.as_deref(),
-        args.state_dir.as_deref(),
-        &args.file,
-    )?;
+    let source = args.run.source()?;
     let report = gather(&source).await?;
     outputs.write(&report).map_err(Failure::Usage)
 }

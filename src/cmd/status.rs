@@ -3,32 +3,19 @@
 //! reach the Redis of a CI run. `--follow` prints each change as it is
 //! journaled and exits with the run's exit code.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use muster_core::journal::{Entry, History};
 use muster_core::wire::types::RunOutcome;
 
 use crate::failure::{outcome_result, Failure};
-use crate::journal_source::Source;
+use crate::journal_source::{RunChoice, Source};
 use crate::journaling::unix_ms;
 use crate::status_view::{self, record_line, TAIL_LINES};
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// The run to show [default: the latest run in the state folder; a CI
-    /// run's id, as `muster ci` prints it, with --redis-url].
-    run_id: Option<String>,
-    /// The pipeline file whose state folder (.muster beside it) holds the
-    /// run.
-    #[arg(long, short = 'f', default_value = "muster.toml")]
-    file: PathBuf,
-    /// The state folder [default: .muster beside the pipeline file].
-    #[arg(long, env = "MUSTER_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// Read a CI run's journal from this Redis (needs RUN_ID).
-    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    run: RunChoice,
     /// Print each change as it is journaled until the run ends, then exit
     /// with the run's exit code (0 succeeded, 1 failed, 130 cancelled; 3
     /// when its master stopped before the end).
@@ -43,12 +30,7 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> Result<(), Failure> {
-    let source = Source::resolve(
-        args.redis_url.as_deref(),
-        args.run_id.as_deref(),
-        args.state_dir.as_deref(),
-        &args.file,
-    )?;
+    let source = args.run.source()?;
     let records = source.read().await?;
     let mut history = if records.is_empty() {
         // A master that has not written its first record yet.
