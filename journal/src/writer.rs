@@ -551,6 +551,7 @@ mod tests {
         let attempts = Arc::clone(&backend.attempts);
         let mut writer = JournalWriter::start(Box::new(backend), Some(logs), 1);
         writer.append(1, entry(1));
+        writer.expedite();
         // The task takes the record and waits in the backend.
         for _ in 0..1000 {
             if attempts.load(Ordering::SeqCst) > 0 {
