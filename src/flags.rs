@@ -73,6 +73,27 @@ pub struct MasterFlags {
     pub cache: CacheFlags,
     #[command(flatten)]
     pub reports: ReportFlags,
+    #[command(flatten)]
+    pub dashboard: DashboardFlags,
+}
+
+/// The live dashboard the hub serves at `/` (`run`, `hub`, instance 0 of
+/// `ci`).
+#[derive(Args, Clone)]
+pub struct DashboardFlags {
+    /// A token that opens the dashboard to watch the run but not to cancel
+    /// it [default: a random one, printed in the dashboard's URL]. The run
+    /// token opens it too, with the Cancel button.
+    #[arg(
+        long,
+        env = "MUSTER_VIEW_TOKEN",
+        hide_env_values = true,
+        help_heading = "Dashboard"
+    )]
+    pub view_token: Option<String>,
+    /// At most this many dashboard viewers connected at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Dashboard")]
+    pub max_viewers: u32,
 }
 
 /// Reports written when the run ends (`run`, `hub`, instance 0 of `ci`),

@@ -236,6 +236,22 @@ impl Source {
     }
 
     /// Where the run is, for messages.
+    /// `module`'s whole log as kept (at most its last `max` bytes): the
+    /// log files of a local run; for a CI run, the tail Redis keeps of a
+    /// module that failed.
+    pub async fn whole_log(&self, module: &str, max: u64) -> Option<String> {
+        match self {
+            Source::Local { folder } => LogFiles::read_whole(&folder.logs(), module, max)
+                .ok()
+                .map(|(text, _)| text)
+                .filter(|text| !text.is_empty()),
+            Source::Redis { url, run_id } => muster_journal::read_log_tail(url, run_id, module)
+                .await
+                .ok()
+                .flatten(),
+        }
+    }
+
     pub fn shown(&self) -> String {
         match self {
             Source::Local { folder } => folder.path().display().to_string(),

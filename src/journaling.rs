@@ -127,6 +127,8 @@ fn resume_local(
         muster_hub::stored_artifact(&artifacts, &a.sha256).is_file()
     });
     let writer = start_writer(&folder, inputs, backend, history.last_seq + 1)?;
+    // The dashboard shows the whole run, earlier stints included.
+    writer.feed().seed(&decoded.records);
     let start = run_start(&id, inputs, history.stints + 1, Some(id.clone()));
     let resume = Some(resumption);
     Ok(local_journal(
@@ -326,9 +328,11 @@ pub async fn open_redis(
     let mut stint = 1;
     let mut next_seq = 1;
     let mut resumed_from = None;
+    let mut earlier_records = Vec::new();
     if !place.no_resume {
         if let Some(records) = read(place.run_id.to_owned()).await? {
             let history = replayed(&records, place.run_id)?;
+            earlier_records = records;
             said.push(format!(
                 "Redis holds a journal for run {} already: going on from it",
                 place.run_id
@@ -372,6 +376,7 @@ pub async fn open_redis(
     let logs = LogFiles::new(&folder.logs(), inputs.masker.clone(), LOG_CAP_BYTES)
         .map_err(Failure::infrastructure)?;
     let writer = JournalWriter::start(Box::new(backend), Some(logs), next_seq);
+    writer.feed().seed(&earlier_records);
     let mut start = run_start(place.run_id, inputs, stint, resumed_from);
     start.epoch = place.epoch;
     Ok(CiJournal {

@@ -4,6 +4,7 @@
 
 mod cache_policy;
 mod cmd;
+mod dashboard_link;
 mod discover;
 mod failure;
 mod flags;

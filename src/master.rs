@@ -48,7 +48,13 @@ const LOCAL_WORKER_LINGER: Duration = Duration::from_secs(5);
 /// is set by [`Keeping`].
 pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     flags.limits.check()?;
-    Ok(flags.limits.hub_config(flags.fail_fast, PathBuf::new()))
+    let mut config = flags.limits.hub_config(flags.fail_fast, PathBuf::new());
+    // A viewer token is made up when none is given: the printed dashboard
+    // link carries it, so the run token need not be shared to watch.
+    let made_up = HubConfig::default().token;
+    config.view_token = Some(flags.dashboard.view_token.clone().unwrap_or(made_up));
+    config.max_viewers = flags.dashboard.max_viewers as usize;
+    Ok(config)
 }
 
 /// Where the run's state goes, and how it is journaled.
@@ -209,10 +215,17 @@ pub fn result_cache(
         state_root: &state_root,
         workdir,
         artifacts: keeping.artifacts(),
-        masker: plan_masker(plan, &[&config.token]),
+        masker: plan_masker(plan, &hub_tokens(config)),
         policy,
     };
     Ok(crate::result_cache::open(plan, setup)?.map(|c| c as Arc<dyn ResultCache>))
+}
+
+/// The tokens of the hub: never journaled, cached or printed in a log.
+fn hub_tokens(config: &HubConfig) -> Vec<&str> {
+    std::iter::once(config.token.as_str())
+        .chain(config.view_token.as_deref())
+        .collect()
 }
 
 /// What the journal needs from the master's settings.
@@ -229,7 +242,7 @@ pub fn journal_inputs<'a>(
             fail_fast: flags.fail_fast,
             max_worker_losses: config.max_worker_losses,
         },
-        masker: plan_masker(plan, &[&config.token]),
+        masker: plan_masker(plan, &hub_tokens(config)),
     }
 }
 
@@ -242,6 +255,9 @@ pub struct Master {
     source: Option<Source>,
     /// What to write from the journal when the run ends.
     reports: EndReports,
+    /// The dashboard's viewer token, when the run has a dashboard (it
+    /// shows the journal: none with `--no-journal`).
+    view_token: Option<String>,
     /// Dropped when the run ends.
     held: Held,
 }
@@ -280,6 +296,10 @@ impl Master {
         cache: Option<Arc<dyn ResultCache>>,
     ) -> Result<Master, Failure> {
         let token = config.token.clone();
+        let view_token = match &keeping {
+            Keeping::Journal { .. } => config.view_token.clone(),
+            Keeping::Nothing(_) => None,
+        };
         let reporter = Reporter::for_plan(&plan, &token);
         config.artifact_dir = keeping.artifacts();
         let (journaling, source, held) = match keeping {
@@ -307,8 +327,16 @@ impl Master {
             reporter,
             source,
             reports: EndReports::default(),
+            view_token,
             held,
         })
+    }
+
+    /// The dashboard's address below `hub_url` (this hub's own, or a public
+    /// one in CI) with the viewer token, when the run has a dashboard.
+    pub fn dashboard_link(&self, hub_url: &str) -> Option<String> {
+        let token = self.view_token.as_deref()?;
+        Some(crate::dashboard_link::dashboard_link(hub_url, token))
     }
 
     /// Writes `reports` from the journal when the run ends.
@@ -337,6 +365,7 @@ impl Master {
             source,
             reports,
             held,
+            ..
         } = self;
         let stop = CancellationToken::new();
         let tasks = local.spawn(hub.url(), &token, &stop);

@@ -77,10 +77,53 @@ pub async fn gather(source: &Source) -> Result<Report, Failure> {
     Ok(report)
 }
 
+/// Log text an offline page holds per module, and in all.
+const HTML_LOG_BYTES: u64 = 1024 * 1024;
+const HTML_LOGS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The live dashboard's page as one static file of the run `source`
+/// holds: its records and each module's log written into it.
+pub async fn write_html(source: &Source, path: &Path) -> Result<(), Failure> {
+    let records = source.read().await?;
+    let mut lines = Vec::new();
+    let mut modules = std::collections::BTreeSet::new();
+    for record in &records {
+        muster_core::journal::encode_into(record, &mut lines);
+        if let muster_core::journal::Entry::Module(module) = &record.entry {
+            modules.insert(module.module.clone());
+        }
+    }
+    let mut logs = std::collections::BTreeMap::new();
+    let mut room = HTML_LOGS_BYTES;
+    for module in modules {
+        let Some(text) = source.whole_log(&module, HTML_LOG_BYTES.min(room)).await else {
+            continue;
+        };
+        room = room.saturating_sub(text.len() as u64);
+        logs.insert(module, text);
+        if room == 0 {
+            break;
+        }
+    }
+    let page = muster_hub::offline_page(&lines, &logs);
+    write_file(path, "HTML report", page.as_bytes()).map_err(Failure::Usage)
+}
+
 /// Appends the run's Markdown summary to the file `$GITHUB_STEP_SUMMARY`
 /// names, when it is set (GitHub Actions shows it on the run's page). A
 /// summary that cannot be written is a warning: it never fails the run.
 pub fn append_step_summary(report: &Report) {
+    append_to_step_summary(&markdown(report), "the run's summary");
+}
+
+/// Puts the live dashboard's link in the job summary while the run goes
+/// on (GitHub Actions), beside the summary the end adds.
+pub fn announce_dashboard(link: &str) {
+    let text = format!("**muster** — watch the run live: <{link}>\n\n");
+    append_to_step_summary(&text, "the dashboard's link");
+}
+
+fn append_to_step_summary(text: &str, what: &str) {
     let Some(path) = step_summary_path() else {
         return;
     };
@@ -88,10 +131,10 @@ pub fn append_step_summary(report: &Report) {
         .append(true)
         .create(true)
         .open(&path)
-        .and_then(|mut file| file.write_all(markdown(report).as_bytes()));
+        .and_then(|mut file| file.write_all(text.as_bytes()));
     if let Err(e) = appended {
         eprintln!(
-            "muster: warning: cannot add the run's summary to GITHUB_STEP_SUMMARY ({}): {e}",
+            "muster: warning: cannot add {what} to GITHUB_STEP_SUMMARY ({}): {e}",
             path.display()
         );
     }

@@ -175,14 +175,17 @@ impl Reader<'_> {
                     Some(Ok(WsMessage::Ping(payload))) => {
                         self.outbox.send(Outbound::Pong(payload));
                         self.last_heard = Instant::now();
+                        self.outbox.heard();
                         continue;
                     }
                     Some(Ok(WsMessage::Pong(_))) => {
                         self.last_heard = Instant::now();
+                        self.outbox.heard();
                         continue;
                     }
                 };
             self.last_heard = Instant::now();
+            self.outbox.heard();
             if self.handshake_done {
                 deadline = Instant::now() + self.settings.client_timeout;
             }

@@ -9,6 +9,7 @@
 mod artifacts;
 mod cache;
 mod connection;
+mod dashboard;
 mod events;
 mod front_door;
 mod ids;
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use artifacts::stored_artifact;
 pub use cache::{CacheFuture, Looked, Lookup, NeedResult, ResultCache, Store};
+pub use dashboard::{offline_page, PAGE as DASHBOARD_PAGE};
 pub use events::{ModuleSummary, RunEvent, Summary};
 use ids::random_id;
 pub use scheduler::CancelAnswer;
@@ -101,6 +103,11 @@ pub struct HubConfig {
     /// An artifact upload that sends nothing for this long is aborted
     /// (408) and its partial file removed.
     pub transfer_stall_timeout: Duration,
+    /// A token that opens the dashboard to look but not to cancel; the
+    /// run token always opens it.
+    pub view_token: Option<String>,
+    /// At most this many dashboard viewers at once.
+    pub max_viewers: usize,
 }
 
 impl Default for HubConfig {
@@ -122,6 +129,8 @@ impl Default for HubConfig {
             artifact_dir: std::env::temp_dir().join(format!("muster-artifacts-{}", random_id())),
             max_artifact_bytes: 16 << 30,
             transfer_stall_timeout: Duration::from_secs(60),
+            view_token: None,
+            max_viewers: 32,
         }
     }
 }
@@ -241,6 +250,7 @@ impl Hub {
             resume: None,
             cache: cache.is_some(),
         };
+        let feed = journaling.as_ref().map(|j| j.writer.feed());
         let (settings, writer) = match journaling {
             Some(journaling) => (
                 SchedulerSettings {
@@ -281,7 +291,18 @@ impl Hub {
             negotiated: Mutex::new(HashMap::new()),
             artifacts: Arc::new(artifacts),
         });
-        let app = server::router(state);
+        let viewers = config.max_viewers.max(1);
+        let dashboard = Arc::new(dashboard::DashboardState {
+            feed,
+            access: dashboard::Access::new(state.token_digest, config.view_token.as_deref()),
+            viewers: Arc::new(tokio::sync::Semaphore::new(viewers)),
+            max_viewers: viewers,
+            commands: commands.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            max_message: 64 * 1024,
+        });
+        let app = server::router(state).merge(dashboard::routes(dashboard));
         let (max_unauthenticated, ceiling) = front_door::unauthenticated_caps(
             config.max_unauthenticated,
             front_door::open_file_limit(),
@@ -308,6 +329,16 @@ impl Hub {
             tracker,
             server,
         })
+    }
+
+    /// The dashboard's address, e.g. `http://127.0.0.1:7400/` (it needs
+    /// a token: add `?access_token=`).
+    pub fn dashboard_url(&self) -> String {
+        let base = self
+            .url
+            .strip_suffix(muster_core::wire::http::HUB)
+            .unwrap_or(&self.url);
+        format!("{base}{}", muster_core::wire::http::DASHBOARD)
     }
 
     /// The URL workers join, e.g. `http://127.0.0.1:7400/hub`.

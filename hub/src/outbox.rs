@@ -3,6 +3,10 @@
 //! (which pushes hub calls to a worker through it). Sending never waits:
 //! a full queue means the peer is not reading, and it is closed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use muster_core::wire::signalr::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -35,6 +39,16 @@ pub(crate) struct Outbox {
     queue: mpsc::Sender<Outbound>,
     /// Cancelled when the queue was found full.
     pub(crate) overflow: CancellationToken,
+    /// When the peer was last heard (any frame, pings included): the
+    /// connection sets it, the dashboard's worker table shows it.
+    heard: Arc<Heard>,
+}
+
+#[derive(Debug)]
+struct Heard {
+    since: Instant,
+    /// Milliseconds after `since`.
+    at_ms: AtomicU64,
 }
 
 impl Outbox {
@@ -43,6 +57,10 @@ impl Outbox {
         let outbox = Outbox {
             queue,
             overflow: CancellationToken::new(),
+            heard: Arc::new(Heard {
+                since: Instant::now(),
+                at_ms: AtomicU64::new(0),
+            }),
         };
         (outbox, outgoing)
     }
@@ -54,6 +72,18 @@ impl Outbox {
         if let Err(TrySendError::Full(_)) = self.queue.try_send(message) {
             self.overflow.cancel();
         }
+    }
+
+    /// The peer was heard just now.
+    pub(crate) fn heard(&self) {
+        let ms = self.heard.since.elapsed().as_millis() as u64;
+        self.heard.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago the peer was last heard.
+    pub(crate) fn heard_ago(&self) -> Duration {
+        let at = Duration::from_millis(self.heard.at_ms.load(Ordering::Relaxed));
+        self.heard.since.elapsed().saturating_sub(at)
     }
 
     /// A Completion answering `invocation_id`.

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod feed;
 pub mod file;
 pub mod folder;
 pub mod logs;
@@ -17,8 +18,9 @@ pub mod writer;
 
 pub use backend::{AppendFuture, Backend, Batch};
 pub use error::StoreError;
+pub use feed::{FeedMark, JournalFeed, MAX_FEED_BYTES};
 pub use file::FileJournal;
 pub use folder::{list_runs, new_run_id, prune, state_root, RunEntry, RunFolder};
-pub use logs::LogFiles;
+pub use logs::{LogCursor, LogFiles, LogRead};
 pub use redis::{read_journal, read_log_tail, Follower, RedisJournal};
 pub use writer::JournalWriter;

@@ -129,6 +129,73 @@ impl LogFiles {
         ))
     }
 
+    /// `module`'s whole log as kept (the rotated file, then the current
+    /// one), at most its last `max` bytes, and the cursor to follow it
+    /// from with [`LogFiles::read_from`]. Empty when it logged nothing.
+    pub fn read_whole(
+        dir: &Path,
+        module: &str,
+        max: u64,
+    ) -> Result<(String, LogCursor), StoreError> {
+        let path = LogFiles::path_of(dir, module);
+        let file = file_id(&path);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let current = read_range(&path, len.saturating_sub(max), max)?.unwrap_or_default();
+        let cursor = LogCursor {
+            file,
+            offset: len.saturating_sub(max) + current.len() as u64,
+        };
+        let mut bytes = current;
+        let room = max.saturating_sub(bytes.len() as u64);
+        if room > 0 {
+            let older = rotated(&path);
+            let len = std::fs::metadata(&older).map_or(0, |m| m.len());
+            if let Some(older) = read_range(&older, len.saturating_sub(room), room)? {
+                bytes = [older, bytes].concat();
+            }
+        }
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), cursor))
+    }
+
+    /// `module`'s log text after `cursor` (at most about `max` bytes, cut
+    /// after a line when there is more), or word that the file was
+    /// rotated since and must be read whole again.
+    pub fn read_from(
+        dir: &Path,
+        module: &str,
+        cursor: LogCursor,
+        max: u64,
+    ) -> Result<LogRead, StoreError> {
+        let path = LogFiles::path_of(dir, module);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let file = file_id(&path);
+        // A file made since (the first text, or a rotation) is read whole.
+        if file != cursor.file || len < cursor.offset {
+            return Ok(LogRead::Rotated);
+        }
+        let mut bytes = read_range(&path, cursor.offset, max)?.unwrap_or_default();
+        if cursor.offset + (bytes.len() as u64) < len {
+            if let Some(newline) = bytes.iter().rposition(|&b| b == b'\n') {
+                bytes.truncate(newline + 1);
+            }
+        }
+        // A character cut at the end is read again next time.
+        let whole = match std::str::from_utf8(&bytes) {
+            Ok(_) => bytes.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => bytes.len(),
+        };
+        bytes.truncate(whole);
+        let next = LogCursor {
+            offset: cursor.offset + bytes.len() as u64,
+            ..cursor
+        };
+        Ok(LogRead::Text(
+            String::from_utf8_lossy(&bytes).into_owned(),
+            next,
+        ))
+    }
+
     /// The open file of `module`, opening it (and closing the least
     /// recently written one) if needed.
     fn file(&mut self, module: &str) -> Result<&mut LogFile, StoreError> {
@@ -188,6 +255,44 @@ impl LogFile {
         };
         Ok(())
     }
+}
+
+/// Where a reader of a module's log is: which file (rotation makes a new
+/// one) and how far into it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The file's inode; 0 before it exists.
+    file: u64,
+    offset: u64,
+}
+
+/// The inode of `path`, or 0 when there is no file.
+fn file_id(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.ino())
+}
+
+/// What [`LogFiles::read_from`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogRead {
+    /// Text after the cursor (maybe empty), and the cursor after it.
+    Text(String, LogCursor),
+    /// The file was rotated since the cursor was taken.
+    Rotated,
+}
+
+/// At most `max` bytes of a file from `start`; `None` when there is no file.
+fn read_range(path: &Path, start: u64, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(path, "read the log", e)),
+    };
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.take(max).read_to_end(&mut bytes))
+        .map_err(|e| StoreError::io(path, "read the log", e))?;
+    Ok(Some(bytes))
 }
 
 /// `module` as a file name: letters, digits, `.`, `_` and `-` kept, every
@@ -277,6 +382,42 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_is_read_whole_then_followed_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = LogFiles::new(dir.path(), Masker::default(), 40).unwrap();
+        let (none, at) = LogFiles::read_whole(dir.path(), "m", 1024).unwrap();
+        assert_eq!(none, "");
+        files.write("m", "one\ntwo\n").unwrap();
+        files.flush().unwrap();
+        // The first text makes the file: the reader starts over.
+        assert_eq!(
+            LogFiles::read_from(dir.path(), "m", at, 1024).unwrap(),
+            LogRead::Rotated
+        );
+        let (text, cursor) = LogFiles::read_whole(dir.path(), "m", 1024).unwrap();
+        assert_eq!(text, "one\ntwo\n");
+        files.write("m", "three\n").unwrap();
+        files.flush().unwrap();
+        let LogRead::Text(next, cursor) =
+            LogFiles::read_from(dir.path(), "m", cursor, 1024).unwrap()
+        else {
+            panic!("not rotated yet");
+        };
+        assert_eq!(next, "three\n");
+        // Past half the cap (20 bytes) the file rotates.
+        files.write("m", "a long line of text\n").unwrap();
+        files.flush().unwrap();
+        assert_eq!(
+            LogFiles::read_from(dir.path(), "m", cursor, 1024).unwrap(),
+            LogRead::Rotated
+        );
+        let (whole, _) = LogFiles::read_whole(dir.path(), "m", 1024).unwrap();
+        assert_eq!(whole, "one\ntwo\nthree\na long line of text\n");
+        let (quiet, _) = LogFiles::read_whole(dir.path(), "quiet", 1024).unwrap();
+        assert_eq!(quiet, "");
+    }
 
     #[test]
     fn module_ids_become_distinct_safe_file_names() {

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, Batch};
 use crate::error::StoreError;
+use crate::feed::JournalFeed;
 use crate::logs::LogFiles;
 
 /// A batch holds at most this many records...
@@ -56,6 +57,8 @@ pub struct JournalWriter {
     log_queued: Arc<AtomicUsize>,
     /// Bytes of log text dropped per module, said with its next text.
     dropped: HashMap<String, usize>,
+    /// What is durable, for readers inside the master (the dashboard).
+    feed: Arc<JournalFeed>,
     task: JoinHandle<()>,
 }
 
@@ -84,12 +87,16 @@ impl JournalWriter {
         let (durable_tx, durable) = watch::channel(next_seq - 1);
         let (failure_tx, failure) = watch::channel(None);
         let log_queued = Arc::new(AtomicUsize::new(0));
+        let feed = JournalFeed::new(logs.as_ref().map(|l| l.dir().to_owned()));
         let task = tokio::spawn(write(
             backend,
             logs,
             queued,
-            durable_tx,
-            failure_tx,
+            Published {
+                durable: durable_tx,
+                failure: failure_tx,
+                feed: Arc::clone(&feed),
+            },
             Arc::clone(&log_queued),
         ));
         JournalWriter {
@@ -99,6 +106,7 @@ impl JournalWriter {
             failure,
             log_queued,
             dropped: HashMap::new(),
+            feed,
             task,
         }
     }
@@ -182,6 +190,12 @@ impl JournalWriter {
         self.queue.is_closed().then_some(StoreError::Closed)
     }
 
+    /// The durable records as lines, and word of log text written: what
+    /// the dashboard reads.
+    pub fn feed(&self) -> Arc<JournalFeed> {
+        Arc::clone(&self.feed)
+    }
+
     /// The failure, watched: it changes once, from `None`.
     pub fn failure(&self) -> watch::Receiver<Option<StoreError>> {
         self.failure.clone()
@@ -221,6 +235,13 @@ impl JournalWriter {
     }
 }
 
+/// Where the writing task says what it made durable.
+struct Published {
+    durable: watch::Sender<u64>,
+    failure: watch::Sender<Option<StoreError>>,
+    feed: Arc<JournalFeed>,
+}
+
 /// The writing task: takes what is queued as one batch, writes its log
 /// text and makes its records durable, until the queue closes or a write
 /// fails.
@@ -228,11 +249,16 @@ async fn write(
     mut backend: Box<dyn Backend>,
     mut logs: Option<LogFiles>,
     mut queued: mpsc::UnboundedReceiver<Item>,
-    durable: watch::Sender<u64>,
-    failure: watch::Sender<Option<StoreError>>,
+    published: Published,
     log_queued: Arc<AtomicUsize>,
 ) {
+    let Published {
+        durable,
+        failure,
+        feed,
+    } = published;
     let _closed = ClosedOnPanic(&failure);
+    let _feed_closed = FeedClosed(&feed);
     let mut batch = Batch::new();
     let mut texts: Vec<(String, String)> = Vec::new();
     let mut said_log_trouble = false;
@@ -297,6 +323,7 @@ async fn write(
             match job.await {
                 Ok((files, written)) => {
                     logs = Some(files);
+                    feed.logs_written();
                     if let Err(e) = written {
                         if !std::mem::replace(&mut said_log_trouble, true) {
                             tracing::warn!("log text is being lost: {e}");
@@ -311,6 +338,7 @@ async fn write(
         match appended {
             Ok(()) => {
                 if let Some(seq) = batch.last_seq() {
+                    feed.publish(batch.bytes());
                     durable.send_replace(seq);
                 }
             }
@@ -339,6 +367,15 @@ fn write_logs(files: &mut LogFiles, texts: &[(String, String)]) -> Result<(), St
         first = first.and(files.write(module, text));
     }
     first.and(files.flush())
+}
+
+/// Tells the feed's readers nothing more comes, however the task ends.
+struct FeedClosed<'a>(&'a JournalFeed);
+
+impl Drop for FeedClosed<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Says [`StoreError::Closed`] if the task panics before saying anything.

@@ -27,7 +27,7 @@ use crate::journaling::{unix_ms, CiJournalPlace};
 use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
-use crate::run_report::Outputs;
+use crate::run_report::{announce_dashboard, Outputs};
 use crate::workers::{stop_on_interrupt, worker_config, Seat};
 
 #[derive(Args)]
@@ -190,6 +190,14 @@ async fn master(
         store.shown_url(),
         shown_urls(&record.urls)
     );
+    let public = tunnel
+        .as_ref()
+        .map(|t| t.url().to_owned())
+        .or_else(|| record.urls.first().cloned());
+    if let Some(link) = public.and_then(|url| master.dashboard_link(&url)) {
+        println!("muster: dashboard (watch only): {link}");
+        announce_dashboard(&link);
+    }
     let (latest, watched) = tokio::sync::watch::channel(record.clone());
     let stop_refresh = CancellationToken::new();
     let refresh = tokio::spawn(store.clone().keep_fresh(

@@ -81,6 +81,9 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
             master.url()
         );
     }
+    if let Some(link) = master.dashboard_link(master.url()) {
+        println!("dashboard (watch only): {link}");
+    }
     for line in said {
         println!("muster: {line}");
     }

@@ -1,6 +1,7 @@
 //! `muster report`: a finished (or running) run's reports, from its
-//! journal: JSON (`--json`), JUnit XML (`--junit`) and Markdown with a
-//! mermaid Gantt chart (`--markdown`), any combination, for the latest
+//! journal: JSON (`--json`), JUnit XML (`--junit`), Markdown with a
+//! mermaid Gantt chart (`--markdown`) and the dashboard's page as one
+//! offline file (`--html`), any combination, for the latest
 //! local run or any run by id, a CI run's from its Redis. The run's
 //! outcome does not change the exit code: 0 once every file is written.
 
@@ -10,7 +11,7 @@ use clap::Args;
 
 use crate::failure::Failure;
 use crate::journal_source::RunChoice;
-use crate::run_report::{gather, Outputs};
+use crate::run_report::{gather, write_html, Outputs};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -27,6 +28,10 @@ pub struct ReportArgs {
     /// FILE [default: stdout].
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-", help_heading = "Reports")]
     markdown: Option<PathBuf>,
+    /// Write the dashboard's page with this run in it, as one file to
+    /// open offline or keep as a CI artifact (`-`: stdout).
+    #[arg(long, value_name = "FILE", help_heading = "Reports")]
+    html: Option<PathBuf>,
 }
 
 pub async fn report(args: ReportArgs) -> Result<(), Failure> {
@@ -35,14 +40,14 @@ pub async fn report(args: ReportArgs) -> Result<(), Failure> {
         junit: args.junit,
         markdown: args.markdown,
     };
-    if outputs.is_empty() {
+    if outputs.is_empty() && args.html.is_none() {
         return Err(Failure::Usage(
-            "say which report to write: --json FILE, --junit FILE and/or --markdown [FILE] \
-             (`-` is stdout)"
+            "say which report to write: --json FILE, --junit FILE, --html FILE and/or \
+             --markdown [FILE] (`-` is stdout)"
                 .into(),
         ));
     }
-    let stdout = [&outputs.json, &outputs.junit, &outputs.markdown]
+    let stdout = [&outputs.json, &outputs.junit, &outputs.markdown, &args.html]
         .iter()
         .filter(|o| o.as_deref().is_some_and(|p| p.as_os_str() == "-"))
         .count();
@@ -52,6 +57,12 @@ pub async fn report(args: ReportArgs) -> Result<(), Failure> {
         ));
     }
     let source = args.run.source()?;
+    if let Some(path) = &args.html {
+        write_html(&source, path).await?;
+    }
+    if outputs.is_empty() {
+        return Ok(());
+    }
     let report = gather(&source).await?;
     outputs.write(&report).map_err(Failure::Usage)
 }

@@ -64,6 +64,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             files: Outputs::of(&args.master.reports),
             step_summary: false,
         });
+    if let Some(link) = master.dashboard_link(master.url()) {
+        println!("muster: watch it live at {link}");
+    }
     let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
 }

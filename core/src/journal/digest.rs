@@ -25,6 +25,10 @@ pub struct ModuleDigest {
     /// use them keeps the digest it had before they existed, so a journal
     /// written by an earlier muster still matches it.
     pub parts: BTreeMap<String, String>,
+    /// The modules it needs, by id: what the dashboard draws the DAG
+    /// from. Not part of the digest (the `needs` part is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
 }
 
 /// The digests of every module, in plan order.
@@ -108,6 +112,7 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
         id: module.id.clone(),
         digest: format!("{:x}", whole.finalize()),
         parts,
+        needs: module.needs.iter().map(|i| id_of(i).to_owned()).collect(),
     }
 }
 

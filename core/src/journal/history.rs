@@ -151,6 +151,7 @@ impl History {
             id: module.id.clone(),
             digest: digest.clone(),
             parts: self.definitions.get(digest)?.clone(),
+            needs: Vec::new(),
         })
     }
 
@@ -287,6 +288,7 @@ mod tests {
                     id: (*id).to_owned(),
                     digest: format!("d-{command}"),
                     parts: BTreeMap::from([("command".to_owned(), (*command).to_owned())]),
+                    needs: Vec::new(),
                 })
                 .collect(),
             settings: Settings::default(),

@@ -310,6 +310,7 @@ mod tests {
                         id: id.clone(),
                         digest: "d".to_owned(),
                         parts: BTreeMap::new(),
+                        needs: Vec::new(),
                     })
                     .collect(),
                 settings: Settings::default(),

@@ -304,6 +304,7 @@ pub(crate) mod tests {
                     id: (*id).to_owned(),
                     digest: format!("d-{id}"),
                     parts: BTreeMap::new(),
+                    needs: Vec::new(),
                 })
                 .collect(),
             settings: Settings::default(),

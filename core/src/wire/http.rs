@@ -25,6 +25,12 @@ pub const ARTIFACT: &str = "/hub/artifacts/{sha256}";
 /// The health check (`GET`, answers `ok`), at the root rather than below
 /// the hub.
 pub const HEALTH: &str = "/healthz";
+/// The live dashboard's page (a browser's first request).
+pub const DASHBOARD: &str = "/";
+/// The dashboard's WebSocket: the journal's records, workers and logs.
+pub const DASHBOARD_FEED: &str = "/dashboard/feed";
+/// The dashboard's Cancel button (the run token only).
+pub const DASHBOARD_CANCEL: &str = "/dashboard/cancel";
 
 /// [`CANCEL`] below a hub URL, for [`join`].
 const CANCEL_TAIL: &str = "cancel";

@@ -244,6 +244,23 @@ impl Scheduler {
                 Input::Call { worker, call },
                 Requester::Call(worker, answer),
             ),
+            Command::Workers { reply } => {
+                let views = self
+                    .machine
+                    .worker_views()
+                    .into_iter()
+                    .map(|(id, mut view)| {
+                        if view.connected {
+                            view.heard_ms_ago = self
+                                .outboxes
+                                .get(&id)
+                                .map(|(_, outbox)| outbox.heard_ago().as_millis() as u64);
+                        }
+                        view
+                    })
+                    .collect();
+                let _ = reply.send(views);
+            }
             Command::Disconnected {
                 worker,
                 session,

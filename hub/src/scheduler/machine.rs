@@ -105,6 +105,32 @@ pub(crate) struct Machine {
 impl Machine {
     /// A machine for `plan`, and the effects of its first changes (the
     /// modules with no needs become ready).
+    /// The worker table for the dashboard, each with its id, so the
+    /// actor can add when its connection last heard from it.
+    pub(crate) fn worker_views(&self) -> Vec<(WorkerId, super::WorkerView)> {
+        let mut running: BTreeMap<WorkerId, Vec<String>> = BTreeMap::new();
+        for (module, state) in self.run.states().iter().enumerate() {
+            if let Some(worker) = state.holder() {
+                let id = self.run.plan().modules[module].id.clone();
+                running.entry(worker).or_default().push(id);
+            }
+        }
+        self.workers
+            .iter()
+            .map(|(&id, worker)| {
+                let view = super::WorkerView {
+                    name: worker.name.clone(),
+                    capabilities: worker.capabilities.iter().cloned().collect(),
+                    slots: worker.slots,
+                    running: running.remove(&id).unwrap_or_default(),
+                    heard_ms_ago: None,
+                    connected: worker.connected,
+                };
+                (id, view)
+            })
+            .collect()
+    }
+
     pub(crate) fn new(
         plan: Plan,
         mut settings: SchedulerSettings,

@@ -74,6 +74,25 @@ pub(crate) enum Command {
         reason: String,
         reply: Option<oneshot::Sender<CancelAnswer>>,
     },
+    /// The worker table as the dashboard shows it.
+    Workers {
+        reply: oneshot::Sender<Vec<WorkerView>>,
+    },
+}
+
+/// One worker as the dashboard's table shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WorkerView {
+    pub name: String,
+    pub capabilities: Vec<String>,
+    pub slots: u32,
+    /// The modules it holds, by id.
+    pub running: Vec<String>,
+    /// Since its connection last heard from it; absent while it is away.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heard_ms_ago: Option<u64>,
+    pub connected: bool,
 }
 
 /// Which registration a connection speaks for.
