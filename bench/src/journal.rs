@@ -167,6 +167,11 @@ async fn measure(
     Ok((dispatch, commits))
 }
 
+/// A new run's file journal under `state`, as `muster run` opens one.
+pub async fn file_journaling(plan: &Plan, state: &Path) -> Result<Journaling> {
+    Ok(journaling(plan, Mode::File, state, None).await?.0)
+}
+
 /// A new run's journal, as `muster run` (file) or `muster ci` (Redis)
 /// opens one, its backend counted.
 async fn journaling(

@@ -9,6 +9,7 @@
 //! scenario lives in its own module, the report in `report`.
 
 mod cache;
+mod dashboard;
 mod dispatch;
 mod journal;
 mod make;
@@ -42,8 +43,8 @@ enum Cmd {
         /// Repetitions of each scenario (figures are medians, with min/max).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Only these scenarios (throughput, chain, journal, make, workers,
-        /// plan, peers).
+        /// Only these scenarios (throughput, chain, journal, dashboard,
+        /// make, cache, workers, plan, peers).
         #[arg(long)]
         only: Vec<String>,
         /// Write the markdown report here too.
@@ -100,6 +101,14 @@ fn run_all(runs: usize, only: &[String], write: Option<&Path>, muster: &Path) ->
     }
     if wanted("journal") {
         for line in journal::journal_lines(&runtime, runs)? {
+            report.add(line);
+        }
+    }
+    if wanted("dashboard") {
+        let lines = dashboard::dashboard_lines(&runtime, runs).unwrap_or_else(|e| {
+            vec![json!({"scenario": "dashboard", "who": "muster", "error": format!("{e:#}")})]
+        });
+        for line in lines {
             report.add(line);
         }
     }

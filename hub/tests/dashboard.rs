@@ -166,6 +166,15 @@ async fn the_page_opens_only_with_a_token_and_a_pasted_token_becomes_a_cookie() 
     assert!(policy.contains("default-src 'none'"));
     assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
     assert_eq!(page.text().await.unwrap(), muster_hub::DASHBOARD_PAGE);
+
+    // The viewer token is not a worker's: the hub refuses it.
+    let negotiate = http
+        .post(format!("{}/hub/negotiate?negotiateVersion=1", dash.base))
+        .bearer_auth(VIEW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(negotiate.status(), 401);
     dash.hub.canceller().cancel("test over").await;
 }
 

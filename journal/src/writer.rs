@@ -153,12 +153,17 @@ impl JournalWriter {
             *dropped += text.len();
             return;
         }
-        let text = match self.dropped.remove(module) {
+        let mut text = match self.dropped.remove(module) {
             Some(bytes) => format!(
                 "[muster: {bytes} bytes of this log were dropped here: the log files fell behind]\n{text}"
             ),
             None => text.to_owned(),
         };
+        // A worker's batch of lines has no newline after its last one; the
+        // files keep lines, so the next batch starts a line of its own.
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
         self.log_queued.fetch_add(text.len(), Ordering::Relaxed);
         let _ = self.queue.send(Item::Log {
             module: module.to_owned(),
@@ -566,9 +571,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogFiles::new(dir.path(), Masker::new(["s3cret-value"]), 1 << 20).unwrap();
         let mut writer = JournalWriter::start(Box::new(Recorder::default()), Some(logs), 1);
-        writer.log("build", "token s3cret-value\n");
+        // Workers send lines without a newline after the last one: each
+        // batch still starts a line of its own in the file.
+        writer.log("build", "token s3cret-value");
         writer.append(1, entry(1));
-        writer.log("build", "done\n");
+        writer.log("build", "done");
         writer.close().await.unwrap();
         assert_eq!(
             LogFiles::tail(dir.path(), "build", 10).unwrap().unwrap(),
