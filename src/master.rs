@@ -174,7 +174,7 @@ impl Keeping {
     /// kept), once.
     pub fn say(&mut self) {
         for line in self.take_said() {
-            println!("muster: {line}");
+            crate::report::say(&line);
         }
     }
 

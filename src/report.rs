@@ -420,6 +420,12 @@ pub fn columns<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Stri
     out
 }
 
+/// Prints one `muster: …` status line to stdout without panicking on a
+/// closed pipe: the run's output writer notices that and fails the run.
+pub fn say(line: &str) {
+    let _ = write_stdout(format!("muster: {line}\n").as_bytes());
+}
+
 /// Writes all of `bytes` to stdout and flushes; the error says why not.
 pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();

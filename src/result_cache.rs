@@ -104,15 +104,15 @@ pub fn open(plan: &Plan, setup: CacheSetup<'_>) -> Result<Option<Arc<CacheServic
         .ok()
         .filter(|k| !k.is_empty())
         .map(String::into_bytes);
-    println!(
-        "muster: result cache: {}{}",
+    crate::report::say(&format!(
+        "result cache: {}{}",
         store.describe(),
         if setup.policy.write {
             String::new()
         } else {
             format!("; not writing: {}", setup.policy.why)
         }
-    );
+    ));
     Ok(Some(Arc::new(CacheService {
         store,
         plan: plan.clone(),

@@ -360,8 +360,16 @@ fn muster_ci_adds_its_summary_to_the_github_job_and_reports_from_redis() {
     let ran = run(ci);
     assert_eq!(ran.code(), 1, "{ran}");
     let text = std::fs::read_to_string(&summary).unwrap();
+    // The live link goes in while the run is going, the report at its end;
+    // the link carries the viewer token, never the run token.
+    let (link, report) = text
+        .strip_prefix("## an earlier step\n**muster** — watch the run live: <http://")
+        .and_then(|rest| rest.split_once(">\n\n"))
+        .unwrap_or_else(|| panic!("appended: {text}"));
+    assert!(link.contains("/?access_token="), "{link}");
+    assert!(!text.contains("report-token"), "{text}");
     assert!(
-        text.starts_with("## an earlier step\n### muster: run report-run failed\n"),
+        report.starts_with("### muster: run report-run failed\n"),
         "appended: {text}"
     );
     assert!(text.contains("```mermaid\ngantt\n"), "{text}");

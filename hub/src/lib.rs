@@ -45,10 +45,11 @@ pub use scheduler::CancelAnswer;
 use connection::ConnectionSettings;
 use scheduler::{Command, JournalSettings, Scheduler, SchedulerSettings};
 
-/// Commands (worker calls, most of them log batches of up to 32 KiB) that
+/// Commands (worker calls, most of them log batches of up to 32 KiB: at
+/// most 2 MiB queued) that
 /// wait for the scheduler; a full queue makes connections stop reading,
 /// which slows their workers down.
-const COMMAND_QUEUE: usize = 256;
+const COMMAND_QUEUE: usize = 64;
 
 /// Run events that wait for the owner (the printer); a full queue makes
 /// the scheduler wait.

@@ -117,9 +117,9 @@ pub async fn ci(args: CiArgs) -> Result<(), Failure> {
     // does: every instance keeps trying for --discover-timeout, and says so.
     let store = DiscoveryStore::open(&args.redis_url)
         .map_err(|e| Failure::Usage(e.to_string()))?
-        .when_not_answering(|n| println!("muster: {n}"));
-    println!("muster: run {} (from {})", run.run_id, run.source);
-    println!("muster: {}", instance.explain());
+        .when_not_answering(|n| crate::report::say(&format!("{n}")));
+    crate::report::say(&format!("run {} (from {})", run.run_id, run.source));
+    crate::report::say(&instance.explain().to_string());
     match identity::role(&instance) {
         Role::Master => master(args, run, instance, store).await,
         Role::Worker => worker(args, run, instance, store).await,
@@ -183,19 +183,19 @@ async fn master(
     let token = args.token_in_record.then(|| master.token().to_owned());
     let mut record = running_record(&run.run_id, urls, token, epoch);
     publish(&store, &record, args.record_ttl, args.discover_timeout).await?;
-    println!(
-        "muster: published the hub for {} more instance(s) under {} in Redis at {}: {}",
+    crate::report::say(&format!(
+        "published the hub for {} more instance(s) under {} in Redis at {}: {}",
         instance.total - 1,
         record_key(&run.run_id),
         store.shown_url(),
         shown_urls(&record.urls)
-    );
+    ));
     let public = tunnel
         .as_ref()
         .map(|t| t.url().to_owned())
         .or_else(|| record.urls.first().cloned());
     if let Some(link) = public.and_then(|url| master.dashboard_link(&url)) {
-        println!("muster: dashboard (watch only): {link}");
+        crate::report::say(&format!("dashboard (watch only): {link}"));
         announce_dashboard(&link);
     }
     let (latest, watched) = tokio::sync::watch::channel(record.clone());
@@ -251,12 +251,12 @@ async fn worker(
     instance: Instance,
     store: DiscoveryStore,
 ) -> Result<(), Failure> {
-    println!(
-        "muster: waiting up to {} for the master's record under {} in Redis at {}",
+    crate::report::say(&format!(
+        "waiting up to {} for the master's record under {} in Redis at {}",
         humantime::format_duration(args.discover_timeout),
         record_key(&run.run_id),
         store.shown_url()
-    );
+    ));
     let found = find_hub(
         &store,
         &run.run_id,
@@ -266,15 +266,15 @@ async fn worker(
     let (hub, token) = match found.await? {
         Found::Hub { url, token } => (url, token),
         Found::Finished(outcome) => {
-            println!(
-                "muster: run {} has already finished ({}); nothing left to do",
+            crate::report::say(&format!(
+                "run {} has already finished ({}); nothing left to do",
                 run.run_id,
                 outcome_word(outcome)
-            );
+            ));
             return Ok(());
         }
     };
-    println!("muster: joining the hub at {}", redact_url(&hub));
+    crate::report::say(&format!("joining the hub at {}", redact_url(&hub)));
     let seat = Seat {
         hub,
         token,
@@ -286,7 +286,7 @@ async fn worker(
     match muster_worker::run(config, stop_on_interrupt()).await {
         Ok(Exit::Shutdown { outcome, .. }) => {
             let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
-            println!("muster: the run has finished: {}", outcome_word(outcome));
+            crate::report::say(&format!("the run has finished: {}", outcome_word(outcome)));
             outcome_result(outcome)
         }
         Ok(Exit::Stopped) => Err(Failure::Cancelled),
@@ -296,10 +296,10 @@ async fn worker(
         Err(e) => {
             // The hub may be gone because the run is over.
             if let Some(outcome) = finished_soon(&store, &run.run_id).await {
-                println!(
-                    "muster: the run finished while this worker was away: {}",
+                crate::report::say(&format!(
+                    "the run finished while this worker was away: {}",
                     outcome_word(outcome)
-                );
+                ));
                 return outcome_result(outcome);
             }
             Err(Failure::infrastructure(e))

@@ -65,7 +65,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             step_summary: false,
         });
     if let Some(link) = master.dashboard_link(master.url()) {
-        println!("muster: watch it live at {link}");
+        crate::report::say(&format!("watch it live at {link}"));
     }
     let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
