@@ -14,6 +14,9 @@ pub enum Failure {
     RunFailed,
     /// Exit 1: `muster cancel` found a run that had already finished.
     NothingToCancel(String),
+    /// Exit 1: the hub refused a gate's decision (the module is not
+    /// waiting, or was decided already); nothing changed.
+    DecisionRefused(String),
     /// Exit 2: the command line, the environment or the token is wrong;
     /// nothing ran.
     Usage(String),
@@ -51,6 +54,7 @@ impl Failure {
                 None
             }
             Failure::NothingToCancel(reason) => Some(format!("nothing to cancel: {reason}")),
+            Failure::DecisionRefused(why) => Some(format!("refused: {why}")),
             Failure::Usage(message) => Some(format!("error: {message}")),
             Failure::Pipeline(error) => Some(format!("error: {error}")),
             Failure::Infrastructure(error) => Some(format!("error: {error:#}")),

@@ -75,6 +75,24 @@ pub struct MasterFlags {
     pub reports: ReportFlags,
     #[command(flatten)]
     pub dashboard: DashboardFlags,
+    /// Who may decide approval gates: NAME=SHA256, the SHA-256 of that
+    /// person's own token in hex (`printf %s "$TOKEN" | sha256sum`); the
+    /// master never sees the token itself. Repeatable, or a comma-separated
+    /// list in MUSTER_APPROVERS. The run token decides only gates that
+    /// name no approvers.
+    #[arg(
+        long = "approver",
+        value_name = "NAME=SHA256",
+        env = "MUSTER_APPROVERS",
+        value_delimiter = ',',
+        value_parser = parse_approver,
+        help_heading = "Approval gates"
+    )]
+    pub approvers: Vec<(String, [u8; 32])>,
+}
+
+fn parse_approver(text: &str) -> Result<(String, [u8; 32]), String> {
+    muster_core::gate::parse_approver(text)
 }
 
 /// The live dashboard the hub serves at `/` (`run`, `hub`, instance 0 of

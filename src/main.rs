@@ -114,7 +114,9 @@ fn exit_code(result: Result<(), Failure>) -> u8 {
         eprintln!("muster: {message}");
     }
     match failure {
-        Failure::RunFailed | Failure::NothingToCancel(_) => exit::RUN_FAILED,
+        Failure::RunFailed | Failure::NothingToCancel(_) | Failure::DecisionRefused(_) => {
+            exit::RUN_FAILED
+        }
         Failure::Usage(_) | Failure::Pipeline(_) => exit::BAD_INPUT,
         Failure::Infrastructure(_) | Failure::OutputLost => exit::INFRASTRUCTURE,
         Failure::Cancelled | Failure::Interrupted(_) | Failure::Abandoned => exit::CANCELLED,

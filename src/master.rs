@@ -54,6 +54,7 @@ pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     let made_up = HubConfig::default().token;
     config.view_token = Some(flags.dashboard.view_token.clone().unwrap_or(made_up));
     config.max_viewers = flags.dashboard.max_viewers as usize;
+    config.approvers = muster_hub::Approvers(flags.approvers.iter().cloned().collect());
     Ok(config)
 }
 

@@ -186,6 +186,10 @@ impl Reporter {
                     let _ = writeln!(out, "{prefix} {}", escape_log_line(line));
                 }
             }
+            RunEvent::Gate { module, text } => {
+                let prefix = self.prefix(&module);
+                let _ = writeln!(out, "{prefix} ** {}", escape(&text));
+            }
             RunEvent::Module {
                 module,
                 state,
@@ -224,6 +228,14 @@ fn state_line(state: &ModuleState, worker: Option<&str>, note: Option<&str>) -> 
             format!("started{on} (attempt {attempt})")
         }
         ModuleState::Running { .. } => format!("started{on}"),
+        // A gate says what it asks, who may decide and until when; its
+        // decision comes as the note of the state that follows.
+        ModuleState::AwaitingApproval { .. } => format!("awaiting approval: {}", note?),
+        ModuleState::Ready { .. } | ModuleState::Succeeded(_)
+            if note.as_deref().is_some_and(is_gate_note) =>
+        {
+            note.unwrap_or_default()
+        }
         // A retry says why; a resumed run's module that runs again is
         // said once, before the run.
         ModuleState::Ready { attempt } if *attempt > 1 => format!("will retry: {}", note?),
@@ -249,6 +261,13 @@ fn state_line(state: &ModuleState, worker: Option<&str>, note: Option<&str>) -> 
         _ => return None,
     };
     Some(line)
+}
+
+/// The note a gate's decision leaves on the module's next state.
+fn is_gate_note(note: &str) -> bool {
+    ["approved ", "rejected ", "no decision within "]
+        .iter()
+        .any(|start| note.starts_with(start))
 }
 
 fn took(duration: Option<Duration>) -> String {
@@ -391,6 +410,11 @@ pub fn summary_table(summary: &Summary) -> String {
             hits.len(),
             humantime::format_duration(Duration::from_secs(saved.as_secs()))
         );
+    }
+    for m in &summary.modules {
+        if let Some(gate) = &m.gate {
+            let _ = writeln!(out, "gate {}: {}", m.id, escape(gate));
+        }
     }
     if let Some(reason) = &summary.cancelled {
         let _ = writeln!(out, "cancelled: {}", escape(reason));

@@ -230,6 +230,16 @@ pub fn record_line(record: &muster_core::journal::Record) -> String {
             }
             line
         }
+        Entry::GateDecided(gate) => {
+            let mut line = format!("{} {}", escape(&gate.module), escape(&gate.decision));
+            if let Some(by) = &gate.by {
+                let _ = write!(line, " by {}", escape(by));
+            }
+            if let Some(reason) = &gate.reason {
+                let _ = write!(line, ": {}", escape(reason));
+            }
+            line
+        }
         Entry::WorkerJoined { name, .. } => format!("worker {} joined", escape(name)),
         Entry::WorkerLeft { name, reason } => {
             format!("worker {} left: {}", escape(name), escape(reason))

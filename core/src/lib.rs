@@ -11,6 +11,7 @@ pub mod cache;
 /// release builds.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gate;
 pub mod glob;
 pub mod graph;
 pub mod journal;

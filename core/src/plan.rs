@@ -45,6 +45,8 @@ pub struct PlannedModule {
     /// Names of environment variables the command reads, whose values go
     /// into its cache key: `[defaults] env_inputs` first, each once.
     pub env_inputs: Vec<String>,
+    /// Its approval gate: once its needs succeed it waits for a decision.
+    pub approval: Option<crate::gate::Approval>,
 }
 
 impl PlannedModule {

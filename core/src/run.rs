@@ -107,8 +107,8 @@ impl Run {
         }
         for i in 0..n {
             if run.waiting[i] == 0 && run.states[i] == ModuleState::Pending {
-                let attempt = run.first_attempt[i];
-                run.apply(i, Event::NeedsMet { attempt }, &mut changes)
+                let event = run.needs_met(i);
+                run.apply(i, event, &mut changes)
                     .expect("a new module is pending");
             }
         }
@@ -366,6 +366,40 @@ impl Run {
         Ok(changes)
     }
 
+    /// What meeting its needs does to `module`: it becomes ready, or,
+    /// behind an approval gate, waits for a decision.
+    fn needs_met(&self, module: ModuleIndex) -> Event {
+        let attempt = self.first_attempt[module];
+        if self.plan.modules[module].approval.is_some() {
+            Event::AwaitApproval { attempt }
+        } else {
+            Event::NeedsMet { attempt }
+        }
+    }
+
+    /// Decides a module waiting for approval: `event` is `Approve`,
+    /// `Reject` or `SkipGate`. Refused, changing nothing, unless the
+    /// module is waiting (or the event is another kind).
+    pub fn decide_gate(
+        &mut self,
+        module: ModuleIndex,
+        event: Event,
+    ) -> Result<Vec<Change>, TransitionError> {
+        let gate_event = matches!(
+            event,
+            Event::Approve { .. } | Event::Reject { .. } | Event::SkipGate { .. }
+        );
+        if !gate_event || !matches!(self.states[module], ModuleState::AwaitingApproval { .. }) {
+            return Err(TransitionError::Illegal {
+                state: self.states[module].name().to_owned(),
+                event: format!("{event:?}"),
+            });
+        }
+        let mut changes = Vec::new();
+        self.apply(module, event, &mut changes)?;
+        Ok(changes)
+    }
+
     /// Fails a ready module that no worker can take.
     pub fn no_worker(&mut self, module: ModuleIndex, reason: String) -> Vec<Change> {
         let mut changes = Vec::new();
@@ -445,8 +479,7 @@ impl Run {
                     if matches!(next, ModuleState::Succeeded(_)) {
                         self.waiting[dependent] -= 1;
                         if self.waiting[dependent] == 0 {
-                            let attempt = self.first_attempt[dependent];
-                            work.push((dependent, Event::NeedsMet { attempt }));
+                            work.push((dependent, self.needs_met(dependent)));
                         }
                     } else {
                         let reason = format!("need '{id}' {}", next.name());
@@ -474,6 +507,7 @@ impl Run {
 mod tests {
     use super::*;
     use crate::pipeline::parse_pipeline;
+    use std::collections::BTreeMap;
     use std::time::Instant;
 
     const W1: WorkerId = WorkerId(1);
@@ -957,5 +991,121 @@ run = "e"
             vec![1; 5],
             "",
         );
+    }
+
+    fn gated() -> Run {
+        let plan = parse_pipeline(
+            "t.toml",
+            r#"
+[modules.build]
+run = "b"
+[modules.deploy]
+run = "d"
+needs = ["build"]
+approval = { approvers = ["alice"] }
+[modules.smoke]
+run = "s"
+needs = ["deploy"]
+[modules.gate]
+needs = ["build"]
+approval = { inputs = ["ticket"] }
+[modules.after]
+run = "x"
+needs = ["gate"]
+"#,
+        )
+        .unwrap();
+        Run::new(plan, Limits::default()).0
+    }
+
+    #[test]
+    fn a_gate_holds_its_dependents_until_approved() {
+        let mut run = gated();
+        run_to_end(&mut run, 0, W1, Outcome::Succeeded);
+        assert_eq!(
+            names(&run),
+            [
+                "succeeded",
+                "awaiting approval",
+                "pending",
+                "awaiting approval",
+                "pending"
+            ]
+        );
+        // A waiting gate is not ready: no worker is given it.
+        assert!(!run.has_ready());
+        assert!(!run.is_finished());
+        let approve = Event::Approve {
+            gate_only: false,
+            outputs: BTreeMap::new(),
+        };
+        let changes = run.decide_gate(1, approve.clone()).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(run.ready().collect::<Vec<_>>(), [1]);
+        // Deciding twice, or a gate that is not waiting, changes nothing.
+        assert!(run.decide_gate(1, approve).is_err());
+        assert!(run
+            .decide_gate(2, Event::Reject { reason: "x".into() })
+            .is_err());
+        assert!(run.decide_gate(3, Event::Assign { worker: W1 }).is_err());
+        // A pure gate succeeds with the approver's inputs as its outputs,
+        // and its dependent becomes ready at once.
+        let inputs: BTreeMap<String, String> = [("ticket".to_owned(), "OPS-1".to_owned())].into();
+        let changes = run
+            .decide_gate(
+                3,
+                Event::Approve {
+                    gate_only: true,
+                    outputs: inputs.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(run.state(3).ended().unwrap().outputs, inputs);
+        assert_eq!(run.ready().collect::<Vec<_>>(), [1, 4]);
+    }
+
+    #[test]
+    fn a_rejected_gate_fails_and_skips_its_dependents() {
+        let mut run = gated();
+        run_to_end(&mut run, 0, W1, Outcome::Succeeded);
+        run.decide_gate(
+            1,
+            Event::Reject {
+                reason: "rejected by alice: not today".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            run.state(2),
+            &ModuleState::Skipped {
+                reason: "need 'deploy' failed".into()
+            }
+        );
+        run.decide_gate(
+            3,
+            Event::SkipGate {
+                reason: "expired".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&run),
+            ["succeeded", "failed", "skipped", "skipped", "skipped"]
+        );
+        assert!(run.is_finished());
+        assert!(!run.succeeded());
+    }
+
+    #[test]
+    fn cancelling_the_run_cancels_a_waiting_gate() {
+        let mut run = gated();
+        run_to_end(&mut run, 0, W1, Outcome::Succeeded);
+        let (changes, running) = run.cancel_all("stop");
+        assert!(running.is_empty());
+        assert!(changes
+            .iter()
+            .any(|c| c.module == 1 && c.state.name() == "cancelled"));
+        assert!(run.is_finished());
     }
 }

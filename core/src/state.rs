@@ -37,6 +37,11 @@ pub struct Ended {
 pub enum ModuleState {
     /// Waiting for its needs.
     Pending,
+    /// Every need succeeded and the module has an approval gate: it waits
+    /// for a person's decision (holding no worker), then runs as `attempt`.
+    AwaitingApproval {
+        attempt: u32,
+    },
     /// Every need succeeded; waiting for a worker.
     Ready {
         attempt: u32,
@@ -77,6 +82,19 @@ pub enum Event {
     /// Every need succeeded: it becomes ready to run as `attempt` (1, or
     /// the next after a journal's last when a run is resumed).
     NeedsMet { attempt: u32 },
+    /// Every need of a gated module succeeded: it waits for a decision.
+    AwaitApproval { attempt: u32 },
+    /// Its gate was approved: it runs, or, with `gate_only` (no command),
+    /// succeeds with `outputs` (the approver's inputs) as it is.
+    Approve {
+        gate_only: bool,
+        outputs: BTreeMap<String, String>,
+    },
+    /// Its gate was rejected, or expired with `on_timeout = "fail"`: it
+    /// fails without running.
+    Reject { reason: String },
+    /// Its gate expired with `on_timeout = "skip"`: it is skipped.
+    SkipGate { reason: String },
     /// A need did not succeed.
     NeedFailed { reason: String },
     /// The hub pushed the module to a worker.
@@ -140,6 +158,37 @@ impl ModuleState {
             (S::Pending, Event::NeedFailed { reason }) => moved(S::Skipped {
                 reason: reason.clone(),
             }),
+            (S::Pending, Event::AwaitApproval { attempt }) => {
+                moved(S::AwaitingApproval { attempt: *attempt })
+            }
+            (S::AwaitingApproval { attempt }, Event::Approve { gate_only, outputs }) => {
+                moved(if *gate_only {
+                    S::Succeeded(Ended {
+                        attempt: *attempt,
+                        outputs: outputs.clone(),
+                        ..Ended::default()
+                    })
+                } else {
+                    S::Ready { attempt: *attempt }
+                })
+            }
+            (S::AwaitingApproval { attempt }, Event::Reject { reason }) => {
+                moved(S::Failed(Ended {
+                    attempt: *attempt,
+                    reason: Some(reason.clone()),
+                    ..Ended::default()
+                }))
+            }
+            (S::AwaitingApproval { .. }, Event::SkipGate { reason }) => moved(S::Skipped {
+                reason: reason.clone(),
+            }),
+            (S::AwaitingApproval { attempt }, Event::Cancel { reason }) => {
+                moved(S::Cancelled(Ended {
+                    attempt: *attempt,
+                    reason: Some(reason.clone()),
+                    ..Ended::default()
+                }))
+            }
             (S::Ready { attempt }, Event::Assign { worker }) => moved(S::Assigned {
                 worker: *worker,
                 attempt: *attempt,
@@ -268,6 +317,7 @@ impl ModuleState {
     pub fn attempt(&self) -> Option<u32> {
         match self {
             ModuleState::Ready { attempt }
+            | ModuleState::AwaitingApproval { attempt }
             | ModuleState::Assigned { attempt, .. }
             | ModuleState::Running { attempt, .. } => Some(*attempt),
             other => other.ended().map(|e| e.attempt),
@@ -302,6 +352,7 @@ impl ModuleState {
     pub fn name(&self) -> &'static str {
         match self {
             ModuleState::Pending => "pending",
+            ModuleState::AwaitingApproval { .. } => "awaiting approval",
             ModuleState::Ready { .. } => "ready",
             ModuleState::Assigned { .. } => "assigned",
             ModuleState::Running { .. } => "running",
@@ -640,6 +691,145 @@ mod tests {
                 attempt: 1,
                 reason: "x".into(),
             },
+            Err("Illegal"),
+        );
+    }
+
+    #[test]
+    fn a_gate_waits_then_runs_succeeds_fails_or_is_skipped() {
+        let moved = |s| Ok(Step::Moved(s));
+        let waiting = ModuleState::AwaitingApproval { attempt: 2 };
+        check(
+            ModuleState::Pending,
+            Event::AwaitApproval { attempt: 2 },
+            moved(waiting.clone()),
+        );
+        check(
+            waiting.clone(),
+            Event::Approve {
+                gate_only: false,
+                outputs: BTreeMap::new(),
+            },
+            moved(ModuleState::Ready { attempt: 2 }),
+        );
+        let inputs: BTreeMap<String, String> = [("ticket".to_owned(), "OPS-12".to_owned())].into();
+        check(
+            waiting.clone(),
+            Event::Approve {
+                gate_only: true,
+                outputs: inputs.clone(),
+            },
+            moved(ModuleState::Succeeded(Ended {
+                attempt: 2,
+                outputs: inputs,
+                ..Ended::default()
+            })),
+        );
+        check(
+            waiting.clone(),
+            Event::Reject {
+                reason: "rejected by alice: not today".into(),
+            },
+            moved(ModuleState::Failed(Ended {
+                attempt: 2,
+                reason: Some("rejected by alice: not today".into()),
+                ..Ended::default()
+            })),
+        );
+        check(
+            waiting.clone(),
+            Event::SkipGate {
+                reason: "expired".into(),
+            },
+            moved(ModuleState::Skipped {
+                reason: "expired".into(),
+            }),
+        );
+        check(
+            waiting.clone(),
+            Event::Cancel { reason: "c".into() },
+            moved(ModuleState::Cancelled(Ended {
+                attempt: 2,
+                reason: Some("c".into()),
+                ..Ended::default()
+            })),
+        );
+        assert_eq!(waiting.name(), "awaiting approval");
+        assert_eq!(waiting.attempt(), Some(2));
+        assert!(!waiting.is_terminal());
+        assert_eq!(waiting.holder(), None);
+    }
+
+    #[test]
+    fn a_gate_is_decided_only_while_it_waits() {
+        let now = Instant::now();
+        let approve = Event::Approve {
+            gate_only: false,
+            outputs: BTreeMap::new(),
+        };
+        let reject = Event::Reject {
+            reason: "no".into(),
+        };
+        let waiting = ModuleState::AwaitingApproval { attempt: 1 };
+        for state in [
+            ModuleState::Pending,
+            ModuleState::Ready { attempt: 1 },
+            ModuleState::Running {
+                worker: W1,
+                attempt: 1,
+                started: now,
+            },
+            ModuleState::Succeeded(ended(1)),
+            ModuleState::Failed(ended(1)),
+            ModuleState::Skipped { reason: "x".into() },
+        ] {
+            check(state.clone(), approve.clone(), Err("Illegal"));
+            check(state.clone(), reject.clone(), Err("Illegal"));
+            check(
+                state,
+                Event::SkipGate { reason: "x".into() },
+                Err("Illegal"),
+            );
+        }
+        // A waiting gate holds no worker: nothing can be assigned, started
+        // or finished, and it does not wait twice.
+        check(
+            waiting.clone(),
+            Event::Assign { worker: W1 },
+            Err("Illegal"),
+        );
+        check(
+            waiting.clone(),
+            Event::Start {
+                worker: W1,
+                attempt: 1,
+                at: now,
+            },
+            Err("Illegal"),
+        );
+        check(
+            waiting.clone(),
+            finish(W1, Outcome::Succeeded, 1),
+            Err("Illegal"),
+        );
+        check(
+            waiting.clone(),
+            Event::NeedsMet { attempt: 1 },
+            Err("Illegal"),
+        );
+        check(
+            waiting.clone(),
+            Event::AwaitApproval { attempt: 1 },
+            Err("Illegal"),
+        );
+        check(
+            waiting,
+            Event::NoWorker { reason: "x".into() },
+            Err("Illegal"),
+        );
+        check(
+            ModuleState::Ready { attempt: 1 },
+            Event::AwaitApproval { attempt: 1 },
             Err("Illegal"),
         );
     }

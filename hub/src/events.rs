@@ -36,6 +36,12 @@ pub enum RunEvent {
         worker: Option<String>,
         note: Option<String>,
     },
+    /// A gate is still waiting, or an earlier approval no longer stands:
+    /// said to the owner, not journaled.
+    Gate {
+        module: String,
+        text: String,
+    },
     /// A batch of log lines from a module's current attempt.
     Log {
         module: String,
@@ -53,6 +59,8 @@ pub struct ModuleSummary {
     pub worker: Option<String>,
     /// Finished from the result cache: how long its original run took.
     pub cached: Option<std::time::Duration>,
+    /// How its approval gate was decided: "approved by alice after 3m 2s".
+    pub gate: Option<String>,
 }
 
 /// The run's outcome, in plan order.

@@ -10,6 +10,7 @@ mod artifacts;
 mod cache;
 mod connection;
 mod dashboard;
+mod decide;
 mod events;
 mod front_door;
 mod ids;
@@ -38,6 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use artifacts::stored_artifact;
 pub use cache::{CacheFuture, Looked, Lookup, NeedResult, ResultCache, Store};
 pub use dashboard::{offline_page, PAGE as DASHBOARD_PAGE};
+pub use decide::Approvers;
 pub use events::{ModuleSummary, RunEvent, Summary};
 use ids::random_id;
 pub use scheduler::CancelAnswer;
@@ -109,6 +111,9 @@ pub struct HubConfig {
     pub view_token: Option<String>,
     /// At most this many dashboard viewers at once.
     pub max_viewers: usize,
+    /// Who may decide approval gates (name → SHA-256 of their token),
+    /// besides the run token (which decides gates naming no approvers).
+    pub approvers: Approvers,
 }
 
 impl Default for HubConfig {
@@ -132,6 +137,7 @@ impl Default for HubConfig {
             transfer_stall_timeout: Duration::from_secs(60),
             view_token: None,
             max_viewers: 32,
+            approvers: Approvers::default(),
         }
     }
 }
@@ -176,6 +182,19 @@ impl Canceller {
         self.0.send(command).await.ok()?;
         answer.await.ok()
     }
+}
+
+/// The master's environment variables that the plan's gates name in
+/// `not = ["$VAR"]`: read once, when the hub starts.
+fn gate_env(plan: &Plan) -> std::collections::BTreeMap<String, String> {
+    plan.modules
+        .iter()
+        .filter_map(|m| m.approval.as_ref())
+        .flat_map(|gate| &gate.not)
+        .filter_map(|written| written.strip_prefix('$'))
+        .map(|var| var.trim_start_matches('{').trim_end_matches('}'))
+        .filter_map(|var| std::env::var(var).ok().map(|value| (var.to_owned(), value)))
+        .collect()
 }
 
 /// How the hub journals its run: the scheduler hands every change to
@@ -250,6 +269,7 @@ impl Hub {
             journal: None,
             resume: None,
             cache: cache.is_some(),
+            gate_env: gate_env(&plan),
         };
         let feed = journaling.as_ref().map(|j| j.writer.feed());
         let (settings, writer) = match journaling {
@@ -291,6 +311,7 @@ impl Hub {
             tracker: tracker.clone(),
             negotiated: Mutex::new(HashMap::new()),
             artifacts: Arc::new(artifacts),
+            approvers: config.approvers.clone(),
         });
         let viewers = config.max_viewers.max(1);
         let dashboard = Arc::new(dashboard::DashboardState {

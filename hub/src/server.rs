@@ -1,5 +1,6 @@
 //! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub` (and
-//! `/hub/`), the cancel endpoint for `muster cancel`, the artifact store's
+//! `/hub/`), the cancel endpoint for `muster cancel`, the gates' decide
+//! endpoint (`decide.rs`), the artifact store's
 //! routes (`artifacts.rs`), and token checks that answer 401 before
 //! anything else happens. A request that passes the check admits its
 //! connection at the front door (`front_door.rs`).
@@ -48,6 +49,8 @@ pub(crate) struct AppState {
     pub negotiated: Mutex<HashMap<String, Instant>>,
     /// Files modules hand to each other, by SHA-256.
     pub artifacts: Arc<artifacts::ArtifactStore>,
+    /// Who may decide approval gates, besides the run token.
+    pub approvers: crate::decide::Approvers,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -61,6 +64,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // official ones then negotiate at /hub/negotiate and connect here.
         .route(http::HUB_SLASH, get(upgrade))
         .route(http::CANCEL, post(cancel))
+        .route(
+            http::DECIDE,
+            post(crate::decide::decide).layer(axum::extract::DefaultBodyLimit::max(
+                crate::decide::MAX_DECISION_BODY,
+            )),
+        )
         .route(http::ARTIFACT, artifacts)
         .route(http::HEALTH, get(|| async { "ok" }))
         .with_state(state)

@@ -5,6 +5,7 @@
 mod cache;
 mod cancel;
 mod ci;
+mod decide;
 mod graph;
 mod hub;
 mod report;
@@ -31,6 +32,11 @@ pub enum Command {
     Ci(Box<ci::CiArgs>),
     /// Cancel a running hub's run, as Ctrl-C on the master would.
     Cancel(cancel::CancelArgs),
+    /// Approve a module's approval gate (with your approver token).
+    Approve(decide::ApproveArgs),
+    /// Reject a module's approval gate: it fails with your reason and its
+    /// dependents are skipped.
+    Reject(decide::RejectArgs),
     /// Check a pipeline file and print its modules without running anything.
     Validate(validate::ValidateArgs),
     /// Show a run's state from its journal: a local run from another
@@ -55,6 +61,8 @@ impl Command {
             Command::Worker(args) => worker::worker(args).await,
             Command::Ci(args) => ci::ci(*args).await,
             Command::Cancel(args) => cancel::cancel(args).await,
+            Command::Approve(args) => decide::approve(args).await,
+            Command::Reject(args) => decide::reject(args).await,
             Command::Validate(args) => validate::validate(&args),
             Command::Status(args) => status::status(args).await,
             Command::Runs(args) => runs::runs(&args),

@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(decoded.records, vec![record(1), record(2), record(3)]);
         assert_eq!(decoded.torn, None);
         let line = String::from_utf8(encode(&record(1))).unwrap();
-        assert!(line.starts_with("{\"v\":1,\"seq\":1,"), "{line}");
+        assert!(
+            line.starts_with(&format!("{{\"v\":{FORMAT_VERSION},\"seq\":1,")),
+            "{line}"
+        );
         assert!(line.contains("\"type\":\"module\""), "{line}");
     }
 

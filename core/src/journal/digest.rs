@@ -19,9 +19,10 @@ pub struct ModuleDigest {
     pub digest: String,
     /// Part name (`command`, `shell`, `cwd`, `env`, `matrix`, `needs`,
     /// `requires`, `secrets`, `produces`, `consumes`, `timeout`,
-    /// `retries`, `inputs`, `cache`, `envInputs`) → the first 16 hex digits
+    /// `retries`, `inputs`, `cache`, `envInputs`, `approval`) → the first 16 hex digits
     /// of its SHA-256. `inputs` and `cache` are left out while the module
-    /// has no inputs, `envInputs` while it has none: a module that does not
+    /// has no inputs, `envInputs` while it has none, `approval` without a
+    /// gate: a module that does not
     /// use them keeps the digest it had before they existed, so a journal
     /// written by an earlier muster still matches it.
     pub parts: BTreeMap<String, String>,
@@ -102,6 +103,20 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
             "envInputs",
             module.env_inputs.iter().map(String::as_str).collect(),
         );
+    }
+    if let Some(gate) = &module.approval {
+        let timeout = gate.timeout.as_millis().to_string();
+        let mut values = vec![
+            gate.prompt.as_str(),
+            &timeout,
+            gate.on_timeout.word(),
+            if gate.gate_only { "gate only" } else { "runs" },
+        ];
+        for list in [&gate.approvers, &gate.inputs, &gate.not] {
+            values.push("\u{1}");
+            values.extend(list.iter().map(String::as_str));
+        }
+        part("approval", values);
     }
     let mut whole = Sha256::new();
     for (name, digest) in &parts {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::digest::ModuleDigest;
-use super::record::{Entry, ModuleRecord, Record, RunStart, StateName};
+use super::record::{Entry, GateRecord, ModuleRecord, Record, RunStart, StateName};
 use crate::wire::types::{Artifact, RunOutcome};
 
 /// The run as its journal tells it.
@@ -37,6 +37,10 @@ pub struct History {
     /// a resume can say which part changed since a module succeeded.
     #[serde(skip)]
     pub definitions: BTreeMap<String, BTreeMap<String, String>>,
+    /// The latest decision on each gated module, by module id, across
+    /// stints: a resumed run keeps one only for the same question.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub gates: BTreeMap<String, GateRecord>,
 }
 
 /// One module as the journal last told it.
@@ -107,6 +111,9 @@ impl History {
             // Away is not gone: it may come back and still holds modules.
             Entry::WorkerAway { .. } | Entry::WorkerBack { .. } => {}
             Entry::CancelRequested { reason } => self.cancelled = Some(reason.clone()),
+            Entry::GateDecided(gate) => {
+                self.gates.insert(gate.module.clone(), gate.clone());
+            }
             Entry::RunFinished { outcome, cancelled } => {
                 if self.cancelled.is_none() {
                     self.cancelled = cancelled.clone();
@@ -233,7 +240,9 @@ impl History {
         }
         match change.state {
             StateName::Running => module.started_at = Some(record.at),
-            StateName::Pending | StateName::Ready => module.started_at = None,
+            StateName::Pending | StateName::AwaitingApproval | StateName::Ready => {
+                module.started_at = None
+            }
             _ => {}
         }
         module.succeeded_with = match change.state {
@@ -254,6 +263,7 @@ fn entry_name(entry: &Entry) -> &'static str {
         Entry::WorkerAway { .. } => "workerAway",
         Entry::WorkerBack { .. } => "workerBack",
         Entry::CancelRequested { .. } => "cancelRequested",
+        Entry::GateDecided(_) => "gateDecided",
         Entry::RunFinished { .. } => "runFinished",
     }
 }

@@ -14,5 +14,7 @@ pub mod resume;
 pub use codec::{decode, encode, encode_into, Decoded, JournalError, TornTail};
 pub use digest::{module_digests, plan_digest, ModuleDigest};
 pub use history::{History, HistoryError, ModuleStatus};
-pub use record::{Entry, ModuleRecord, Record, RunStart, Settings, StateName, FORMAT_VERSION};
+pub use record::{
+    Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName, FORMAT_VERSION,
+};
 pub use resume::{decide, Rerun, Resumption, Why};

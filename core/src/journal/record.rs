@@ -11,8 +11,9 @@ use crate::state::ModuleState;
 use crate::wire::types::{Artifact, RunOutcome};
 
 /// The journal format this muster writes and the newest it reads. Bumped
-/// when a record changes in a way an older reader would misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// when a record changes in a way an older reader would misread: 2 added
+/// approval gates (the `awaitingApproval` state, `gateDecided` records).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +54,11 @@ pub enum Entry {
     },
     #[serde(rename_all = "camelCase")]
     WorkerBack { name: String, kept: usize },
+    /// A gate was decided (or expired). Bound to what was asked: the
+    /// module's definition digest and a digest of its needs' outputs when
+    /// it opened, so a resumed run keeps the decision only for the same
+    /// question.
+    GateDecided(GateRecord),
     /// Someone asked to cancel the run (Ctrl-C, `muster cancel`,
     /// `--fail-fast`).
     #[serde(rename_all = "camelCase")]
@@ -99,6 +105,27 @@ pub struct Settings {
 
 pub use super::digest::ModuleDigest;
 
+/// A decision on a module's approval gate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRecord {
+    pub module: String,
+    /// `approved`, `rejected`, or `expired`.
+    pub decision: String,
+    /// The approver's name, or `the run token`; absent when it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The approver's inputs (masked as outputs are).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+    /// The module's definition digest when the gate opened.
+    pub definition: String,
+    /// A digest of its needs' outputs when the gate opened.
+    pub needs_outputs: String,
+}
+
 /// A module's new state and what came with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -142,6 +169,7 @@ pub struct ModuleRecord {
 pub enum StateName {
     #[default]
     Pending,
+    AwaitingApproval,
     Ready,
     Assigned,
     Running,
@@ -156,6 +184,7 @@ impl StateName {
     pub fn of(state: &ModuleState) -> StateName {
         match state {
             ModuleState::Pending => StateName::Pending,
+            ModuleState::AwaitingApproval { .. } => StateName::AwaitingApproval,
             ModuleState::Ready { .. } => StateName::Ready,
             ModuleState::Assigned { .. } => StateName::Assigned,
             ModuleState::Running { .. } => StateName::Running,
@@ -171,6 +200,7 @@ impl StateName {
     pub fn word(self) -> &'static str {
         match self {
             StateName::Pending => "pending",
+            StateName::AwaitingApproval => "awaiting approval",
             StateName::Ready => "ready",
             StateName::Assigned => "assigned",
             StateName::Running => "running",

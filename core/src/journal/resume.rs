@@ -5,12 +5,13 @@
 //! runs again when a module that runs consumes them. The decision is a
 //! value, so the master can print it before it starts anything.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use crate::journal::digest::ModuleDigest;
 use crate::journal::history::{History, ModuleStatus};
-use crate::journal::record::StateName;
+use crate::journal::record::{GateRecord, StateName};
 use crate::plan::{ModuleIndex, Plan};
 use crate::state::Ended;
 use crate::wire::types::Artifact;
@@ -27,6 +28,10 @@ pub struct Resumption {
     pub first_attempt: Vec<u32>,
     /// Modules that had a result or were in flight and run again, and why.
     pub rerun: Vec<Rerun>,
+    /// Approvals the earlier run journaled, by module id: a gate that asks
+    /// the same question again (same definition, same needs' outputs)
+    /// takes it instead of asking twice.
+    pub approvals: BTreeMap<String, GateRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +111,12 @@ pub fn decide(
             .map(|s| s.map_or(1, first_attempt))
             .collect(),
         rerun,
+        approvals: history
+            .gates
+            .iter()
+            .filter(|(_, gate)| gate.decision == "approved")
+            .map(|(module, gate)| (module.clone(), gate.clone()))
+            .collect(),
     }
 }
 

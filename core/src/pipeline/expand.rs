@@ -14,6 +14,7 @@ use super::fields::{
     Defaults,
 };
 use super::raw::{MatrixValue, RawMatrix, RawModule};
+use crate::gate::Approval;
 use crate::plan::{Consume, ModuleIndex, Plan, PlannedModule};
 
 /// The most instances one module's matrix may expand into.
@@ -80,6 +81,7 @@ struct Shared {
     consumes: Vec<Consume>,
     /// May its result come from the cache: not opted out, and it has inputs.
     cache: bool,
+    approval: Option<Approval>,
 }
 
 impl Shared {
@@ -140,7 +142,17 @@ impl Shared {
             Some(written) => *written.get_ref(),
             None => defaults.cache && has_inputs,
         };
+        let approval = match &raw.approval {
+            Some(written) => Some(super::gate::approval(
+                source,
+                name,
+                written,
+                raw.run.is_none(),
+            )?),
+            None => None,
+        };
         Ok(Shared {
+            approval,
             needs,
             timeout,
             shell,
@@ -193,7 +205,10 @@ fn instance(
     Ok(PlannedModule {
         id: instance_id(name, &combination),
         name: name.to_owned(),
-        run: sub(&raw.run)?,
+        run: match &raw.run {
+            Some(run) => sub(run)?,
+            None => String::new(),
+        },
         shell: shared.shell.clone(),
         cwd: shared.cwd.clone(),
         env,
@@ -208,6 +223,7 @@ fn instance(
         cache: shared.cache,
         env_inputs,
         matrix: combination,
+        approval: shared.approval.clone(),
     })
 }
 

@@ -12,6 +12,7 @@
 mod error;
 mod expand;
 mod fields;
+mod gate;
 mod order;
 mod raw;
 
@@ -41,8 +42,18 @@ pub fn parse_pipeline(file: &str, text: &str) -> Result<Plan, PipelineError> {
     let mut modules: Vec<(Spanned<String>, RawModule)> = raw.modules.into_iter().collect();
     // File order, so the plan (and `muster validate`) reads like the file.
     modules.sort_by_key(|(name, _)| name.span().start);
-    for (name, _) in &modules {
+    for (name, module) in &modules {
         check_name(&source, name)?;
+        if module.run.is_none() && module.approval.is_none() {
+            return Err(source
+                .error(
+                    name.span(),
+                    format!("module '{}' has no `run`", name.get_ref()),
+                )
+                .help(
+                    "give it a command, e.g. run = \"make\" (only an approval gate may have none)",
+                ));
+        }
     }
     let order = order::topological_order(&source, &modules)?;
     expand::expand(&source, &defaults, modules, &order)

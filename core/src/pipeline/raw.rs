@@ -41,7 +41,8 @@ pub(super) struct RawDefaults {
     expecting = "a table of module settings, such as [modules.build] with run = \"make\""
 )]
 pub(super) struct RawModule {
-    pub(super) run: Spanned<String>,
+    /// Required, except on a pure approval gate.
+    pub(super) run: Option<Spanned<String>>,
     pub(super) shell: Option<Spanned<String>>,
     pub(super) cwd: Option<Spanned<String>>,
     #[serde(default)]
@@ -64,6 +65,23 @@ pub(super) struct RawModule {
     pub(super) cache: Option<Spanned<bool>>,
     #[serde(default)]
     pub(super) env_inputs: Vec<Spanned<String>>,
+    pub(super) approval: Option<Spanned<RawApproval>>,
+}
+
+/// `approval = { prompt = "...", approvers = [...], timeout = "2h",
+/// on_timeout = "fail", inputs = [...], not = [...] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApproval {
+    pub(super) prompt: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) approvers: Vec<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) on_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) not: Vec<Spanned<String>>,
 }
 
 /// `matrix = { key = [values...] }`, each part with its place in the file.
@@ -101,7 +119,12 @@ mod tests {
             1,
             "unknown field `rnu`",
         );
-        check_error("[modules.a]\nshell = \"sh\"\n", 1, 1, "missing field `run`");
+        check_error(
+            "[modules.a]\nshell = \"sh\"\n",
+            1,
+            10,
+            "module 'a' has no `run`",
+        );
         check_error("[project]\nname = 1\n", 1, 2, "unknown field `project`");
         check_error("[modules.a\n", 1, 11, "");
         check_error("[modules]\na = 5\n", 2, 5, "a table of module settings");

@@ -19,6 +19,10 @@ pub const HUB_SLASH: &str = "/hub/";
 pub const NEGOTIATE: &str = "/hub/negotiate";
 /// Cancels the run (`POST`, with the token).
 pub const CANCEL: &str = "/hub/cancel";
+/// Decides a module's approval gate (`POST`, with an approver's token or
+/// the run token): `{"module", "decision": "approve"|"reject", "inputs",
+/// "reason"}`.
+pub const DECIDE: &str = "/hub/decide";
 /// One artifact, named by the SHA-256 of its content (`HEAD`, `PUT`,
 /// `GET`, with the token), in axum's path syntax.
 pub const ARTIFACT: &str = "/hub/artifacts/{sha256}";
@@ -34,6 +38,8 @@ pub const DASHBOARD_CANCEL: &str = "/dashboard/cancel";
 
 /// [`CANCEL`] below a hub URL, for [`join`].
 const CANCEL_TAIL: &str = "cancel";
+/// [`DECIDE`] below a hub URL, for [`join`].
+const DECIDE_TAIL: &str = "decide";
 /// The folder of [`ARTIFACT`] below a hub URL, for [`join`].
 const ARTIFACTS_TAIL: &str = "artifacts";
 
@@ -89,6 +95,21 @@ pub fn cancel_url(hub: &str) -> Result<String, BadHubUrl> {
     Ok(join(&http_url(hub)?, CANCEL_TAIL))
 }
 
+/// The URL to `POST` a gate's decision to: [`DECIDE`] below the hub's
+/// [`http_url`]. A URL without a path (the dashboard's link, as `muster
+/// run` prints it) means the hub on that host.
+pub fn decide_url(hub: &str) -> Result<String, BadHubUrl> {
+    let base = http_url(hub)?;
+    let path = &base[..base.find('?').unwrap_or(base.len())];
+    let after_scheme = path.find("://").map_or(path, |i| &path[i + 3..]);
+    let tail = if after_scheme.contains('/') {
+        DECIDE_TAIL
+    } else {
+        DECIDE.trim_start_matches('/')
+    };
+    Ok(join(&base, tail))
+}
+
 /// The URL of one artifact in the store of the hub at `hub`, an
 /// `http(s)://` URL such as [`http_url`] gives: `{hub}/artifacts/{sha256}`,
 /// with the hub URL's query (if any) after it; one slash between the parts
@@ -131,6 +152,20 @@ pub fn join(base: &str, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_go_below_the_hub_or_to_the_hub_of_a_bare_host() {
+        assert_eq!(decide_url("ws://h:1/hub").unwrap(), "http://h:1/hub/decide");
+        assert_eq!(
+            decide_url("http://h:1/hub/").unwrap(),
+            "http://h:1/hub/decide"
+        );
+        assert_eq!(decide_url("http://h:1").unwrap(), "http://h:1/hub/decide");
+        assert_eq!(
+            decide_url("http://h:1/?access_token=v").unwrap(),
+            "http://h:1/hub/decide?access_token=v"
+        );
+    }
 
     #[test]
     fn endpoints_join_below_the_hub_without_double_slashes() {

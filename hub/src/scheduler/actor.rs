@@ -33,11 +33,13 @@ use tokio::time::Instant;
 use muster_core::journal::{Entry, StateName};
 use serde_json::Value;
 
+use super::gates::DecisionAnswer;
 use super::machine::{Effect, Input, Machine};
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
 use crate::cache::{Looked, ResultCache};
 use crate::events::{RunEvent, Summary};
 use crate::outbox::{Outbound, Outbox};
+use muster_core::gate::Refused;
 
 /// Who is waiting for the answer to the input being handled.
 enum Requester {
@@ -51,7 +53,11 @@ enum Requester {
     /// A worker's call, and where to answer it when it has an invocation id.
     Call(WorkerId, Option<(String, Outbox)>),
     Cancel(Option<oneshot::Sender<CancelAnswer>>),
+    Decide(Option<oneshot::Sender<DecideAnswer>>),
 }
+
+/// What a decision's requester is told.
+pub(crate) type DecideAnswer = Result<DecisionAnswer, Refused>;
 
 /// Records written but not yet durable beyond which no command is taken.
 const MAX_UNDURABLE: u64 = 16_384;
@@ -95,6 +101,9 @@ pub(crate) struct Scheduler {
     /// Answers to `Complete`s waiting for their result's record: the
     /// invocation, and where to send it.
     waiting_answers: VecDeque<Waiting<Answer>>,
+    /// Accepted decisions waiting for their record: the approver is told
+    /// only what the journal holds.
+    waiting_decisions: VecDeque<Waiting<(oneshot::Sender<DecideAnswer>, DecideAnswer)>>,
     /// Per worker, the record its last waiting answer waits for: a
     /// `Cancel` or `Shutdown` to it goes after that answer.
     answer_after: HashMap<WorkerId, u64>,
@@ -124,7 +133,14 @@ pub(crate) struct Scheduler {
     /// are sent.
     summary: Option<Summary>,
     connected: watch::Sender<usize>,
+    /// Results being kept in the cache: the run ends only once they are
+    /// (or after [`STORE_LIMIT`]).
+    stores: tokio_util::task::TaskTracker,
 }
+
+/// How long the end of a run waits for results still being stored in the
+/// cache.
+const STORE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Scheduler {
     pub(crate) fn new(
@@ -151,6 +167,7 @@ impl Scheduler {
             journal_lost: None,
             journal,
             waiting_answers: VecDeque::new(),
+            waiting_decisions: VecDeque::new(),
             answer_after: HashMap::new(),
             waiting_calls: HashMap::new(),
             last_result: 0,
@@ -161,6 +178,7 @@ impl Scheduler {
             queued: VecDeque::new(),
             done: Some(done),
             summary: None,
+            stores: tokio_util::task::TaskTracker::new(),
             connected,
         };
         scheduler.take_in(effects, Requester::Nobody);
@@ -286,6 +304,19 @@ impl Scheduler {
             Command::Cancel { reason, reply } => {
                 self.input(Input::Cancel { reason }, Requester::Cancel(reply))
             }
+            Command::Decide {
+                module,
+                decider,
+                decision,
+                reply,
+            } => {
+                let input = Input::Decide {
+                    module,
+                    decider,
+                    decision,
+                };
+                self.input(input, Requester::Decide(Some(reply)))
+            }
         }
     }
 
@@ -362,6 +393,14 @@ impl Scheduler {
             } = self.waiting_answers.pop_front().expect("checked");
             outbox.answer(invocation_id, result);
         }
+        while self
+            .waiting_decisions
+            .front()
+            .is_some_and(|w| w.seq <= durable)
+        {
+            let (reply, answer) = self.waiting_decisions.pop_front().expect("checked").item;
+            let _ = reply.send(answer);
+        }
         let outboxes = &self.outboxes;
         self.waiting_calls.retain(|worker, calls| {
             while calls.front().is_some_and(|w| w.seq <= durable) {
@@ -430,6 +469,9 @@ impl Scheduler {
             waiting.item.1.send(Outbound::Close(Some(reason.clone())));
         }
         self.waiting_calls.clear();
+        // Decisions the journal does not hold are not accepted: dropping
+        // the reply tells the approver so.
+        self.waiting_decisions.clear();
         self.journal_lost = Some(reason);
         self.events = None;
         self.journal = None;
@@ -469,6 +511,25 @@ impl Scheduler {
                         }
                     }
                 }
+                Effect::Decided(answer) => {
+                    let Requester::Decide(Some(reply)) =
+                        std::mem::replace(&mut requester, Requester::Nobody)
+                    else {
+                        continue;
+                    };
+                    if answer.is_ok() && self.appended > self.durable {
+                        self.waiting_decisions.push_back(Waiting {
+                            seq: self.appended,
+                            item: (reply, answer),
+                        });
+                        if let Some(journal) = &mut self.journal {
+                            journal.expedite();
+                            self.expedited = self.appended;
+                        }
+                    } else {
+                        let _ = reply.send(answer);
+                    }
+                }
                 Effect::Cancelled(answer) => {
                     if let Requester::Cancel(reply) = &mut requester {
                         if let Some(reply) = reply.take() {
@@ -499,7 +560,7 @@ impl Scheduler {
                         continue;
                     };
                     store.log = self.cache_logs.remove(&store.id).unwrap_or_default();
-                    tokio::spawn(cache.store(store));
+                    self.stores.spawn(cache.store(store));
                 }
                 Effect::Finished(summary) => self.summary = Some(summary),
                 Effect::Connected(count) => {
@@ -590,6 +651,16 @@ impl Scheduler {
         if let Some(summary) = self.summary.take() {
             // The owner's event stream ends with the run.
             self.events = None;
+            self.stores.close();
+            if tokio::time::timeout(STORE_LIMIT, self.stores.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "results still being stored in the cache after {}s are not kept",
+                    STORE_LIMIT.as_secs()
+                );
+            }
             let closed = match self.journal.take() {
                 Some(journal) => journal.close().await.map_err(|e| e.to_string()),
                 None => Ok(()),

@@ -71,6 +71,17 @@ impl Machine {
             }
         };
         let module = self.module_index(&module_id)?;
+        let mut event = event;
+        if let (Event::Finish { ended, .. }, Some(inputs)) =
+            (&mut event, self.approval_outputs(module))
+        {
+            for (key, value) in inputs {
+                ended
+                    .outputs
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
+        }
         let started = match &event {
             Event::Start { attempt, .. } => Some(*attempt),
             _ => None,

@@ -103,6 +103,7 @@ impl Machine {
             }
             needs.insert(id.clone(), outputs);
         }
+        env.extend(self.approval_env(module));
         Assignment {
             module_id: m.id.clone(),
             attempt,

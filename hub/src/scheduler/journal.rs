@@ -31,7 +31,7 @@ impl Machine {
             return;
         }
         let entry = match event {
-            RunEvent::Log { .. } => return,
+            RunEvent::Log { .. } | RunEvent::Gate { .. } => return,
             RunEvent::Module {
                 module,
                 state,

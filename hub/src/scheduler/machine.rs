@@ -6,12 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use muster_core::journal::Entry;
+use muster_core::gate::{Decider, Decision, Refused};
+use muster_core::journal::{module_digests, Entry, GateRecord};
 use muster_core::wire::calls::{HubCall, WorkerCall};
 use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
+use super::gates::{Decided, DecisionAnswer, OpenGate};
 use super::table::{cached_note, CacheState, Refusal, Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
 use crate::cache::{Looked, Lookup, Store};
@@ -36,6 +38,12 @@ pub(crate) enum Input {
     Cancel { reason: String },
     /// The result cache answered a lookup.
     Cached { module: ModuleIndex, looked: Looked },
+    /// A decision on a module's approval gate.
+    Decide {
+        module: String,
+        decider: Decider,
+        decision: Decision,
+    },
     /// Time has passed: fire the timers that are due.
     Tick,
 }
@@ -50,6 +58,8 @@ pub(crate) enum Effect {
     Answer(Result<Value, Refusal>),
     /// The answer to `Cancel`.
     Cancelled(CancelAnswer),
+    /// The answer to `Decide`: first, before anything that follows from it.
+    Decided(Result<DecisionAnswer, Refused>),
     /// A hub call to a connected worker.
     Send { worker: WorkerId, call: HubCall },
     /// An event for the hub's owner.
@@ -99,6 +109,15 @@ pub(crate) struct Machine {
     pub(super) keeping_from: Option<String>,
     /// Each module's standing with the result cache.
     pub(super) cache: Vec<CacheState>,
+    /// Gates waiting for a decision.
+    pub(super) gates: HashMap<ModuleIndex, OpenGate>,
+    /// Gates decided (or expired) in this stint.
+    pub(super) decided: HashMap<ModuleIndex, Decided>,
+    /// Approvals an earlier stint journaled, by module id, not yet taken.
+    pub(super) standing: BTreeMap<String, GateRecord>,
+    /// Each module's definition digest, when the plan has gates (what a
+    /// decision is bound to); empty otherwise.
+    pub(super) definitions: Vec<String>,
     effects: Vec<Effect>,
 }
 
@@ -141,6 +160,18 @@ impl Machine {
         let resume_reruns: Option<Vec<ModuleIndex>> = resume
             .as_ref()
             .map(|r| r.rerun.iter().map(|rerun| rerun.module).collect());
+        let standing = resume
+            .as_ref()
+            .map(|r| r.approvals.clone())
+            .unwrap_or_default();
+        let definitions = if plan.modules.iter().any(|m| m.approval.is_some()) {
+            module_digests(&plan)
+                .into_iter()
+                .map(|d| d.digest)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (run, changes) = match &resume {
             Some(resume) => {
                 let note = format!("kept from run {}", resume.from_run);
@@ -171,6 +202,10 @@ impl Machine {
             now,
             keeping_from: resume.as_ref().map(|r| r.from_run.clone()),
             cache: vec![CacheState::Off; n],
+            gates: HashMap::new(),
+            decided: HashMap::new(),
+            standing,
+            definitions,
             effects: Vec::new(),
         };
         machine.journal_start();
@@ -213,6 +248,14 @@ impl Machine {
             }
             Input::Tick => self.fire_timers(),
             Input::Cached { module, looked } => self.cached(module, looked),
+            Input::Decide {
+                module,
+                decider,
+                decision,
+            } => {
+                let answer = self.decide(&module, decider, decision);
+                self.effects.insert(0, Effect::Decided(answer));
+            }
         }
         self.dispatch();
         self.finish_if_done();
@@ -267,7 +310,8 @@ impl Machine {
     pub(super) fn record(&mut self, changes: Vec<Change>) {
         let mut failed = None;
         let mut ready = Vec::new();
-        for change in changes {
+        let mut opened = Vec::new();
+        for mut change in changes {
             let now = change.state.holder();
             let before = self.holder[change.module];
             if before != now {
@@ -284,6 +328,12 @@ impl Machine {
                 ready.push(change.module);
             } else {
                 self.unplaceable.remove(&change.module);
+            }
+            if matches!(change.state, ModuleState::AwaitingApproval { .. }) {
+                change.note = Some(self.open_gate(change.module));
+                opened.push(change.module);
+            } else {
+                self.gates.remove(&change.module);
             }
             self.arm_attempt_timers(change.module, &change.state);
             if matches!(
@@ -304,6 +354,7 @@ impl Machine {
             });
         }
         self.look_up_ready(&ready);
+        self.take_standing_approvals(&opened);
         if let (true, Some(module)) = (self.settings.fail_fast, failed) {
             let id = self.run.plan().modules[module].id.clone();
             self.cancel(&format!("--fail-fast: '{id}' did not succeed"));
@@ -376,6 +427,7 @@ impl Machine {
                 worker: self.worker_name(state),
                 state: state.clone(),
                 cached: self.cache_note(i),
+                gate: self.gate_summary(i),
             })
             .collect();
         let summary = Summary {

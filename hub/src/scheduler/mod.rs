@@ -15,6 +15,7 @@ mod actor;
 mod cache;
 mod calls;
 mod dispatch;
+mod gates;
 mod journal;
 mod machine;
 mod placement;
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::outbox::Outbox;
 
-pub(crate) use actor::Scheduler;
+pub(crate) use actor::{DecideAnswer, Scheduler};
 pub(crate) use journal::JournalSettings;
 
 /// The most slots one worker may claim; more is taken as this many.
@@ -73,6 +74,13 @@ pub(crate) enum Command {
     Cancel {
         reason: String,
         reply: Option<oneshot::Sender<CancelAnswer>>,
+    },
+    /// A decision on a module's approval gate; answered once journaled.
+    Decide {
+        module: String,
+        decider: muster_core::gate::Decider,
+        decision: muster_core::gate::Decision,
+        reply: oneshot::Sender<DecideAnswer>,
     },
     /// The worker table as the dashboard shows it.
     Workers {
@@ -134,4 +142,6 @@ pub(crate) struct SchedulerSettings {
     pub resume: Option<Resumption>,
     /// Look cacheable modules up before dispatching them.
     pub cache: bool,
+    /// The master's environment variables that gates' `not` lists name.
+    pub gate_env: std::collections::BTreeMap<String, String>,
 }

@@ -46,6 +46,10 @@ pub(crate) enum Timer {
     Result { module: ModuleIndex, attempt: u32 },
     /// An assigned attempt has had its time to be started.
     Start { module: ModuleIndex, attempt: u32 },
+    /// A gate's time for a decision is up.
+    GateExpires(ModuleIndex),
+    /// Say again that the run waits on a gate.
+    GateReminder(ModuleIndex),
 }
 
 /// How a module stands with the cache.

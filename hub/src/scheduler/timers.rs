@@ -43,6 +43,8 @@ impl Machine {
                 }
                 Timer::Result { module, attempt } => self.no_result(module, attempt),
                 Timer::Start { module, attempt } => self.not_started(module, attempt),
+                Timer::GateExpires(module) => self.gate_expired(module),
+                Timer::GateReminder(module) => self.gate_reminder(module),
             }
         }
     }

@@ -1,0 +1,151 @@
+//! `POST /hub/decide`: approves or rejects a module's approval gate for
+//! `muster approve` / `muster reject` (and any HTTP client). The token
+//! says who decides: an approver's own token (the master knows only its
+//! SHA-256, from `--approver NAME=DIGEST`) or the run token. The answer
+//! comes once the decision is journaled; a refusal changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use muster_core::gate::{Decider, Decision, Refused};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use crate::front_door::Admission;
+use crate::scheduler::Command;
+use crate::server::{digest, AppState};
+
+/// The largest body a decision may have.
+pub(crate) const MAX_DECISION_BODY: usize = 64 * 1024;
+
+/// The approvers a master knows: name → SHA-256 of their token.
+#[derive(Debug, Clone, Default)]
+pub struct Approvers(pub BTreeMap<String, [u8; 32]>);
+
+impl Approvers {
+    /// Who `token` is: an approver, the run token (`run` is its digest),
+    /// or nobody. Every digest is compared, in constant time.
+    fn who(&self, token: &str, run: &[u8; 32]) -> Option<Decider> {
+        let given = digest(token);
+        let mut found = None;
+        for (name, expected) in &self.0 {
+            if bool::from(given.ct_eq(expected)) {
+                found = Some(Decider::Approver(name.clone()));
+            }
+        }
+        if bool::from(given.ct_eq(run)) {
+            found = Some(Decider::RunToken);
+        }
+        found
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideRequest {
+    module: String,
+    /// `approve` or `reject`.
+    decision: String,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn answer(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(json!({"error": error.into()}))).into_response()
+}
+
+pub(crate) async fn decide(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    door: Option<Extension<Arc<Admission>>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some(decider) = state.approvers.who(token, &state.token_digest) else {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown token: send 'Authorization: Bearer <token>' with your approver token (the master's --approver NAME=DIGEST) or the run token",
+        );
+    };
+    if let Some(Extension(admission)) = door {
+        admission.admit();
+    }
+    if body.len() > MAX_DECISION_BODY {
+        return answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the decision is larger than 64 KiB",
+        );
+    }
+    let request: DecideRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"module\": \"...\", \"decision\": \"approve\"|\"reject\", \"inputs\": {{...}}, \"reason\": \"...\"}}: {e}"),
+            )
+        }
+    };
+    let decision = match request.decision.as_str() {
+        "approve" => Decision::Approve {
+            inputs: request.inputs,
+            reason: request.reason.filter(|r| !r.trim().is_empty()),
+        },
+        "reject" => Decision::Reject {
+            reason: request.reason.unwrap_or_default(),
+        },
+        _ => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "decision must be \"approve\" or \"reject\"",
+            )
+        }
+    };
+    let (reply, answered) = oneshot::channel();
+    let command = Command::Decide {
+        module: request.module,
+        decider,
+        decision,
+        reply,
+    };
+    if state.commands.send(command).await.is_err() {
+        return answer(StatusCode::CONFLICT, "the run has already finished");
+    }
+    match answered.await {
+        Ok(Ok(done)) => {
+            tracing::info!(module = %done.module, by = %done.by, "gate {}", done.decision);
+            (
+                StatusCode::OK,
+                Json(json!({"module": done.module, "decision": done.decision, "by": done.by})),
+            )
+                .into_response()
+        }
+        Ok(Err(refused)) => {
+            let status = match &refused {
+                Refused::UnknownModule(_) | Refused::NoGate(_) => StatusCode::NOT_FOUND,
+                Refused::NotWaiting { .. } | Refused::AlreadyDecided { .. } => StatusCode::CONFLICT,
+                Refused::NotAnApprover { .. } | Refused::Excluded { .. } => StatusCode::FORBIDDEN,
+                Refused::MissingInput { .. }
+                | Refused::UnknownInput { .. }
+                | Refused::BadText { .. }
+                | Refused::NoReason(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            answer(status, refused.to_string())
+        }
+        Err(_) => answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the master could not journal the decision (its journal failed or the run ended): nothing was decided",
+        ),
+    }
+}
