@@ -86,9 +86,13 @@ pub struct MasterFlags {
         env = "MUSTER_APPROVERS",
         value_delimiter = ',',
         value_parser = parse_approver,
-        help_heading = "Approval gates"
+        help_heading = "Gates and compensation"
     )]
     pub approvers: Vec<(String, [u8; 32])>,
+    /// When the run fails, do not run the `compensate` commands of the
+    /// modules that succeeded.
+    #[arg(long, help_heading = "Gates and compensation")]
+    pub no_compensate: bool,
 }
 
 fn parse_approver(text: &str) -> Result<(String, [u8; 32]), String> {

@@ -55,6 +55,7 @@ pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     config.view_token = Some(flags.dashboard.view_token.clone().unwrap_or(made_up));
     config.max_viewers = flags.dashboard.max_viewers as usize;
     config.approvers = muster_hub::Approvers(flags.approvers.iter().cloned().collect());
+    config.compensate = !flags.no_compensate;
     Ok(config)
 }
 

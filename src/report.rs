@@ -186,7 +186,7 @@ impl Reporter {
                     let _ = writeln!(out, "{prefix} {}", escape_log_line(line));
                 }
             }
-            RunEvent::Gate { module, text } => {
+            RunEvent::Note { module, text } => {
                 let prefix = self.prefix(&module);
                 let _ = writeln!(out, "{prefix} ** {}", escape(&text));
             }
@@ -415,6 +415,14 @@ pub fn summary_table(summary: &Summary) -> String {
         if let Some(gate) = &m.gate {
             let _ = writeln!(out, "gate {}: {}", m.id, escape(gate));
         }
+    }
+    let compensated: Vec<String> = summary
+        .modules
+        .iter()
+        .filter_map(|m| Some(format!("{} {}", m.id, escape(m.compensated.as_ref()?))))
+        .collect();
+    if !compensated.is_empty() {
+        let _ = writeln!(out, "compensations: {}", compensated.join("; "));
     }
     if let Some(reason) = &summary.cancelled {
         let _ = writeln!(out, "cancelled: {}", escape(reason));

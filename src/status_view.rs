@@ -240,6 +240,16 @@ pub fn record_line(record: &muster_core::journal::Record) -> String {
             }
             line
         }
+        Entry::Compensation(c) => {
+            let mut line = format!("{} compensation {}", escape(&c.module), escape(&c.state));
+            if let Some(worker) = &c.worker {
+                let _ = write!(line, " on {}", escape(worker));
+            }
+            if let Some(reason) = &c.reason {
+                let _ = write!(line, ": {}", escape(reason));
+            }
+            line
+        }
         Entry::WorkerJoined { name, .. } => format!("worker {} joined", escape(name)),
         Entry::WorkerLeft { name, reason } => {
             format!("worker {} left: {}", escape(name), escape(reason))

@@ -47,6 +47,9 @@ pub struct PlannedModule {
     pub env_inputs: Vec<String>,
     /// Its approval gate: once its needs succeed it waits for a decision.
     pub approval: Option<crate::gate::Approval>,
+    /// What undoes it: run (in reverse order of completion) when the run
+    /// fails after it succeeded.
+    pub compensate: Option<String>,
 }
 
 impl PlannedModule {
@@ -128,6 +131,14 @@ pub fn needs_env_name(module_id: &str, key: &str) -> String {
     let mut name = String::from("MUSTER_NEEDS_");
     push_env_word(&mut name, module_id);
     name.push('_');
+    push_env_word(&mut name, key);
+    name
+}
+
+/// The environment variable a compensation reads its module's output
+/// `key` from: `MUSTER_OUTPUT_<KEY>`.
+pub fn output_env_name(key: &str) -> String {
+    let mut name = String::from("MUSTER_OUTPUT_");
     push_env_word(&mut name, key);
     name
 }

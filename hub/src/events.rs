@@ -36,9 +36,10 @@ pub enum RunEvent {
         worker: Option<String>,
         note: Option<String>,
     },
-    /// A gate is still waiting, or an earlier approval no longer stands:
-    /// said to the owner, not journaled.
-    Gate {
+    /// A line about a module that is not a change of its state (a gate
+    /// still waits, an earlier approval no longer stands, a compensation
+    /// ran): said to the owner, not journaled as a module record.
+    Note {
         module: String,
         text: String,
     },
@@ -61,6 +62,9 @@ pub struct ModuleSummary {
     pub cached: Option<std::time::Duration>,
     /// How its approval gate was decided: "approved by alice after 3m 2s".
     pub gate: Option<String>,
+    /// How its compensation ended, when the failed run compensated it:
+    /// "compensated" or "compensation failed: ...".
+    pub compensated: Option<String>,
 }
 
 /// The run's outcome, in plan order.

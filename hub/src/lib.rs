@@ -114,6 +114,9 @@ pub struct HubConfig {
     /// Who may decide approval gates (name → SHA-256 of their token),
     /// besides the run token (which decides gates naming no approvers).
     pub approvers: Approvers,
+    /// When the run fails, run the `compensate` commands of the modules
+    /// that succeeded, last completed first.
+    pub compensate: bool,
 }
 
 impl Default for HubConfig {
@@ -138,6 +141,7 @@ impl Default for HubConfig {
             view_token: None,
             max_viewers: 32,
             approvers: Approvers::default(),
+            compensate: true,
         }
     }
 }
@@ -270,6 +274,7 @@ impl Hub {
             resume: None,
             cache: cache.is_some(),
             gate_env: gate_env(&plan),
+            compensate: config.compensate,
         };
         let feed = journaling.as_ref().map(|j| j.writer.feed());
         let (settings, writer) = match journaling {

@@ -19,7 +19,7 @@ pub struct ModuleDigest {
     pub digest: String,
     /// Part name (`command`, `shell`, `cwd`, `env`, `matrix`, `needs`,
     /// `requires`, `secrets`, `produces`, `consumes`, `timeout`,
-    /// `retries`, `inputs`, `cache`, `envInputs`, `approval`) → the first 16 hex digits
+    /// `retries`, `inputs`, `cache`, `envInputs`, `approval`, `compensate`) → the first 16 hex digits
     /// of its SHA-256. `inputs` and `cache` are left out while the module
     /// has no inputs, `envInputs` while it has none, `approval` without a
     /// gate: a module that does not
@@ -117,6 +117,9 @@ fn module_digest(plan: &Plan, module: &PlannedModule) -> ModuleDigest {
             values.extend(list.iter().map(String::as_str));
         }
         part("approval", values);
+    }
+    if let Some(compensate) = &module.compensate {
+        part("compensate", vec![compensate]);
     }
     let mut whole = Sha256::new();
     for (name, digest) in &parts {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::digest::ModuleDigest;
-use super::record::{Entry, GateRecord, ModuleRecord, Record, RunStart, StateName};
+use super::record::{
+    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, StateName,
+};
 use crate::wire::types::{Artifact, RunOutcome};
 
 /// The run as its journal tells it.
@@ -41,6 +43,9 @@ pub struct History {
     /// stints: a resumed run keeps one only for the same question.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub gates: BTreeMap<String, GateRecord>,
+    /// How each compensated module's compensation last stood, by id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub compensations: BTreeMap<String, CompensationRecord>,
 }
 
 /// One module as the journal last told it.
@@ -113,6 +118,9 @@ impl History {
             Entry::CancelRequested { reason } => self.cancelled = Some(reason.clone()),
             Entry::GateDecided(gate) => {
                 self.gates.insert(gate.module.clone(), gate.clone());
+            }
+            Entry::Compensation(c) => {
+                self.compensations.insert(c.module.clone(), c.clone());
             }
             Entry::RunFinished { outcome, cancelled } => {
                 if self.cancelled.is_none() {
@@ -264,6 +272,7 @@ fn entry_name(entry: &Entry) -> &'static str {
         Entry::WorkerBack { .. } => "workerBack",
         Entry::CancelRequested { .. } => "cancelRequested",
         Entry::GateDecided(_) => "gateDecided",
+        Entry::Compensation(_) => "compensation",
         Entry::RunFinished { .. } => "runFinished",
     }
 }

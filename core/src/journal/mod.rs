@@ -15,6 +15,7 @@ pub use codec::{decode, encode, encode_into, Decoded, JournalError, TornTail};
 pub use digest::{module_digests, plan_digest, ModuleDigest};
 pub use history::{History, HistoryError, ModuleStatus};
 pub use record::{
-    Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName, FORMAT_VERSION,
+    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName,
+    FORMAT_VERSION,
 };
 pub use resume::{decide, Rerun, Resumption, Why};

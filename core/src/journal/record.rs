@@ -12,7 +12,8 @@ use crate::wire::types::{Artifact, RunOutcome};
 
 /// The journal format this muster writes and the newest it reads. Bumped
 /// when a record changes in a way an older reader would misread: 2 added
-/// approval gates (the `awaitingApproval` state, `gateDecided` records).
+/// approval gates (the `awaitingApproval` state, `gateDecided` records)
+/// and `compensation` records.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// One line of the journal.
@@ -59,6 +60,9 @@ pub enum Entry {
     /// it opened, so a resumed run keeps the decision only for the same
     /// question.
     GateDecided(GateRecord),
+    /// A compensation of a succeeded module started or ended, after the
+    /// run failed.
+    Compensation(CompensationRecord),
     /// Someone asked to cancel the run (Ctrl-C, `muster cancel`,
     /// `--fail-fast`).
     #[serde(rename_all = "camelCase")]
@@ -124,6 +128,24 @@ pub struct GateRecord {
     pub definition: String,
     /// A digest of its needs' outputs when the gate opened.
     pub needs_outputs: String,
+}
+
+/// A compensation's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompensationRecord {
+    pub module: String,
+    /// `started`, `succeeded` or `failed`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed (masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A module's new state and what came with it.

@@ -202,6 +202,15 @@ fn instance(
             env_inputs.push(name);
         }
     }
+    let compensate = match &raw.compensate {
+        Some(written) if written.get_ref().trim().is_empty() => {
+            return Err(source
+                .error(written.span(), format!("module '{name}' has an empty compensate"))
+                .help("give the command that undoes what the module did, e.g. compensate = \"./rollback.sh\", or remove it"))
+        }
+        Some(written) => Some(sub(written)?),
+        None => None,
+    };
     Ok(PlannedModule {
         id: instance_id(name, &combination),
         name: name.to_owned(),
@@ -224,6 +233,7 @@ fn instance(
         env_inputs,
         matrix: combination,
         approval: shared.approval.clone(),
+        compensate,
     })
 }
 

@@ -66,6 +66,8 @@ pub(super) struct RawModule {
     #[serde(default)]
     pub(super) env_inputs: Vec<Spanned<String>>,
     pub(super) approval: Option<Spanned<RawApproval>>,
+    /// A command that undoes what `run` did, run when the run fails later.
+    pub(super) compensate: Option<Spanned<String>>,
 }
 
 /// `approval = { prompt = "...", approvers = [...], timeout = "2h",

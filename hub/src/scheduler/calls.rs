@@ -49,6 +49,18 @@ impl Machine {
     }
 
     fn apply_call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<(), Refused> {
+        let about = match &call {
+            WorkerCall::Started { module_id, .. } | WorkerCall::Log { module_id, .. } => {
+                Some(module_id.as_str())
+            }
+            WorkerCall::Complete(report) => Some(report.module_id.as_str()),
+            WorkerCall::Register(_) => None,
+        };
+        if about.is_some_and(|id| id.ends_with(super::compensate::SUFFIX))
+            && self.compensations.is_some()
+        {
+            return Ok(self.compensation_call(worker, call)?);
+        }
         let (module_id, event) = match call {
             WorkerCall::Register(_) => return Err(Refusal::AlreadyRegistered.into()),
             WorkerCall::Started { module_id, attempt } => (

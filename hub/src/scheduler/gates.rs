@@ -134,7 +134,7 @@ impl Machine {
                 } else {
                     "the outputs of its needs changed"
                 };
-                self.emit(RunEvent::Gate {
+                self.emit(RunEvent::Note {
                     module: id,
                     text: format!("the approval by {by} is superseded ({what}): asking again"),
                 });
@@ -235,7 +235,7 @@ impl Machine {
         );
         self.arm(self.now + GATE_REMINDER, Timer::GateReminder(module));
         let module = self.module_id(module).to_owned();
-        self.emit(RunEvent::Gate { module, text });
+        self.emit(RunEvent::Note { module, text });
     }
 
     /// Closes `module`'s gate with `word` (`approved`, `rejected` or

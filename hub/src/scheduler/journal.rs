@@ -31,7 +31,7 @@ impl Machine {
             return;
         }
         let entry = match event {
-            RunEvent::Log { .. } | RunEvent::Gate { .. } => return,
+            RunEvent::Log { .. } | RunEvent::Note { .. } => return,
             RunEvent::Module {
                 module,
                 state,

@@ -13,6 +13,7 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
+use super::compensate::Compensations;
 use super::gates::{Decided, DecisionAnswer, OpenGate};
 use super::table::{cached_note, CacheState, Refusal, Timer, Worker};
 use super::{CancelAnswer, Registered, SchedulerSettings};
@@ -118,6 +119,11 @@ pub(crate) struct Machine {
     /// Each module's definition digest, when the plan has gates (what a
     /// decision is bound to); empty otherwise.
     pub(super) definitions: Vec<String>,
+    /// Modules in the order they succeeded (kept ones first): what a
+    /// failed run compensates, last first.
+    pub(super) completed: Vec<ModuleIndex>,
+    /// Set once a failed run started compensating.
+    pub(super) compensations: Option<Compensations>,
     effects: Vec<Effect>,
 }
 
@@ -206,6 +212,8 @@ impl Machine {
             decided: HashMap::new(),
             standing,
             definitions,
+            completed: Vec::new(),
+            compensations: None,
             effects: Vec::new(),
         };
         machine.journal_start();
@@ -258,6 +266,7 @@ impl Machine {
             }
         }
         self.dispatch();
+        self.dispatch_compensation();
         self.finish_if_done();
         if self.connected != self.told_connected {
             self.told_connected = self.connected;
@@ -343,6 +352,9 @@ impl Machine {
                 failed = Some(change.module);
             }
             self.keep_result(change.module, &change.state);
+            if matches!(change.state, ModuleState::Succeeded(_)) {
+                self.completed.push(change.module);
+            }
             let module = self.run.plan().modules[change.module].id.clone();
             let worker = self.worker_name(&change.state);
             let note = self.hit_note(change.module).or(change.note);
@@ -413,7 +425,7 @@ impl Machine {
     /// Once every module has ended: the summary, and `Shutdown` to every
     /// connected worker. Nothing is timed after that.
     fn finish_if_done(&mut self) {
-        if !self.run.is_finished() || self.outcome.is_some() {
+        if !self.run.is_finished() || self.outcome.is_some() || self.compensating() {
             return;
         }
         let plan = self.run.plan();
@@ -428,6 +440,7 @@ impl Machine {
                 state: state.clone(),
                 cached: self.cache_note(i),
                 gate: self.gate_summary(i),
+                compensated: self.compensation_summary(i),
             })
             .collect();
         let summary = Summary {

@@ -14,6 +14,7 @@
 mod actor;
 mod cache;
 mod calls;
+mod compensate;
 mod dispatch;
 mod gates;
 mod journal;
@@ -142,6 +143,9 @@ pub(crate) struct SchedulerSettings {
     pub resume: Option<Resumption>,
     /// Look cacheable modules up before dispatching them.
     pub cache: bool,
+    /// Run the compensations a failed run owes (`--no-compensate` turns
+    /// this off).
+    pub compensate: bool,
     /// The master's environment variables that gates' `not` lists name.
     pub gate_env: std::collections::BTreeMap<String, String>,
 }

@@ -50,6 +50,8 @@ pub(crate) enum Timer {
     GateExpires(ModuleIndex),
     /// Say again that the run waits on a gate.
     GateReminder(ModuleIndex),
+    /// The running compensation's bound (by its generation).
+    Compensation(u32),
 }
 
 /// How a module stands with the cache.

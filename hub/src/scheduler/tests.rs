@@ -26,6 +26,7 @@ fn settings() -> SchedulerSettings {
         journal: None,
         resume: None,
         cache: false,
+        compensate: true,
         gate_env: [("GITHUB_ACTOR".to_owned(), "bob".to_owned())].into(),
     }
 }
@@ -951,7 +952,7 @@ fn a_waiting_gate_says_so_again_and_is_cancelled_with_the_run() {
     assert_eq!(hub.state("gate"), "awaiting approval");
     let effects = hub.at(600.0).tick();
     let reminded = effects.iter().any(|e| {
-        matches!(e, Effect::Event(RunEvent::Gate { module, text })
+        matches!(e, Effect::Event(RunEvent::Note { module, text })
             if module == "gate" && text == "still waiting for approval: Approve 'gate'? (50m left)")
     });
     assert!(reminded, "{effects:?}");
@@ -1033,8 +1034,101 @@ fn a_journaled_approval_stands_only_for_the_same_question() {
     let (hub, effects) = Hub::starting(pipeline, resumed(approval("0000")));
     assert_eq!(hub.state("deploy"), "awaiting approval");
     let superseded = effects.iter().any(|e| {
-        matches!(e, Effect::Event(RunEvent::Gate { text, .. })
+        matches!(e, Effect::Event(RunEvent::Note { text, .. })
             if text == "the approval by alice is superseded (its definition changed): asking again")
     });
     assert!(superseded, "{effects:?}");
+}
+
+#[test]
+fn a_failed_run_compensates_last_first_and_goes_on_when_a_worker_is_lost() {
+    let pipeline = "[modules.a]\nrun = \"a\"\ncompensate = \"undo-a\"\n\
+                    [modules.b]\nrun = \"b\"\nneeds = [\"a\"]\ncompensate = \"undo-b\"\n\
+                    [modules.c]\nrun = \"c\"\nneeds = [\"b\"]\n";
+    let mut hub = Hub::new(pipeline);
+    let (w, _) = hub.join("w", &[], 1);
+    let w = w.worker;
+    for module in ["a", "b"] {
+        hub.started(w, module, 1);
+        let (answer, _) = hub.complete(w, module, 1, ReportStatus::Succeeded);
+        assert!(answer.is_ok());
+    }
+    hub.started(w, "c", 1);
+    let (_, effects) = hub.complete(w, "c", 1, ReportStatus::Failed);
+    assert!(
+        finished(&effects).is_none(),
+        "the run waits for its compensations"
+    );
+    let sent = |effects: &[Effect]| {
+        effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Send {
+                    call: HubCall::Assign(a),
+                    ..
+                } => Some(a.clone()),
+                _ => None,
+            })
+            .expect("a compensation is assigned")
+    };
+    let undo_b = sent(&effects);
+    assert_eq!(undo_b.module_id, "b~compensate");
+    assert_eq!(undo_b.command, "undo-b");
+    assert_eq!(undo_b.env["MUSTER_COMPENSATING"], "b");
+    // A report for a compensation it does not hold is refused.
+    let (answer, _) = hub.call(
+        w,
+        WorkerCall::Complete(report("a~compensate", 1, ReportStatus::Succeeded)),
+    );
+    assert!(answer.is_err());
+    let (answer, effects) = hub.call(
+        w,
+        WorkerCall::Complete(report("b~compensate", 1, ReportStatus::Succeeded)),
+    );
+    assert_eq!(answer, Ok(Value::Null));
+    assert_eq!(sent(&effects).module_id, "a~compensate");
+    // Its worker is lost: that compensation fails, and the run ends.
+    let registered = Registered {
+        worker: w,
+        session: 1,
+    };
+    let effects = hub.disconnect(registered, None);
+    let summary = finished(&effects).expect("the run ends");
+    let compensated: Vec<Option<&str>> = summary
+        .modules
+        .iter()
+        .map(|m| m.compensated.as_deref())
+        .collect();
+    assert_eq!(
+        compensated,
+        [
+            Some("compensation failed: its worker w was lost"),
+            Some("compensated"),
+            None
+        ]
+    );
+}
+
+#[test]
+fn a_compensation_no_worker_can_run_fails_after_the_capability_timeout() {
+    let pipeline = "[modules.a]\nrun = \"a\"\ncompensate = \"undo\"\n\
+                    [modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n";
+    let mut hub = Hub::new(pipeline);
+    let (w, _) = hub.join("w", &[], 1);
+    hub.started(w.worker, "a", 1);
+    let _ = hub.complete(w.worker, "a", 1, ReportStatus::Succeeded);
+    // The worker leaves while b waits: b and a's compensation have nobody
+    // to run on.
+    let effects = hub.disconnect(w, None);
+    assert!(finished(&effects).is_none());
+    // b fails for want of a worker; then the compensation waits as long.
+    let effects = hub.at(31.0).tick();
+    assert_eq!(hub.state("b"), "failed");
+    assert!(finished(&effects).is_none());
+    let effects = hub.at(62.0).tick();
+    let summary = finished(&effects).expect("the run ends");
+    assert_eq!(
+        summary.modules[0].compensated.as_deref(),
+        Some("compensation failed: no worker could run it within 30s")
+    );
 }

@@ -45,6 +45,7 @@ impl Machine {
                 Timer::Start { module, attempt } => self.not_started(module, attempt),
                 Timer::GateExpires(module) => self.gate_expired(module),
                 Timer::GateReminder(module) => self.gate_reminder(module),
+                Timer::Compensation(generation) => self.compensation_deadline(generation),
             }
         }
     }

@@ -233,6 +233,7 @@ impl Machine {
         }
         let changes = self.run.worker_lost(id, &gone.name);
         self.record(changes);
+        self.compensation_worker_lost(id, &gone.name);
         // Modules only this worker could take may now have nobody.
         let ready: Vec<ModuleIndex> = self.run.ready().collect();
         for module in ready {
