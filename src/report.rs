@@ -339,6 +339,26 @@ pub fn describe_plan(plan: &Plan) -> String {
         if !module.produces.is_empty() {
             let _ = write!(out, "  produces: {}", module.produces.join(", "));
         }
+        if let Some(gate) = &module.approval {
+            let who = if gate.approvers.is_empty() {
+                "any approver or the run token".to_owned()
+            } else {
+                gate.approvers.join(", ")
+            };
+            let _ = write!(
+                out,
+                "  gate{}: {who} within {} (then {})",
+                if gate.gate_only { " (no run)" } else { "" },
+                humantime::format_duration(gate.timeout),
+                gate.on_timeout.word()
+            );
+            if !gate.inputs.is_empty() {
+                let _ = write!(out, ", inputs {}", gate.inputs.join(", "));
+            }
+        }
+        if module.compensate.is_some() {
+            out.push_str("  compensate: yes");
+        }
         if !module.consumes.is_empty() {
             let consumes: Vec<String> = module
                 .consumes

@@ -4,7 +4,8 @@
 //! opened with the viewer token (which then leaves the address bar), a
 //! module's state change on the page within a second, its log streaming,
 //! no Cancel for a viewer and a working one for the run token, and a
-//! 2,000-module run rendered without errors. Screenshots are kept under
+//! 2,000-module run rendered without errors, and an approver approving a
+//! gate from the page. Screenshots are kept under
 //! `target/tmp/dashboard-screenshots/`.
 
 mod common;
@@ -111,4 +112,37 @@ fn a_browser_renders_a_two_thousand_module_run_without_errors() {
     assert_eq!(result["boxes"], 2000);
     let out = hub.finish();
     assert_eq!(out.code(), 0, "{out}");
+}
+
+#[test]
+fn an_approver_approves_a_gate_from_the_page_and_a_viewer_cannot() {
+    use sha2::{Digest, Sha256};
+    let approver = "alice-dashboard-token";
+    let digest = format!("alice={:x}", Sha256::digest(approver.as_bytes()));
+    let (dir, file) = pipeline(
+        "[modules.build]\nrun = \"true\"\n\
+         [modules.deploy]\nneeds = [\"build\"]\nrun = \"echo $MUSTER_APPROVAL_TICKET > ticket\"\n\
+         approval = { approvers = [\"alice\"], inputs = [\"ticket\"] }\n",
+    );
+    let hub = HubProcess::start(
+        &file,
+        TOKEN,
+        &[
+            "--view-token",
+            VIEW,
+            "--workers",
+            "1",
+            "--approver",
+            &digest,
+        ],
+    );
+    browser(&hub, "approve", &[("APPROVER", approver.to_owned())]);
+    let out = hub.finish();
+    assert_eq!(out.code(), 0, "{out}");
+    assert!(
+        out.stdout.contains("[deploy] ** approved by alice"),
+        "{out}"
+    );
+    let ticket = std::fs::read_to_string(dir.path().join("ticket")).unwrap();
+    assert_eq!(ticket.trim(), "OPS-77");
 }

@@ -29,20 +29,28 @@ pub(crate) const MAX_DECISION_BODY: usize = 64 * 1024;
 pub struct Approvers(pub BTreeMap<String, [u8; 32]>);
 
 impl Approvers {
-    /// Who `token` is: an approver, the run token (`run` is its digest),
-    /// or nobody. Every digest is compared, in constant time.
-    fn who(&self, token: &str, run: &[u8; 32]) -> Option<Decider> {
+    /// The approver whose token this is. Every digest is compared, in
+    /// constant time.
+    pub(crate) fn named(&self, token: &str) -> Option<String> {
         let given = digest(token);
         let mut found = None;
         for (name, expected) in &self.0 {
             if bool::from(given.ct_eq(expected)) {
-                found = Some(Decider::Approver(name.clone()));
+                found = Some(name.clone());
             }
         }
-        if bool::from(given.ct_eq(run)) {
-            found = Some(Decider::RunToken);
-        }
         found
+    }
+
+    /// Who `token` is: the run token (`run` is its digest), an approver,
+    /// or nobody.
+    fn who(&self, token: &str, run: &[u8; 32]) -> Option<Decider> {
+        let approver = self.named(token);
+        if bool::from(digest(token).ct_eq(run)) {
+            Some(Decider::RunToken)
+        } else {
+            approver.map(Decider::Approver)
+        }
     }
 }
 
@@ -82,13 +90,24 @@ pub(crate) async fn decide(
     if let Some(Extension(admission)) = door {
         admission.admit();
     }
+    submit(&state.commands, decider, &body).await
+}
+
+/// Reads a decision from `body` and hands it to the scheduler; answers
+/// once it is journaled, or with why it was refused. The dashboard's
+/// buttons come here too.
+pub(crate) async fn submit(
+    commands: &tokio::sync::mpsc::Sender<Command>,
+    decider: Decider,
+    body: &[u8],
+) -> Response {
     if body.len() > MAX_DECISION_BODY {
         return answer(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the decision is larger than 64 KiB",
         );
     }
-    let request: DecideRequest = match serde_json::from_slice(&body) {
+    let request: DecideRequest = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(e) => {
             return answer(
@@ -119,7 +138,7 @@ pub(crate) async fn decide(
         decision,
         reply,
     };
-    if state.commands.send(command).await.is_err() {
+    if commands.send(command).await.is_err() {
         return answer(StatusCode::CONFLICT, "the run has already finished");
     }
     match answered.await {

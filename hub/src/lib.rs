@@ -321,7 +321,11 @@ impl Hub {
         let viewers = config.max_viewers.max(1);
         let dashboard = Arc::new(dashboard::DashboardState {
             feed,
-            access: dashboard::Access::new(state.token_digest, config.view_token.as_deref()),
+            access: dashboard::Access::new(
+                state.token_digest,
+                config.view_token.as_deref(),
+                config.approvers.clone(),
+            ),
             viewers: Arc::new(tokio::sync::Semaphore::new(viewers)),
             max_viewers: viewers,
             commands: commands.clone(),

@@ -2,7 +2,8 @@
 // Chromium (Debian's package, through puppeteer-core), for tests/dashboard.rs.
 //
 // Environment: BASE (http://127.0.0.1:PORT), VIEW (viewer token), TOKEN
-// (run token), SCENARIO (`live` or `large`), RELEASE (live: the file whose
+// (run token), SCENARIO (`live`, `large` or `approve`), APPROVER (approve:
+// an approver's token), RELEASE (live: the file whose
 // creation lets the module holding the run open finish), MODULES (large:
 // how many modules the plan has), SCREENSHOT_DIR, CHROMIUM.
 //
@@ -146,8 +147,43 @@ async function large() {
   }
 }
 
+// A gate: the viewer gets no form; an approver fills the input and
+// approves from the page; the gated module then runs and succeeds.
+async function approve() {
+  const errors = [];
+  const viewer = await freshPage(errors);
+  await viewer.goto(`${BASE}/?access_token=${encodeURIComponent(env.VIEW)}`, { waitUntil: 'domcontentloaded' });
+  await viewer.waitForFunction(() => window.muster && window.muster.ready, { timeout: 15000 });
+  await waitForState(viewer, 'deploy', 'awaitingApproval', 20000);
+  await viewer.click('[data-module="deploy"]');
+  await viewer.waitForFunction(() => /awaiting approval/.test(document.getElementById('log-state').textContent), { timeout: 5000 });
+  check(await viewer.evaluate(() => !document.querySelector('form.gate')), 'a viewer sees the Approve form');
+
+  const approver = await freshPage(errors);
+  await approver.goto(`${BASE}/?access_token=${encodeURIComponent(env.APPROVER)}`, { waitUntil: 'domcontentloaded' });
+  await approver.waitForFunction(() => window.muster && window.muster.ready, { timeout: 15000 });
+  await waitForState(approver, 'deploy', 'awaitingApproval', 20000);
+  await approver.click('[data-module="deploy"]');
+  await approver.waitForSelector('form.gate input[name="ticket"]', { timeout: 5000 });
+  // Approving without the input is refused, and says why.
+  await approver.click('form.gate button.approve');
+  await approver.waitForFunction(() => /needs ticket/.test(document.getElementById('banner').textContent), { timeout: 5000 });
+  await approver.type('form.gate input[name="ticket"]', 'OPS-77');
+  await shot(approver, 'dashboard-gate.png');
+  await approver.click('form.gate button.approve');
+  await waitForState(approver, 'deploy', 'succeeded', 20000);
+  await waitForState(viewer, 'deploy', 'succeeded', 20000);
+  result.banner = await approver.evaluate(() => document.getElementById('banner').textContent);
+  check(/deploy approved by alice/.test(result.banner), `the banner said ${result.banner}`);
+  for (const e of errors) {
+    // The refused approval's 422 is the check above, not the page's error.
+    if (!/WebSocket|ERR_CONNECTION_REFUSED|net::|status of 422/.test(e)) failures.push(e);
+  }
+}
+
 try {
   if (env.SCENARIO === 'live') await live();
+  else if (env.SCENARIO === 'approve') await approve();
   else if (env.SCENARIO === 'large') await large();
   else failures.push(`unknown SCENARIO ${env.SCENARIO}`);
 } catch (e) {

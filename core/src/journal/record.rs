@@ -181,6 +181,9 @@ pub struct ModuleRecord {
     /// Set on a module a resumed run kept: the run it succeeded in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_from: Option<String>,
+    /// While it awaits approval: the inputs an approval must give.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_inputs: Vec<String>,
 }
 
 /// A module state's name on the journal.

@@ -35,6 +35,9 @@ pub const DASHBOARD: &str = "/";
 pub const DASHBOARD_FEED: &str = "/dashboard/feed";
 /// The dashboard's Cancel button (the run token only).
 pub const DASHBOARD_CANCEL: &str = "/dashboard/cancel";
+/// The dashboard's Approve and Reject buttons (an approver's token, or the
+/// run token).
+pub const DASHBOARD_DECIDE: &str = "/dashboard/decide";
 
 /// [`CANCEL`] below a hub URL, for [`join`].
 const CANCEL_TAIL: &str = "cancel";

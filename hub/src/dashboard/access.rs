@@ -1,5 +1,7 @@
 //! Who may see the dashboard, and as what. The run token makes an
-//! operator (sees, cancels); the viewer token makes a viewer (sees only).
+//! operator (sees, cancels, decides gates that name no approvers); an
+//! approver's token an approver (sees, decides gates); the viewer token a
+//! viewer (sees only).
 //! A token comes as a bearer header, an `access_token` query (a URL a
 //! person pastes, then traded for a cookie so it leaves the address bar),
 //! or that cookie. Digests are compared in constant time.
@@ -12,19 +14,31 @@ use subtle::ConstantTimeEq;
 pub(crate) const COOKIE: &str = "muster_access";
 
 /// What a token lets its holder do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Role {
     /// The run token: may cancel.
     Operator,
+    /// A named approver's token: may decide gates.
+    Approver(String),
     /// The viewer token: may only look.
     Viewer,
 }
 
 impl Role {
-    pub(crate) fn word(self) -> &'static str {
+    pub(crate) fn word(&self) -> &'static str {
         match self {
             Role::Operator => "operator",
+            Role::Approver(_) => "approver",
             Role::Viewer => "viewer",
+        }
+    }
+
+    /// Who decides a gate with this role, if it may.
+    pub(crate) fn decider(&self) -> Option<muster_core::gate::Decider> {
+        match self {
+            Role::Operator => Some(muster_core::gate::Decider::RunToken),
+            Role::Approver(name) => Some(muster_core::gate::Decider::Approver(name.clone())),
+            Role::Viewer => None,
         }
     }
 }
@@ -34,13 +48,19 @@ impl Role {
 pub(crate) struct Access {
     run: [u8; 32],
     viewer: Option<[u8; 32]>,
+    approvers: crate::decide::Approvers,
 }
 
 impl Access {
-    pub(crate) fn new(run_token_digest: [u8; 32], viewer_token: Option<&str>) -> Access {
+    pub(crate) fn new(
+        run_token_digest: [u8; 32],
+        viewer_token: Option<&str>,
+        approvers: crate::decide::Approvers,
+    ) -> Access {
         Access {
             run: run_token_digest,
             viewer: viewer_token.map(digest),
+            approvers,
         }
     }
 
@@ -51,8 +71,11 @@ impl Access {
         let viewer = self
             .viewer
             .is_some_and(|viewer| bool::from(given.ct_eq(&viewer)));
+        let approver = self.approvers.named(token);
         if run {
             Some(Role::Operator)
+        } else if let Some(name) = approver {
+            Some(Role::Approver(name))
         } else if viewer {
             Some(Role::Viewer)
         } else {
@@ -74,7 +97,8 @@ impl Access {
             .filter_map(|token| self.role_of(token))
             .min_by_key(|role| match role {
                 Role::Operator => 0,
-                Role::Viewer => 1,
+                Role::Approver(_) => 1,
+                Role::Viewer => 2,
             })
     }
 }
@@ -117,7 +141,7 @@ mod tests {
     use super::*;
 
     fn access() -> Access {
-        Access::new(digest("run-token"), Some("view-token"))
+        Access::new(digest("run-token"), Some("view-token"), Default::default())
     }
 
     fn with(name: header::HeaderName, value: &str) -> HeaderMap {
@@ -133,7 +157,7 @@ mod tests {
         assert_eq!(access.role_of("view-token"), Some(Role::Viewer));
         assert_eq!(access.role_of("view-toke"), None);
         assert_eq!(access.role_of(""), None);
-        let no_viewer = Access::new(digest("run-token"), None);
+        let no_viewer = Access::new(digest("run-token"), None, Default::default());
         assert_eq!(no_viewer.role_of("view-token"), None);
     }
 

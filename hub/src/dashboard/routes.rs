@@ -64,6 +64,12 @@ pub(crate) fn routes(state: Arc<DashboardState>) -> Router {
         .route(http::DASHBOARD, get(page))
         .route(http::DASHBOARD_FEED, get(feed))
         .route(http::DASHBOARD_CANCEL, post(cancel))
+        .route(
+            http::DASHBOARD_DECIDE,
+            post(decide).layer(axum::extract::DefaultBodyLimit::max(
+                crate::decide::MAX_DECISION_BODY,
+            )),
+        )
         .with_state(state)
 }
 
@@ -216,6 +222,29 @@ async fn feed(
         .expect("a 101 with static headers is a valid response")
 }
 
+/// `POST /dashboard/decide`: the Approve and Reject buttons, for an
+/// approver's token or the run token, with the body `/hub/decide` takes.
+async fn decide(
+    State(state): State<Arc<DashboardState>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    door: Door,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(role) = role(&state, &headers, &query, &door) else {
+        return refused();
+    };
+    let Some(decider) = role.decider() else {
+        let text = "a viewer token may watch the run but not decide its gates: open the dashboard with your approver token";
+        return (StatusCode::FORBIDDEN, text).into_response();
+    };
+    if !headers.contains_key(CANCEL_HEADER) {
+        let text = "a decision from the dashboard carries the X-Muster-Dashboard header";
+        return (StatusCode::FORBIDDEN, text).into_response();
+    }
+    crate::decide::submit(&state.commands, decider, &body).await
+}
+
 /// `POST /dashboard/cancel`: the Cancel button, for the run token only.
 async fn cancel(
     State(state): State<Arc<DashboardState>>,
@@ -226,8 +255,8 @@ async fn cancel(
 ) -> Response {
     match role(&state, &headers, &query, &door) {
         None => return refused(),
-        Some(Role::Viewer) => {
-            let text = "a viewer token may watch the run but not cancel it: open the dashboard with the run token";
+        Some(Role::Viewer | Role::Approver(_)) => {
+            let text = "this token may watch the run but not cancel it: open the dashboard with the run token";
             return (StatusCode::FORBIDDEN, text).into_response();
         }
         Some(Role::Operator) => {}

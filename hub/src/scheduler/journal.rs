@@ -48,6 +48,15 @@ impl Machine {
                 if matches!(state, ModuleState::Succeeded(_)) {
                     record.kept_from.clone_from(&self.keeping_from);
                 }
+                if matches!(state, ModuleState::AwaitingApproval { .. }) {
+                    let plan = self.run.plan();
+                    let gate = plan
+                        .index_of(module)
+                        .and_then(|i| plan.modules[i].approval.as_ref());
+                    if let Some(gate) = gate {
+                        record.approval_inputs.clone_from(&gate.inputs);
+                    }
+                }
                 Entry::Module(record)
             }
             RunEvent::WorkerJoined {
