@@ -62,6 +62,9 @@ pub struct JournalWriter {
     task: JoinHandle<()>,
 }
 
+// Records are nearly every item: boxing them would cost an allocation per
+// record for the sake of the rare `Log` and `Expedite`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Item {
     Record(Record),
