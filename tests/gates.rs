@@ -296,3 +296,56 @@ fn an_approval_is_superseded_when_a_need_gives_other_outputs() {
     );
     assert_eq!(effects(dir.path()), ["build", "deploy", "build", "deploy"]);
 }
+
+#[test]
+fn a_ci_run_is_approved_through_its_discovery_record() {
+    let redis = common::RedisServer::start();
+    let (dir, file) = pipeline(DEPLOY);
+    let alice = format!("alice={}", sha256(ALICE));
+    let master = muster(&[
+        "ci",
+        file.to_str().unwrap(),
+        "--instance",
+        "0",
+        "--total",
+        "1",
+        "--run-id",
+        "gated-ci",
+        "--listen",
+        "127.0.0.1:0",
+        "--approver",
+        &alice,
+    ])
+    .env("MUSTER_REDIS_URL", redis.url())
+    .env("MUSTER_TOKEN", RUN_TOKEN)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // From "another machine": only the run id and the Redis URL.
+    let deadline = Instant::now() + LIMIT;
+    let out = loop {
+        let mut command = muster(&[
+            "approve",
+            "deploy",
+            "--run-id",
+            "gated-ci",
+            "--input",
+            "ticket=CI-9",
+        ]);
+        command
+            .env("MUSTER_REDIS_URL", redis.url())
+            .env("MUSTER_APPROVER_TOKEN", ALICE)
+            .env_remove("MUSTER_HUB");
+        let out = run(command);
+        let early = out.code() == 1 && out.stderr.contains("is not waiting for approval (it is");
+        if !early || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out.code(), 0, "{out}");
+    let done = common::wait(master, LIMIT);
+    assert_eq!(done.code(), 0, "{done}");
+    assert_eq!(effects(dir.path()), ["build", "deploy CI-9", "smoke CI-9"]);
+}

@@ -15,12 +15,23 @@ use crate::failure::Failure;
 /// journaled).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a CI run's record in Redis is waited for.
+const FIND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the hub is and who you are.
 #[derive(Args)]
 pub struct DeciderAccess {
-    /// The hub's URL, as `muster hub` or `muster run` prints it.
-    #[arg(long, env = "MUSTER_HUB")]
-    hub: String,
+    /// The hub's URL, as `muster hub` or `muster run` prints it (the
+    /// dashboard's address works too).
+    #[arg(long, env = "MUSTER_HUB", required_unless_present = "run_id")]
+    hub: Option<String>,
+    /// A CI run's id, as `muster ci` prints it: its hub is found through
+    /// the discovery record in --redis-url.
+    #[arg(long, requires = "redis_url", conflicts_with = "hub")]
+    run_id: Option<String>,
+    /// The Redis of a CI run (with --run-id).
+    #[arg(long, env = "MUSTER_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// Your approver token (the master knows its SHA-256 from --approver
     /// NAME=SHA256), or the run token for a gate that names no approvers.
     #[arg(long, env = "MUSTER_APPROVER_TOKEN", hide_env_values = true)]
@@ -79,9 +90,33 @@ pub async fn reject(args: RejectArgs) -> Result<(), Failure> {
     send(&args.access, body).await
 }
 
+/// The hub to send the decision to: `--hub`, or the one a CI run's
+/// discovery record names.
+async fn hub_url(access: &DeciderAccess) -> Result<String, Failure> {
+    use crate::discover::{find_hub, outcome_word, Found};
+    use muster_discovery::store::DiscoveryStore;
+    if let Some(hub) = &access.hub {
+        return Ok(hub.clone());
+    }
+    let (Some(run_id), Some(redis)) = (&access.run_id, &access.redis_url) else {
+        return Err(Failure::Usage(
+            "say where the run is: --hub URL, or --run-id ID with --redis-url for a CI run".into(),
+        ));
+    };
+    let store = DiscoveryStore::open(redis).map_err(|e| Failure::Usage(e.to_string()))?;
+    match find_hub(&store, run_id, Some(&access.token), FIND_TIMEOUT).await? {
+        Found::Hub { url, .. } => Ok(url),
+        Found::Finished(outcome) => Err(Failure::DecisionRefused(format!(
+            "run {run_id} has already finished ({})",
+            outcome_word(outcome)
+        ))),
+    }
+}
+
 /// `POST {hub}/decide`; prints what the hub answered.
 async fn send(access: &DeciderAccess, body: serde_json::Value) -> Result<(), Failure> {
-    let url = decide_url(&access.hub).map_err(|e| Failure::Usage(e.to_string()))?;
+    let hub = hub_url(access).await?;
+    let url = decide_url(&hub).map_err(|e| Failure::Usage(e.to_string()))?;
     let shown = muster_core::url::redact_url(&url);
     let client = reqwest::Client::builder()
         .timeout(ANSWER_TIMEOUT)
