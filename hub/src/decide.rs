@@ -7,19 +7,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use muster_core::gate::{Decider, Decision, Refused};
+use muster_core::wire::http;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::front_door::Admission;
 use crate::scheduler::Command;
-use crate::server::{digest, AppState};
+use crate::token;
 
 /// The largest body a decision may have.
 pub(crate) const MAX_DECISION_BODY: usize = 64 * 1024;
@@ -32,10 +33,9 @@ impl Approvers {
     /// The approver whose token this is. Every digest is compared, in
     /// constant time.
     pub(crate) fn named(&self, token: &str) -> Option<String> {
-        let given = digest(token);
         let mut found = None;
         for (name, expected) in &self.0 {
-            if bool::from(given.ct_eq(expected)) {
+            if token::matches(token, expected) {
                 found = Some(name.clone());
             }
         }
@@ -46,7 +46,7 @@ impl Approvers {
     /// or nobody.
     fn who(&self, token: &str, run: &[u8; 32]) -> Option<Decider> {
         let approver = self.named(token);
-        if bool::from(digest(token).ct_eq(run)) {
+        if token::matches(token, run) {
             Some(Decider::RunToken)
         } else {
             approver.map(Decider::Approver)
@@ -70,8 +70,25 @@ fn answer(status: StatusCode, error: impl Into<String>) -> Response {
     (status, Json(json!({"error": error.into()}))).into_response()
 }
 
-pub(crate) async fn decide(
-    State(state): State<Arc<AppState>>,
+/// What the decide route needs.
+pub(crate) struct DecideState {
+    pub commands: mpsc::Sender<Command>,
+    pub run_token_digest: [u8; 32],
+    pub approvers: Approvers,
+}
+
+/// `POST /hub/decide`, with its own state and body limit.
+pub(crate) fn routes(state: Arc<DecideState>) -> Router {
+    Router::new()
+        .route(
+            http::DECIDE,
+            post(decide).layer(DefaultBodyLimit::max(MAX_DECISION_BODY)),
+        )
+        .with_state(state)
+}
+
+async fn decide(
+    State(state): State<Arc<DecideState>>,
     headers: HeaderMap,
     door: Option<Extension<Arc<Admission>>>,
     body: axum::body::Bytes,
@@ -81,7 +98,7 @@ pub(crate) async fn decide(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let Some(decider) = state.approvers.who(token, &state.token_digest) else {
+    let Some(decider) = state.approvers.who(token, &state.run_token_digest) else {
         return answer(
             StatusCode::UNAUTHORIZED,
             "missing or unknown token: send 'Authorization: Bearer <token>' with your approver token (the master's --approver NAME=DIGEST) or the run token",
@@ -97,7 +114,7 @@ pub(crate) async fn decide(
 /// once it is journaled, or with why it was refused. The dashboard's
 /// buttons come here too.
 pub(crate) async fn submit(
-    commands: &tokio::sync::mpsc::Sender<Command>,
+    commands: &mpsc::Sender<Command>,
     decider: Decider,
     body: &[u8],
 ) -> Response {

@@ -17,6 +17,7 @@ mod ids;
 mod outbox;
 mod scheduler;
 mod server;
+mod token;
 mod websocket;
 
 use std::collections::HashMap;
@@ -304,7 +305,7 @@ impl Hub {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let state = Arc::new(server::AppState {
-            token_digest: server::digest(&config.token),
+            token_digest: token::digest(&config.token),
             commands: commands.clone(),
             settings: ConnectionSettings {
                 handshake_timeout: config.handshake_timeout,
@@ -316,7 +317,6 @@ impl Hub {
             tracker: tracker.clone(),
             negotiated: Mutex::new(HashMap::new()),
             artifacts: Arc::new(artifacts),
-            approvers: config.approvers.clone(),
         });
         let viewers = config.max_viewers.max(1);
         let dashboard = Arc::new(dashboard::DashboardState {
@@ -333,7 +333,14 @@ impl Hub {
             tracker: tracker.clone(),
             max_message: 64 * 1024,
         });
-        let app = server::router(state).merge(dashboard::routes(dashboard));
+        let decide = Arc::new(decide::DecideState {
+            commands: commands.clone(),
+            run_token_digest: state.token_digest,
+            approvers: config.approvers.clone(),
+        });
+        let app = server::router(state)
+            .merge(decide::routes(decide))
+            .merge(dashboard::routes(dashboard));
         let (max_unauthenticated, ceiling) = front_door::unauthenticated_caps(
             config.max_unauthenticated,
             front_door::open_file_limit(),

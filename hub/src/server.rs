@@ -1,6 +1,5 @@
 //! The HTTP side: SignalR negotiate, the WebSocket upgrade at `/hub` (and
-//! `/hub/`), the cancel endpoint for `muster cancel`, the gates' decide
-//! endpoint (`decide.rs`), the artifact store's
+//! `/hub/`), the cancel endpoint for `muster cancel`, the artifact store's
 //! routes (`artifacts.rs`), and token checks that answer 401 before
 //! anything else happens. A request that passes the check admits its
 //! connection at the front door (`front_door.rs`).
@@ -18,8 +17,6 @@ use axum::{Json, Router};
 use muster_core::wire::http;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,8 +46,6 @@ pub(crate) struct AppState {
     pub negotiated: Mutex<HashMap<String, Instant>>,
     /// Files modules hand to each other, by SHA-256.
     pub artifacts: Arc<artifacts::ArtifactStore>,
-    /// Who may decide approval gates, besides the run token.
-    pub approvers: crate::decide::Approvers,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -64,19 +59,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         // official ones then negotiate at /hub/negotiate and connect here.
         .route(http::HUB_SLASH, get(upgrade))
         .route(http::CANCEL, post(cancel))
-        .route(
-            http::DECIDE,
-            post(crate::decide::decide).layer(axum::extract::DefaultBodyLimit::max(
-                crate::decide::MAX_DECISION_BODY,
-            )),
-        )
         .route(http::ARTIFACT, artifacts)
         .route(http::HEALTH, get(|| async { "ok" }))
         .with_state(state)
-}
-
-pub(crate) fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Errors the HTTP side answers with; the body says what to do and never
@@ -131,7 +116,7 @@ fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let given = bearer.or(query.access_token.as_deref()).unwrap_or("");
-    if bool::from(digest(given).ct_eq(&state.token_digest)) {
+    if crate::token::matches(given, &state.token_digest) {
         if let Some(Extension(admission)) = door {
             admission.admit();
         }

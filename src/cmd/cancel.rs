@@ -1,17 +1,11 @@
 //! `muster cancel`: cancels a running hub's run from anywhere, as Ctrl-C
 //! on the master would.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::Args;
 use muster_core::wire::http::cancel_url;
 
 use crate::failure::Failure;
 use crate::flags::HubAccess;
-
-/// How long the hub has to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct CancelArgs {
@@ -32,30 +26,8 @@ pub async fn cancel(args: CancelArgs) -> Result<(), Failure> {
     if let Some(reason) = reason {
         body.insert("reason".into(), reason.into());
     }
-    let client = reqwest::Client::builder()
-        .timeout(ANSWER_TIMEOUT)
-        .build()
-        .context("cannot set up an HTTP client")?;
-    let sent = client
-        .post(&url)
-        .bearer_auth(&access.token)
-        .json(&body)
-        .send()
-        .await;
-    let response = sent.map_err(|e| {
-        // A hub exits a few seconds after its run ends: no answer at all
-        // most often means there is no run left to cancel.
-        let why = if e.is_connect() {
-            "nothing is listening there".to_owned()
-        } else {
-            e.without_url().to_string()
-        };
-        Failure::infrastructure(format!(
-            "no hub answered at {shown} ({why}); the run may have finished, or the URL is wrong"
-        ))
-    })?;
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::Value::Object(body);
+    let (status, text) = super::hub_post::post_json(&url, &shown, &access.token, &body).await?;
     answered(status, &text, &shown)
 }
 

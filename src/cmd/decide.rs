@@ -5,15 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use muster_core::wire::http::decide_url;
 
 use crate::failure::Failure;
-
-/// How long the hub has to answer (it answers once the decision is
-/// journaled).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a CI run's record in Redis is waited for.
 const FIND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,28 +113,7 @@ async fn send(access: &DeciderAccess, body: serde_json::Value) -> Result<(), Fai
     let hub = hub_url(access).await?;
     let url = decide_url(&hub).map_err(|e| Failure::Usage(e.to_string()))?;
     let shown = muster_core::url::redact_url(&url);
-    let client = reqwest::Client::builder()
-        .timeout(ANSWER_TIMEOUT)
-        .build()
-        .context("cannot set up an HTTP client")?;
-    let response = client
-        .post(&url)
-        .bearer_auth(&access.token)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| {
-            let why = if e.is_connect() {
-                "nothing is listening there".to_owned()
-            } else {
-                e.without_url().to_string()
-            };
-            Failure::infrastructure(format!(
-                "no hub answered at {shown} ({why}); the run may have finished, or the URL is wrong"
-            ))
-        })?;
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
+    let (status, text) = super::hub_post::post_json(&url, &shown, &access.token, &body).await?;
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let error = match answer["error"].as_str().unwrap_or(text.trim()) {
         "" => format!("the hub at {shown} answered HTTP {status} with no reason"),

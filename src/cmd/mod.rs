@@ -8,6 +8,7 @@ mod ci;
 mod decide;
 mod graph;
 mod hub;
+mod hub_post;
 mod report;
 mod run;
 mod runs;

@@ -6,8 +6,8 @@
 //! person pastes, then traded for a cookie so it leaves the address bar),
 //! or that cookie. Digests are compared in constant time.
 
+use crate::token::digest;
 use axum::http::{header, HeaderMap, HeaderValue};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The cookie the page's later requests carry the token in.
@@ -101,10 +101,6 @@ impl Access {
                 Role::Viewer => 2,
             })
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The token in the request's `muster_access` cookie.

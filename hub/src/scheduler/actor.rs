@@ -33,8 +33,8 @@ use tokio::time::Instant;
 use muster_core::journal::{Entry, StateName};
 use serde_json::Value;
 
-use super::gates::DecisionAnswer;
 use super::machine::{Effect, Input, Machine};
+use super::table::DecisionAnswer;
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
 use crate::cache::{Looked, ResultCache};
 use crate::events::{RunEvent, Summary};

@@ -11,7 +11,7 @@
 //! are names or `name[...]`), so workers need nothing new.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster_core::journal::{CompensationRecord, Entry};
 use muster_core::plan::output_env_name;
@@ -20,30 +20,11 @@ use muster_core::wire::types::{Report, ReportStatus};
 use muster_core::{ModuleIndex, ModuleState, WorkerId};
 
 use super::machine::Machine;
-use super::table::{Refusal, Timer};
+use super::table::{Compensations, Current, Refusal, Timer};
 use crate::events::RunEvent;
 
 /// What a compensation's module id ends with.
 pub(crate) const SUFFIX: &str = "~compensate";
-
-/// The compensations of a failed run, and the one running.
-#[derive(Debug, Default)]
-pub(crate) struct Compensations {
-    /// Still to run, first next.
-    queue: VecDeque<ModuleIndex>,
-    current: Option<Current>,
-    /// How each ended, by module: `compensated` or why not.
-    pub ended: Vec<(ModuleIndex, String)>,
-    /// Counts deadlines, so a stale one does nothing.
-    generation: u32,
-}
-
-#[derive(Debug)]
-struct Current {
-    module: ModuleIndex,
-    worker: Option<WorkerId>,
-    started: Option<Instant>,
-}
 
 impl Machine {
     /// Called when every module has ended: starts the compensations a
@@ -102,7 +83,6 @@ impl Machine {
         c.current = Some(Current {
             module,
             worker: None,
-            started: None,
         });
         c.generation += 1;
         let generation = c.generation;
@@ -198,12 +178,8 @@ impl Machine {
             return Err(Refusal::UnknownModule(muster_core::text::escape(&id)));
         };
         match call {
-            WorkerCall::Started { .. } => {
-                if let Some(current) = self.compensations.as_mut().and_then(|c| c.current.as_mut())
-                {
-                    current.started.get_or_insert(self.now);
-                }
-            }
+            // Its bound was armed when it was sent.
+            WorkerCall::Started { .. } => {}
             WorkerCall::Log {
                 module_id,
                 attempt,

@@ -6,7 +6,7 @@
 //! question) before the module moves, and said in the summary.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster_core::gate::{self, Decider, Decision, OnTimeout, Refused};
 use muster_core::journal::{Entry, GateRecord};
@@ -14,54 +14,11 @@ use muster_core::plan::needs_env_name;
 use muster_core::{Change, Event, ModuleIndex, ModuleState};
 
 use super::machine::Machine;
-use super::table::Timer;
+use super::table::{Decided, DecisionAnswer, OpenGate, Timer};
 use crate::events::RunEvent;
 
 /// How often a run that waits on a gate says so again.
 pub(crate) const GATE_REMINDER: Duration = Duration::from_secs(10 * 60);
-
-/// A gate waiting for its decision.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenGate {
-    pub opened: Instant,
-    pub expires: Instant,
-    /// The question, with the needs' outputs filled in.
-    pub prompt: String,
-    /// What a decision is bound to.
-    pub definition: String,
-    pub needs_outputs: String,
-}
-
-/// How a gate was decided, for the summary and the command's environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Decided {
-    /// `approved`, `rejected` or `expired`.
-    pub word: &'static str,
-    pub by: Option<String>,
-    /// How long the gate waited.
-    pub after: Duration,
-    pub inputs: BTreeMap<String, String>,
-}
-
-impl Decided {
-    /// "approved by alice after 3m 2s".
-    pub(crate) fn describe(&self) -> String {
-        let after = humantime::format_duration(Duration::from_secs(self.after.as_secs()));
-        match &self.by {
-            Some(by) => format!("{} by {by} after {after}", self.word),
-            None => format!("{} after {after}", self.word),
-        }
-    }
-}
-
-/// What an accepted decision did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecisionAnswer {
-    pub module: String,
-    /// `approved` or `rejected`.
-    pub decision: &'static str,
-    pub by: String,
-}
 
 impl Machine {
     /// Opens `module`'s gate now that its needs succeeded: arms its expiry

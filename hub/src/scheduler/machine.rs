@@ -13,9 +13,10 @@ use muster_core::wire::types::{Registration, RunOutcome, Welcome};
 use muster_core::{Change, ModuleIndex, ModuleState, Plan, Run, WorkerId};
 use serde_json::Value;
 
-use super::compensate::Compensations;
-use super::gates::{Decided, DecisionAnswer, OpenGate};
-use super::table::{cached_note, CacheState, Refusal, Timer, Worker};
+use super::table::{
+    cached_note, CacheState, Compensations, Decided, DecisionAnswer, OpenGate, Refusal, Timer,
+    Worker,
+};
 use super::{CancelAnswer, Registered, SchedulerSettings};
 use crate::cache::{Looked, Lookup, Store};
 use crate::events::{ModuleSummary, RunEvent, Summary};

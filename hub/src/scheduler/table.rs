@@ -1,11 +1,12 @@
 //! What the state machine keeps beside the run: the entries of its worker
 //! table, the deadlines it wakes up for, each module's standing with the
-//! result cache, and why a call was refused. Plain data, so the files that
+//! result cache, its open and decided gates and its compensations, and why
+//! a call was refused. Plain data, so the files that
 //! act on them (`workers.rs`, `timers.rs`, `cache.rs`, `calls.rs`) and the
 //! machine that holds them all depend on this file and not on each other.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use muster_core::{ModuleIndex, WorkerId};
 
@@ -92,4 +93,66 @@ pub(crate) enum Refusal {
     /// The run's state machine refused the transition, in the worker's terms.
     #[error("module '{module}': {why}")]
     Transition { module: String, why: String },
+}
+
+/// A gate waiting for its decision.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenGate {
+    pub opened: Instant,
+    pub expires: Instant,
+    /// The question, with the needs' outputs filled in.
+    pub prompt: String,
+    /// What a decision is bound to.
+    pub definition: String,
+    pub needs_outputs: String,
+}
+
+/// How a gate was decided, for the summary and the command's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Decided {
+    /// `approved`, `rejected` or `expired`.
+    pub word: &'static str,
+    pub by: Option<String>,
+    /// How long the gate waited.
+    pub after: Duration,
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl Decided {
+    /// "approved by alice after 3m 2s".
+    pub(crate) fn describe(&self) -> String {
+        let after = humantime::format_duration(Duration::from_secs(self.after.as_secs()));
+        match &self.by {
+            Some(by) => format!("{} by {by} after {after}", self.word),
+            None => format!("{} after {after}", self.word),
+        }
+    }
+}
+
+/// What an accepted decision did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionAnswer {
+    pub module: String,
+    /// `approved` or `rejected`.
+    pub decision: &'static str,
+    pub by: String,
+}
+
+/// The compensations of a failed run, and the one running.
+#[derive(Debug, Default)]
+pub(crate) struct Compensations {
+    /// Still to run, first next.
+    pub queue: VecDeque<ModuleIndex>,
+    pub current: Option<Current>,
+    /// How each ended, by module: `compensated` or why not.
+    pub ended: Vec<(ModuleIndex, String)>,
+    /// Counts deadlines, so a stale one does nothing.
+    pub generation: u32,
+}
+
+/// The compensation running, or waiting for a worker.
+#[derive(Debug)]
+pub(crate) struct Current {
+    pub module: ModuleIndex,
+    pub worker: Option<WorkerId>,
 }
