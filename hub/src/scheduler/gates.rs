@@ -121,7 +121,7 @@ impl Machine {
                     by: decided
                         .by
                         .clone()
-                        .unwrap_or_else(|| "nobody (it expired)".into()),
+                        .unwrap_or_else(|| "its timeout".into()),
                 },
                 None => Refused::NotWaiting {
                     module: module_id.to_owned(),
