@@ -43,11 +43,7 @@ impl Machine {
         let needs_outputs =
             gate::needs_digest(needs.iter().map(|(id, o)| (*id, o.unwrap_or(&empty))));
         let prompt = gate::prompt(&gate.prompt, &|name| vars.get(name).cloned());
-        let who = if gate.approvers.is_empty() {
-            "any approver or the run token".to_owned()
-        } else {
-            gate.approvers.join(", ")
-        };
+        let who = who_decides(gate);
         let note = format!(
             "{prompt} (who may decide: {who}; expires in {}, then {})",
             humantime::format_duration(gate.timeout),
@@ -118,10 +114,7 @@ impl Machine {
                 Some(decided) => Refused::AlreadyDecided {
                     module: module_id.to_owned(),
                     decision: decided.word.to_owned(),
-                    by: decided
-                        .by
-                        .clone()
-                        .unwrap_or_else(|| "its timeout".into()),
+                    by: decided.by.clone().unwrap_or_else(|| "its timeout".into()),
                 },
                 None => Refused::NotWaiting {
                     module: module_id.to_owned(),
@@ -185,9 +178,14 @@ impl Machine {
             return;
         };
         let left = open.expires.saturating_duration_since(self.now);
+        let gate = self.run.plan().modules[module]
+            .approval
+            .as_ref()
+            .expect("only gated modules wait");
         let text = format!(
-            "still waiting for approval: {} ({} left)",
+            "still waiting for approval: {} (who may decide: {}; {} left)",
             open.prompt,
+            who_decides(gate),
             humantime::format_duration(Duration::from_secs(left.as_secs()))
         );
         self.arm(self.now + GATE_REMINDER, Timer::GateReminder(module));
@@ -293,5 +291,14 @@ impl Machine {
     /// How the gate was decided, for the summary.
     pub(super) fn gate_summary(&self, module: ModuleIndex) -> Option<String> {
         self.decided.get(&module).map(Decided::describe)
+    }
+}
+
+/// Who may decide `gate`, as the run says it.
+fn who_decides(gate: &muster_core::gate::Approval) -> String {
+    if gate.approvers.is_empty() {
+        "any approver or the run token".to_owned()
+    } else {
+        gate.approvers.join(", ")
     }
 }

@@ -953,7 +953,7 @@ fn a_waiting_gate_says_so_again_and_is_cancelled_with_the_run() {
     let effects = hub.at(600.0).tick();
     let reminded = effects.iter().any(|e| {
         matches!(e, Effect::Event(RunEvent::Note { module, text })
-            if module == "gate" && text == "still waiting for approval: Approve 'gate'? (50m left)")
+            if module == "gate" && text == "still waiting for approval: Approve 'gate'? (who may decide: any approver or the run token; 50m left)")
     });
     assert!(reminded, "{effects:?}");
     let effects = hub.input(Input::Cancel {
