@@ -255,8 +255,12 @@ async fn cancel(
 ) -> Response {
     match role(&state, &headers, &query, &door) {
         None => return refused(),
-        Some(Role::Viewer | Role::Approver(_)) => {
-            let text = "this token may watch the run but not cancel it: open the dashboard with the run token";
+        Some(Role::Viewer) => {
+            let text = "a viewer token may watch the run but not cancel it: open the dashboard with the run token";
+            return (StatusCode::FORBIDDEN, text).into_response();
+        }
+        Some(Role::Approver(_)) => {
+            let text = "an approver's token may decide gates but not cancel the run: open the dashboard with the run token";
             return (StatusCode::FORBIDDEN, text).into_response();
         }
         Some(Role::Operator) => {}
