@@ -331,3 +331,33 @@ async fn a_run_without_a_journal_says_why_it_has_no_dashboard() {
     assert!(answer.text().await.unwrap().contains("--no-journal"));
     hub.canceller().cancel("test over").await;
 }
+
+#[tokio::test]
+async fn gates_are_decided_from_the_page_by_approvers_and_the_run_token_only() {
+    let dash = dashboard(4).await;
+    let http = client();
+    let url = format!("{}/dashboard/decide", dash.base);
+    let body = r#"{"module": "test", "decision": "approve"}"#;
+    let post = |cookie: Option<&str>, header: bool| {
+        let mut request = http.post(&url).body(body);
+        if let Some(token) = cookie {
+            request = request.header(header::COOKIE, format!("muster_access={token}"));
+        }
+        if header {
+            request = request.header("X-Muster-Dashboard", "1");
+        }
+        request.send()
+    };
+    let viewer = post(Some(VIEW), true).await.unwrap();
+    assert_eq!(viewer.status(), 403);
+    assert!(viewer.text().await.unwrap().contains("viewer token"));
+    assert_eq!(post(None, true).await.unwrap().status(), 401);
+    let forged = post(Some(TOKEN), false).await.unwrap();
+    assert_eq!(forged.status(), 403, "a cookie alone never decides");
+    // The run token gets to the scheduler, which answers for the module.
+    let operator = post(Some(TOKEN), true).await.unwrap();
+    assert_eq!(operator.status(), 404);
+    let answer: Value = operator.json().await.unwrap();
+    assert_eq!(answer["error"], "module 'test' has no approval gate");
+    dash.hub.canceller().cancel("test over").await;
+}
