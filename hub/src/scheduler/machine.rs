@@ -342,7 +342,7 @@ impl Machine {
             if matches!(change.state, ModuleState::AwaitingApproval { .. }) {
                 change.note = Some(self.open_gate(change.module));
                 opened.push(change.module);
-            } else {
+            } else if !self.gates.is_empty() {
                 self.gates.remove(&change.module);
             }
             self.arm_attempt_timers(change.module, &change.state);
