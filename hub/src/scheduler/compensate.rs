@@ -54,7 +54,7 @@ impl Machine {
         tracing::info!("the run failed: compensating {}", names.join(", "));
         let first = self.module_id(queue[0]).to_owned();
         let text = format!(
-            "the run failed: compensating {} module(s), last completed first: {}",
+            "the run did not succeed: compensating {} module(s), last completed first: {}",
             queue.len(),
             names.join(", ")
         );
