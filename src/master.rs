@@ -59,6 +59,27 @@ pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     Ok(config)
 }
 
+/// A line for each gate whose named approvers the master knows none of:
+/// only its timeout can end it.
+fn gates_nobody_can_decide(plan: &Plan, approvers: &muster_hub::Approvers) -> Vec<String> {
+    plan.modules
+        .iter()
+        .filter_map(|m| Some((m, m.approval.as_ref()?)))
+        .filter(|(_, gate)| {
+            !gate.approvers.is_empty() && !gate.approvers.iter().any(|a| approvers.0.contains_key(a))
+        })
+        .map(|(m, gate)| {
+            format!(
+                "gate '{}' names approvers {}, but the master knows none of their tokens: give --approver NAME=SHA256 (or MUSTER_APPROVERS), or only its timeout ({}, then {}) will end it",
+                m.id,
+                gate.approvers.join(", "),
+                humantime::format_duration(gate.timeout),
+                gate.on_timeout.word()
+            )
+        })
+        .collect()
+}
+
 /// Where the run's state goes, and how it is journaled.
 pub enum Keeping {
     /// `--no-journal`: a temporary folder, removed with the run.
@@ -297,6 +318,9 @@ impl Master {
         keeping: Keeping,
         cache: Option<Arc<dyn ResultCache>>,
     ) -> Result<Master, Failure> {
+        for line in gates_nobody_can_decide(&plan, &config.approvers) {
+            eprintln!("muster: warning: {line}");
+        }
         let token = config.token.clone();
         let view_token = match &keeping {
             Keeping::Journal { .. } => config.view_token.clone(),

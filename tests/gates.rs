@@ -349,3 +349,18 @@ fn a_ci_run_is_approved_through_its_discovery_record() {
     assert_eq!(done.code(), 0, "{done}");
     assert_eq!(effects(dir.path()), ["build", "deploy CI-9", "smoke CI-9"]);
 }
+
+#[test]
+fn a_gate_whose_approvers_the_master_does_not_know_is_said_at_the_start() {
+    let (_dir, file) = pipeline(
+        "[modules.deploy]\nrun = \"true\"\napproval = { approvers = [\"dave\"], timeout = \"1s\" }\n",
+    );
+    let done = hub(&file, &[]).finish();
+    assert_eq!(done.code(), 1, "{done}");
+    assert!(
+        done.stderr.contains(
+            "warning: gate 'deploy' names approvers dave, but the master knows none of their tokens"
+        ),
+        "{done}"
+    );
+}
