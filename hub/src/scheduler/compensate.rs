@@ -16,7 +16,7 @@ use std::time::Duration;
 use muster_core::journal::{CompensationRecord, Entry};
 use muster_core::plan::output_env_name;
 use muster_core::wire::calls::{HubCall, WorkerCall};
-use muster_core::wire::types::{Report, ReportStatus};
+use muster_core::wire::types::{Held, Report, ReportStatus};
 use muster_core::{ModuleIndex, ModuleState, WorkerId};
 
 use super::machine::Machine;
@@ -201,6 +201,21 @@ impl Machine {
             WorkerCall::Register(_) => unreachable!("refused above"),
         }
         Ok(())
+    }
+
+    /// Whether `worker` runs the current compensation.
+    pub(super) fn compensating_on(&self, worker: WorkerId) -> bool {
+        self.compensation_held(worker).is_some()
+    }
+
+    /// The current compensation as `worker` would list it among what it
+    /// holds, when it runs it.
+    pub(super) fn compensation_held(&self, worker: WorkerId) -> Option<Held> {
+        let current = self.compensations.as_ref()?.current.as_ref()?;
+        (current.worker == Some(worker)).then(|| Held {
+            module_id: format!("{}{SUFFIX}", self.module_id(current.module)),
+            attempt: 1,
+        })
     }
 
     /// The running compensation's worker left.

@@ -1132,3 +1132,48 @@ fn a_compensation_no_worker_can_run_fails_after_the_capability_timeout() {
         Some("compensation failed: no worker could run it within 30s")
     );
 }
+
+#[test]
+fn a_compensating_worker_that_drops_and_comes_back_with_it_keeps_it() {
+    let pipeline = "[modules.a]\nrun = \"a\"\ncompensate = \"undo\"\n\
+                    [modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n";
+    let mut hub = Hub::new(pipeline);
+    let (first, welcome, _) = hub.register(registration("w", &[], 1));
+    let w = first.worker;
+    hub.started(w, "a", 1);
+    let _ = hub.complete(w, "a", 1, ReportStatus::Succeeded);
+    hub.started(w, "b", 1);
+    let (_, effects) = hub.complete(w, "b", 1, ReportStatus::Failed);
+    assert_eq!(assigned(&effects), [(w, "a~compensate".to_owned())]);
+    // Its socket drops: it may come back while the compensation runs.
+    let effects = hub.at(1.0).disconnect(first, Some(10.0));
+    assert!(finished(&effects).is_none(), "{effects:?}");
+    let mut back = registration("w", &[], 1);
+    back.resume = Some(Resume {
+        worker_id: welcome.worker_id.clone(),
+        key: welcome.resume_key.clone(),
+        holding: vec![Held {
+            module_id: "a~compensate".into(),
+            attempt: 1,
+        }],
+    });
+    let (again, welcome_back, _) = hub.at(2.0).register(back);
+    assert_eq!(again.worker, w);
+    assert_eq!(
+        welcome_back.keep,
+        vec![Held {
+            module_id: "a~compensate".into(),
+            attempt: 1
+        }]
+    );
+    let (answer, effects) = hub.call(
+        w,
+        WorkerCall::Complete(report("a~compensate", 1, ReportStatus::Succeeded)),
+    );
+    assert_eq!(answer, Ok(Value::Null));
+    let summary = finished(&effects).expect("the run ends");
+    assert_eq!(
+        summary.modules[0].compensated.as_deref(),
+        Some("compensated")
+    );
+}

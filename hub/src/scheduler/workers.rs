@@ -100,6 +100,14 @@ impl Machine {
                 lost.push(module);
             }
         }
+        // The compensation it runs, if it still holds it.
+        let compensation = self.compensation_held(id);
+        let compensation_kept = compensation
+            .as_ref()
+            .is_some_and(|held| holding.contains(held));
+        if let (Some(held), true) = (&compensation, compensation_kept) {
+            welcome.keep.push(held.clone());
+        }
         let keep = welcome.keep.clone();
         self.push(Effect::Welcome(
             Registered {
@@ -127,6 +135,9 @@ impl Machine {
         for module in lost {
             let changes = self.run.module_lost(module, id, &name);
             self.record(changes);
+        }
+        if compensation.is_some() && !compensation_kept {
+            self.compensation_worker_lost(id, &name);
         }
         if let Some(reason) = self.run.cancel_reason().map(str::to_owned) {
             for held in keep {
@@ -198,7 +209,7 @@ impl Machine {
         let held = worker.held;
         let name = worker.name.clone();
         match return_by {
-            Some(at) if held > 0 && !self.run.is_finished() => {
+            Some(at) if held > 0 && (!self.run.is_finished() || self.compensating_on(id)) => {
                 tracing::info!(worker = %id, %name, "worker away: {reason}");
                 self.arm(
                     at,
