@@ -90,6 +90,26 @@ fn a_failed_run_compensates_in_reverse_order_exactly_once() {
         ]
     );
     assert_eq!(records[3]["exitCode"], 4);
+    // The JSON report says it per module.
+    let json = dir.path().join("report.json");
+    let report = run(muster(&[
+        "report",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    assert_eq!(report.code(), 0, "{report}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let compensation = |id: &str| {
+        let modules = report["modules"].as_array().unwrap();
+        let module = modules.iter().find(|m| m["id"] == id).unwrap();
+        module["compensation"]["state"].as_str().map(str::to_owned)
+    };
+    assert_eq!(compensation("web").as_deref(), Some("succeeded"));
+    assert_eq!(compensation("app").as_deref(), Some("failed"));
+    assert_eq!(compensation("check"), None);
 }
 
 #[test]

@@ -84,10 +84,35 @@ pub struct ModuleReport {
     pub cached: bool,
     /// Kept from this earlier run by a resume.
     pub kept_from: Option<String>,
+    /// How its approval gate was decided, when it has one that was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
+    /// How its compensation went, when the failed run compensated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<CompensationReport>,
     /// The last lines of its (masked) log, for a module that did not
     /// succeed and whose log is kept; not part of the JSON.
     #[serde(skip)]
     pub log_tail: Vec<String>,
+}
+
+/// A gate's decision: `approved`, `rejected` or `expired`, by whom, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GateReport {
+    pub decision: String,
+    pub by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A compensation's last word: `started`, `succeeded` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompensationReport {
+    pub state: String,
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,7 +147,11 @@ impl Report {
     /// succeed](ModuleReport::did_not_succeed)).
     pub fn build(records: &[Record]) -> Result<Report, HistoryError> {
         let history = History::replay(records)?;
-        let modules: Vec<ModuleReport> = history.modules.iter().map(module_report).collect();
+        let modules: Vec<ModuleReport> = history
+            .modules
+            .iter()
+            .map(|m| module_report(m, &history))
+            .collect();
         let workers = worker_reports(records, &modules);
         let finished_at = history.finished.map(|(_, at)| at);
         Ok(Report {
@@ -179,7 +208,7 @@ impl ModuleReport {
     }
 }
 
-fn module_report(status: &ModuleStatus) -> ModuleReport {
+fn module_report(status: &ModuleStatus, history: &History) -> ModuleReport {
     let terminal = status.state.is_terminal();
     // A kept module ran in an earlier run: its times here would be when
     // this one kept it.
@@ -207,6 +236,20 @@ fn module_report(status: &ModuleStatus) -> ModuleReport {
             .collect(),
         cached: is_cache_hit(status),
         kept_from: status.kept_from.clone(),
+        gate: history.gates.get(&status.id).map(|g| GateReport {
+            decision: g.decision.clone(),
+            by: g.by.clone(),
+            reason: g.reason.clone(),
+        }),
+        compensation: history
+            .compensations
+            .get(&status.id)
+            .map(|c| CompensationReport {
+                state: c.state.clone(),
+                worker: c.worker.clone(),
+                exit_code: c.exit_code,
+                reason: c.reason.clone(),
+            }),
         log_tail: Vec::new(),
     }
 }
