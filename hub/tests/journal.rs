@@ -1,7 +1,8 @@
 //! The hub and its journal over real loopback sockets: a worker's
 //! `Complete` is answered, and the module's dependents are assigned, only
 //! once the journal holds its record (what does not depend on a result
-//! goes out at once); a journal that fails ends the run
+//! goes out at once); an approved module is assigned, and its approver
+//! answered, only once the approval is journaled; a journal that fails ends the run
 //! with the error and closes every worker's connection, saying why.
 
 mod common;
@@ -53,7 +54,11 @@ const PIPELINE: &str =
     "[modules.a]\nrun = \"true\"\n[modules.b]\nrun = \"true\"\nneeds = [\"a\"]\n";
 
 async fn journaled_hub(backend: Gated) -> Hub {
-    let plan = parse_pipeline("t.toml", PIPELINE).unwrap();
+    journaled_hub_of(PIPELINE, backend).await
+}
+
+async fn journaled_hub_of(pipeline: &str, backend: Gated) -> Hub {
+    let plan = parse_pipeline("t.toml", pipeline).unwrap();
     let modules = module_digests(&plan);
     let start = RunStart {
         run_id: "test-run".into(),
@@ -146,6 +151,55 @@ async fn a_complete_is_answered_and_dependents_assigned_only_once_journaled() {
         .contains(&(StateName::Succeeded, "a".into())));
     let (module, _) = worker.expect_assign().await;
     assert_eq!(module, "b");
+    drop(worker);
+    drop(hub);
+}
+
+#[tokio::test]
+async fn an_approval_is_answered_and_its_module_assigned_only_once_journaled() {
+    let permits = Arc::new(Semaphore::new(0));
+    let hub = journaled_hub_of(
+        "[modules.g]\nrun = \"true\"\napproval = {}\n",
+        Gated {
+            permits: permits.clone(),
+            written: Arc::new(Mutex::new(Vec::new())),
+            fail_after: None,
+            batches: 0,
+        },
+    )
+    .await;
+    let mut worker = Raw::connect(&hub).await;
+    worker.handshake().await;
+    worker
+        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
+        .await;
+    assert!(matches!(
+        worker.next_non_ping().await,
+        Some(Message::Completion { .. })
+    ));
+    // The gate waits: nothing is assigned.
+    assert!(silent_for(&mut worker, Duration::from_millis(300)).await);
+    let url = format!("{}/decide", hub.url().replacen("ws://", "http://", 1));
+    let decided = tokio::spawn(
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"module": "g", "decision": "approve"}))
+            .send(),
+    );
+    assert!(
+        silent_for(&mut worker, Duration::from_millis(500)).await,
+        "g was assigned before its approval was durable"
+    );
+    assert!(
+        !decided.is_finished(),
+        "the approval was answered before it was durable"
+    );
+    permits.add_permits(100);
+    let answer = decided.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    let (module, _) = worker.expect_assign().await;
+    assert_eq!(module, "g");
     drop(worker);
     drop(hub);
 }

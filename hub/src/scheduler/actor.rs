@@ -353,6 +353,9 @@ impl Scheduler {
                             (false, Some(record.module.clone()))
                         }
                         Entry::Module(record) => (record.state.is_terminal(), None),
+                        // An approval counts as a result: the module it
+                        // lets run is not assigned before it is durable.
+                        Entry::GateDecided(_) => (true, None),
                         _ => (false, None),
                     };
                     let seq = journal.append(at, entry);
