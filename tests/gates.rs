@@ -364,3 +364,40 @@ fn a_gate_whose_approvers_the_master_does_not_know_is_said_at_the_start() {
         "{done}"
     );
 }
+
+#[test]
+fn muster_run_says_how_to_decide_and_its_run_token_decides_a_gate_without_approvers() {
+    use std::io::{BufRead, BufReader};
+    let (dir, file) = pipeline(
+        "[modules.gate]\napproval = { inputs = [\"ticket\"] }\n\
+         [modules.after]\nneeds = [\"gate\"]\nrun = \"echo after $MUSTER_NEEDS_GATE_TICKET >> effects.log\"\n",
+    );
+    let mut child = muster(&["run", file.to_str().unwrap(), "--workers", "1"])
+        .env("MUSTER_TOKEN", RUN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let said = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("approval gate(s)"))
+        .expect("muster run says how to decide");
+    let hub = said
+        .split("--hub ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap()
+        .to_owned();
+    let out = decide_when_waiting(
+        &hub,
+        RUN_TOKEN,
+        &["approve", "gate", "--input", "ticket=L-1"],
+    );
+    assert_eq!(out.code(), 0, "{out}");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", rest.join("\n"));
+    assert_eq!(effects(dir.path()), ["after L-1"]);
+}

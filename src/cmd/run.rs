@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// Local workers to start [default: the number of CPUs].
     #[arg(long, short = 'w')]
     workers: Option<u32>,
+    /// The run token (for `muster cancel`, and for deciding approval gates
+    /// that name no approvers) [default: a random one, never printed].
+    #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(flatten)]
     resume: ResumeFlag,
     #[command(flatten)]
@@ -41,7 +45,16 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on loopback")?;
-    let config = hub_settings(&args.master)?;
+    let mut config = hub_settings(&args.master)?;
+    if let Some(token) = args.token.clone().filter(|t| !t.is_empty()) {
+        config.token = token;
+    }
+    let gated: Vec<String> = plan
+        .modules
+        .iter()
+        .filter(|m| m.approval.is_some())
+        .map(|m| m.id.clone())
+        .collect();
     let mut keeping = Keeping::local(
         &file,
         &plan,
@@ -66,6 +79,14 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         });
     if let Some(link) = master.dashboard_link(master.url()) {
         crate::report::say(&format!("watch it live at {link}"));
+    }
+    if let Some(first) = gated.first() {
+        crate::report::say(&format!(
+            "{} approval gate(s) ({}): decide with `muster approve {first} --hub {}` (or `muster reject`), your approver token in MUSTER_APPROVER_TOKEN",
+            gated.len(),
+            gated.join(", "),
+            master.url()
+        ));
     }
     let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
