@@ -291,19 +291,16 @@ pub fn parse_approver(text: &str) -> Result<(String, [u8; 32]), String> {
             crate::text::escape(name)
         ));
     }
-    let hex = hex.trim().to_ascii_lowercase();
-    let mut digest = [0u8; 32];
-    let valid = hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        && digest.iter_mut().enumerate().all(|(i, byte)| {
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map(|b| *byte = b)
-                .is_ok()
-        });
-    if !valid {
+    // The value is never echoed: it may be a token given by mistake.
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "the digest for approver '{name}' must be 64 hex digits (the SHA-256 of their token, never the token itself)"
         ));
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked: hex digits");
     }
     Ok((name.to_owned(), digest))
 }

@@ -197,7 +197,7 @@ impl Machine {
                     text,
                 });
             }
-            WorkerCall::Complete(report) => self.compensation_ended(module, worker, Ok(report)),
+            WorkerCall::Complete(report) => self.compensation_ended(module, Ok(report)),
             WorkerCall::Register(_) => unreachable!("refused above"),
         }
         Ok(())
@@ -228,7 +228,7 @@ impl Machine {
             .map(|c| c.module);
         if let Some(module) = lost {
             let why = format!("its worker {name} was lost");
-            self.compensation_ended(module, worker, Err(why));
+            self.compensation_ended(module, Err(why));
         }
     }
 
@@ -262,16 +262,11 @@ impl Machine {
                 },
             );
         }
-        self.compensation_ended(module, worker.unwrap_or(WorkerId(0)), Err(why));
+        self.compensation_ended(module, Err(why));
     }
 
     /// Records how the current compensation ended and starts the next.
-    fn compensation_ended(
-        &mut self,
-        module: ModuleIndex,
-        worker: WorkerId,
-        result: Result<Report, String>,
-    ) {
+    fn compensation_ended(&mut self, module: ModuleIndex, result: Result<Report, String>) {
         let Some(c) = self.compensations.as_mut() else {
             return;
         };
@@ -297,7 +292,7 @@ impl Machine {
         };
         c.ended.push((module, outcome.clone()));
         let module_id = self.module_id(module).to_owned();
-        let worker_name = current.worker.map(|_| self.seen_name(worker).to_owned());
+        let worker_name = current.worker.map(|w| self.seen_name(w).to_owned());
         let masked_reason = reason.clone();
         self.journal(|masker| {
             Entry::Compensation(CompensationRecord {
