@@ -186,10 +186,8 @@ impl Machine {
                 stream,
                 text,
             } => {
-                let text = match &self.settings.journal {
-                    Some(j) => j.masker.mask(&text).into_owned(),
-                    None => text,
-                };
+                // Masked where every module's log is: the log files and
+                // the printer.
                 self.emit(RunEvent::Log {
                     module: module_id,
                     attempt,
