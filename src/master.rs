@@ -59,6 +59,26 @@ pub fn hub_settings(flags: &MasterFlags) -> Result<HubConfig, Failure> {
     Ok(config)
 }
 
+/// The ids of `plan`'s gated modules, for [`decide_hint`] (taken before
+/// the plan goes to the hub).
+pub fn gated_modules(plan: &Plan) -> Vec<String> {
+    plan.modules
+        .iter()
+        .filter(|m| m.approval.is_some())
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// How to decide the run's gates, once its hub's address is known.
+pub fn decide_hint(gated: &[String], hub: &str) -> Option<String> {
+    let first = gated.first()?;
+    Some(format!(
+        "{} approval gate(s) ({}): decide with `muster approve {first} --hub {hub}` (or `muster reject`), your approver token in MUSTER_APPROVER_TOKEN",
+        gated.len(),
+        gated.join(", "),
+    ))
+}
+
 /// A line for each gate whose named approvers the master knows none of:
 /// only its timeout can end it.
 fn gates_nobody_can_decide(plan: &Plan, approvers: &muster_hub::Approvers) -> Vec<String> {

@@ -9,7 +9,10 @@ use tokio::net::TcpListener;
 
 use crate::failure::Failure;
 use crate::flags::{FileArg, MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
+use crate::master::{
+    decide_hint, gated_modules, hub_settings, result_cache, EndReports, Keeping, LocalWorkers,
+    Master,
+};
 use crate::pipeline::{load, pipeline_dir};
 use crate::run_report::Outputs;
 
@@ -50,6 +53,7 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
         &config,
     )?;
     let said = keeping.take_said();
+    let gated = gated_modules(&plan);
     let file = &args.file.file;
     let cache = result_cache(
         file,
@@ -86,6 +90,9 @@ pub async fn hub(args: HubArgs) -> Result<(), Failure> {
     }
     for line in said {
         println!("muster: {line}");
+    }
+    if let Some(hint) = decide_hint(&gated, master.url()) {
+        crate::report::say(&hint);
     }
     let local = LocalWorkers::plain(args.workers, &args.file.file, &args.master);
     master.run(&local).await?.verdict()

@@ -8,7 +8,10 @@ use tokio::net::TcpListener;
 
 use crate::failure::Failure;
 use crate::flags::{MasterFlags, ResumeFlag};
-use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
+use crate::master::{
+    decide_hint, gated_modules, hub_settings, result_cache, EndReports, Keeping, LocalWorkers,
+    Master,
+};
 use crate::pipeline::{load, pipeline_dir};
 use crate::run_report::Outputs;
 use crate::selection::Selection;
@@ -49,12 +52,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(token) = args.token.clone().filter(|t| !t.is_empty()) {
         config.token = token;
     }
-    let gated: Vec<String> = plan
-        .modules
-        .iter()
-        .filter(|m| m.approval.is_some())
-        .map(|m| m.id.clone())
-        .collect();
+    let gated = gated_modules(&plan);
     let mut keeping = Keeping::local(
         &file,
         &plan,
@@ -80,13 +78,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(link) = master.dashboard_link(master.url()) {
         crate::report::say(&format!("watch it live at {link}"));
     }
-    if let Some(first) = gated.first() {
-        crate::report::say(&format!(
-            "{} approval gate(s) ({}): decide with `muster approve {first} --hub {}` (or `muster reject`), your approver token in MUSTER_APPROVER_TOKEN",
-            gated.len(),
-            gated.join(", "),
-            master.url()
-        ));
+    if let Some(hint) = decide_hint(&gated, master.url()) {
+        crate::report::say(&hint);
     }
     let local = LocalWorkers::plain(workers, &file, &args.master);
     master.run(&local).await?.verdict()
