@@ -340,15 +340,11 @@ pub fn describe_plan(plan: &Plan) -> String {
             let _ = write!(out, "  produces: {}", module.produces.join(", "));
         }
         if let Some(gate) = &module.approval {
-            let who = if gate.approvers.is_empty() {
-                "any approver or the run token".to_owned()
-            } else {
-                gate.approvers.join(", ")
-            };
             let _ = write!(
                 out,
-                "  gate{}: {who} within {} (then {})",
+                "  gate{}: {} within {} (then {})",
                 if gate.gate_only { " (no run)" } else { "" },
+                gate.deciders(),
                 humantime::format_duration(gate.timeout),
                 gate.on_timeout.word()
             );

@@ -34,6 +34,17 @@ pub struct Approval {
     pub gate_only: bool,
 }
 
+impl Approval {
+    /// Who may decide it, as the run and `muster validate` say it.
+    pub fn deciders(&self) -> String {
+        if self.approvers.is_empty() {
+            "any approver or the run token".to_owned()
+        } else {
+            self.approvers.join(", ")
+        }
+    }
+}
+
 /// What an expired gate does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnTimeout {

@@ -89,6 +89,16 @@ async fn journaled_hub_of(pipeline: &str, backend: Gated) -> Hub {
     hub
 }
 
+/// A raw client that has sent `Register` as worker `w`.
+async fn registering(hub: &Hub) -> Raw {
+    let mut worker = Raw::connect(hub).await;
+    worker.handshake().await;
+    worker
+        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
+        .await;
+    worker
+}
+
 /// Nothing but pings for `wait`.
 async fn silent_for(client: &mut Raw, wait: Duration) -> bool {
     tokio::time::timeout(wait, client.next_non_ping())
@@ -107,11 +117,7 @@ async fn a_complete_is_answered_and_dependents_assigned_only_once_journaled() {
         batches: 0,
     })
     .await;
-    let mut worker = Raw::connect(&hub).await;
-    worker.handshake().await;
-    worker
-        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
-        .await;
+    let mut worker = registering(&hub).await;
     // Nothing is durable yet, but joining and taking a module with no
     // needs do not wait for the disk: their records are queued first.
     assert!(matches!(
@@ -168,11 +174,7 @@ async fn an_approval_is_answered_and_its_module_assigned_only_once_journaled() {
         },
     )
     .await;
-    let mut worker = Raw::connect(&hub).await;
-    worker.handshake().await;
-    worker
-        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
-        .await;
+    let mut worker = registering(&hub).await;
     assert!(matches!(
         worker.next_non_ping().await,
         Some(Message::Completion { .. })
@@ -216,11 +218,7 @@ async fn a_failing_journal_ends_the_run_with_its_error_and_tells_workers() {
     .await;
     // Let the run's start be written before the worker comes.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut worker = Raw::connect(&hub).await;
-    worker.handshake().await;
-    worker
-        .invoke(Some("r"), "Register", json!([{"name": "w"}]))
-        .await;
+    let mut worker = registering(&hub).await;
     let waited = tokio::time::timeout(Duration::from_secs(20), hub.wait(Duration::from_secs(1)))
         .await
         .expect("the hub ended");

@@ -94,6 +94,17 @@ fn json<T: Serialize>(value: T) -> Value {
 }
 
 impl WorkerCall {
+    /// The module the call is about (none for `Register`).
+    pub fn module_id(&self) -> Option<&str> {
+        match self {
+            WorkerCall::Started { module_id, .. } | WorkerCall::Log { module_id, .. } => {
+                Some(module_id)
+            }
+            WorkerCall::Complete(report) => Some(&report.module_id),
+            WorkerCall::Register(_) => None,
+        }
+    }
+
     /// Decodes an invocation; method names match case-insensitively, as in
     /// ASP.NET Core SignalR.
     pub fn from_invocation(target: &str, mut args: Vec<Value>) -> Result<Self, CallError> {

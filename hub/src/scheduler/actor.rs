@@ -446,11 +446,17 @@ impl Scheduler {
                 .or_default()
                 .push_back(Waiting { seq, item: call });
             // A worker waits for this call: the journal must not gather.
-            if let Some(journal) = &mut self.journal {
-                if self.expedited < seq {
-                    journal.expedite();
-                    self.expedited = self.appended;
-                }
+            self.expedite(seq);
+        }
+    }
+
+    /// Someone waits for record `seq`: the journal commits what it has now
+    /// instead of gathering more (once for everything appended so far).
+    fn expedite(&mut self, seq: u64) {
+        if let Some(journal) = &mut self.journal {
+            if self.expedited < seq {
+                journal.expedite();
+                self.expedited = self.appended;
             }
         }
     }
@@ -521,14 +527,12 @@ impl Scheduler {
                         continue;
                     };
                     if answer.is_ok() && self.appended > self.durable {
+                        let seq = self.appended;
                         self.waiting_decisions.push_back(Waiting {
-                            seq: self.appended,
+                            seq,
                             item: (reply, answer),
                         });
-                        if let Some(journal) = &mut self.journal {
-                            journal.expedite();
-                            self.expedited = self.appended;
-                        }
+                        self.expedite(seq);
                     } else {
                         let _ = reply.send(answer);
                     }

@@ -49,15 +49,10 @@ impl Machine {
     }
 
     fn apply_call(&mut self, worker: WorkerId, call: WorkerCall) -> Result<(), Refused> {
-        let about = match &call {
-            WorkerCall::Started { module_id, .. } | WorkerCall::Log { module_id, .. } => {
-                Some(module_id.as_str())
-            }
-            WorkerCall::Complete(report) => Some(report.module_id.as_str()),
-            WorkerCall::Register(_) => None,
-        };
-        if about.is_some_and(|id| id.ends_with(super::compensate::SUFFIX))
-            && self.compensations.is_some()
+        if self.compensations.is_some()
+            && call
+                .module_id()
+                .is_some_and(|id| id.ends_with(super::compensate::SUFFIX))
         {
             return Ok(self.compensation_call(worker, call)?);
         }

@@ -160,12 +160,8 @@ impl Machine {
         worker: WorkerId,
         call: WorkerCall,
     ) -> Result<(), Refusal> {
-        let id = match &call {
-            WorkerCall::Started { module_id, .. } | WorkerCall::Log { module_id, .. } => {
-                module_id.clone()
-            }
-            WorkerCall::Complete(report) => report.module_id.clone(),
-            WorkerCall::Register(_) => return Err(Refusal::AlreadyRegistered),
+        let Some(id) = call.module_id().map(str::to_owned) else {
+            return Err(Refusal::AlreadyRegistered);
         };
         let held = self
             .compensations
@@ -199,11 +195,6 @@ impl Machine {
             WorkerCall::Register(_) => unreachable!("refused above"),
         }
         Ok(())
-    }
-
-    /// Whether `worker` runs the current compensation.
-    pub(super) fn compensating_on(&self, worker: WorkerId) -> bool {
-        self.compensation_held(worker).is_some()
     }
 
     /// The current compensation as `worker` would list it among what it

@@ -43,7 +43,7 @@ impl Machine {
         let needs_outputs =
             gate::needs_digest(needs.iter().map(|(id, o)| (*id, o.unwrap_or(&empty))));
         let prompt = gate::prompt(&gate.prompt, &|name| vars.get(name).cloned());
-        let who = who_decides(gate);
+        let who = gate.deciders();
         let note = format!(
             "{prompt} (who may decide: {who}; expires in {}, then {})",
             humantime::format_duration(gate.timeout),
@@ -185,7 +185,7 @@ impl Machine {
         let text = format!(
             "still waiting for approval: {} (who may decide: {}; {} left)",
             open.prompt,
-            who_decides(gate),
+            gate.deciders(),
             humantime::format_duration(Duration::from_secs(left.as_secs()))
         );
         self.arm(self.now + GATE_REMINDER, Timer::GateReminder(module));
@@ -291,14 +291,5 @@ impl Machine {
     /// How the gate was decided, for the summary.
     pub(super) fn gate_summary(&self, module: ModuleIndex) -> Option<String> {
         self.decided.get(&module).map(Decided::describe)
-    }
-}
-
-/// Who may decide `gate`, as the run says it.
-fn who_decides(gate: &muster_core::gate::Approval) -> String {
-    if gate.approvers.is_empty() {
-        "any approver or the run token".to_owned()
-    } else {
-        gate.approvers.join(", ")
     }
 }

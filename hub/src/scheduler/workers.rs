@@ -209,7 +209,10 @@ impl Machine {
         let held = worker.held;
         let name = worker.name.clone();
         match return_by {
-            Some(at) if held > 0 && (!self.run.is_finished() || self.compensating_on(id)) => {
+            Some(at)
+                if held > 0
+                    && (!self.run.is_finished() || self.compensation_held(id).is_some()) =>
+            {
                 tracing::info!(worker = %id, %name, "worker away: {reason}");
                 self.arm(
                     at,
