@@ -2,11 +2,13 @@
 //! `Complete` is answered, and the module's dependents are assigned, only
 //! once the journal holds its record (what does not depend on a result
 //! goes out at once); an approved module is assigned, and its approver
-//! answered, only once the approval is journaled; a journal that fails ends the run
-//! with the error and closes every worker's connection, saying why.
+//! answered, only once the approval is journaled; no worker hears the run
+//! has ended before the journal holds its end; a journal that fails ends
+//! the run with the error and closes every worker's connection, saying why.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,13 +30,32 @@ struct Gated {
     written: Arc<Mutex<Vec<(StateName, String)>>>,
     /// Batches made durable before every later one fails.
     fail_after: Option<usize>,
+    /// Every batch fails while it is set.
+    failing: Option<Arc<AtomicBool>>,
     batches: usize,
+}
+
+impl Gated {
+    /// Durable once `permits` allow, failing never.
+    fn new(permits: Arc<Semaphore>) -> Gated {
+        Gated {
+            permits,
+            written: Arc::new(Mutex::new(Vec::new())),
+            fail_after: None,
+            failing: None,
+            batches: 0,
+        }
+    }
 }
 
 impl Backend for Gated {
     fn append<'a>(&'a mut self, batch: &'a Batch) -> AppendFuture<'a> {
         Box::pin(async move {
-            if self.fail_after.is_some_and(|n| self.batches >= n) {
+            let failing = self
+                .failing
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            if failing || self.fail_after.is_some_and(|n| self.batches >= n) {
                 return Err(StoreError::Closed);
             }
             self.batches += 1;
@@ -111,10 +132,8 @@ async fn a_complete_is_answered_and_dependents_assigned_only_once_journaled() {
     let permits = Arc::new(Semaphore::new(0));
     let written = Arc::new(Mutex::new(Vec::new()));
     let hub = journaled_hub(Gated {
-        permits: permits.clone(),
         written: written.clone(),
-        fail_after: None,
-        batches: 0,
+        ..Gated::new(permits.clone())
     })
     .await;
     let mut worker = registering(&hub).await;
@@ -166,12 +185,7 @@ async fn an_approval_is_answered_and_its_module_assigned_only_once_journaled() {
     let permits = Arc::new(Semaphore::new(0));
     let hub = journaled_hub_of(
         "[modules.g]\nrun = \"true\"\napproval = {}\n",
-        Gated {
-            permits: permits.clone(),
-            written: Arc::new(Mutex::new(Vec::new())),
-            fail_after: None,
-            batches: 0,
-        },
+        Gated::new(permits.clone()),
     )
     .await;
     let mut worker = registering(&hub).await;
@@ -209,11 +223,9 @@ async fn an_approval_is_answered_and_its_module_assigned_only_once_journaled() {
 #[tokio::test]
 async fn a_failing_journal_ends_the_run_with_its_error_and_tells_workers() {
     let hub = journaled_hub(Gated {
-        permits: Arc::new(Semaphore::new(100)),
-        written: Arc::new(Mutex::new(Vec::new())),
         // The run's start is journaled; the worker's joining is not.
         fail_after: Some(1),
-        batches: 0,
+        ..Gated::new(Arc::new(Semaphore::new(100)))
     })
     .await;
     // Let the run's start be written before the worker comes.
@@ -242,4 +254,88 @@ async fn a_failing_journal_ends_the_run_with_its_error_and_tells_workers() {
     }
     let closed = closed.expect("a Close with the reason");
     assert!(closed.contains("journal"), "{closed}");
+}
+
+#[tokio::test]
+async fn the_runs_end_reaches_no_worker_before_it_is_journaled() {
+    let permits = Arc::new(Semaphore::new(0));
+    let hub = journaled_hub_of("[modules.a]\nrun = \"true\"\n", Gated::new(permits.clone())).await;
+    let mut runner = Raw::connect(&hub).await;
+    runner.register("runner").await;
+    let (module, _) = runner.expect_assign().await;
+    assert_eq!(module, "a");
+    // A second worker with nothing to do: it has no answer waiting, so
+    // only the run's end being durable can hold its Shutdown back.
+    let mut idle = Raw::connect(&hub).await;
+    idle.register("idle").await;
+    runner.invoke(None, "Started", json!(["a", 1])).await;
+    runner
+        .invoke(
+            Some("c"),
+            "Complete",
+            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
+        )
+        .await;
+    assert!(
+        silent_for(&mut idle, Duration::from_millis(500)).await,
+        "a worker was told the run ended before the journal held its end"
+    );
+    permits.add_permits(1000);
+    for worker in [&mut runner, &mut idle] {
+        let shutdown = loop {
+            match worker.next_non_ping().await {
+                Some(Message::Invocation {
+                    target, arguments, ..
+                }) if target == "Shutdown" => break arguments,
+                Some(Message::Completion { .. }) => {}
+                other => panic!("expected Shutdown, got {other:?}"),
+            }
+        };
+        assert_eq!(shutdown[1], "succeeded");
+    }
+    drop(hub);
+}
+
+#[tokio::test]
+async fn a_run_whose_end_cannot_be_journaled_tells_no_worker_it_ended() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let hub = journaled_hub_of(
+        "[modules.a]\nrun = \"true\"\n",
+        Gated {
+            failing: Some(failing.clone()),
+            ..Gated::new(Arc::new(Semaphore::new(1000)))
+        },
+    )
+    .await;
+    let mut runner = Raw::connect(&hub).await;
+    runner.register("runner").await;
+    let (module, _) = runner.expect_assign().await;
+    assert_eq!(module, "a");
+    let mut idle = Raw::connect(&hub).await;
+    idle.register("idle").await;
+    runner.invoke(None, "Started", json!(["a", 1])).await;
+    // What happened so far is durable; the result and the run's end will
+    // not be.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    failing.store(true, Ordering::SeqCst);
+    runner
+        .invoke(
+            Some("c"),
+            "Complete",
+            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
+        )
+        .await;
+    for worker in [&mut runner, &mut idle] {
+        match worker.next_non_ping().await {
+            Some(Message::Close { error, .. }) => {
+                let error = error.unwrap_or_default();
+                assert!(error.contains("journal"), "{error}");
+            }
+            other => panic!("expected a Close saying the journal failed, got {other:?}"),
+        }
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(20), hub.wait(Duration::from_secs(1)))
+        .await
+        .expect("the hub ended");
+    assert!(matches!(waited, Err(HubError::Journal(_))), "{waited:?}");
 }

@@ -418,14 +418,17 @@ impl Scheduler {
 
     /// Sends a hub call to a worker, or queues it behind what waits for
     /// that worker: an `Assign` waits until the module's readiness is
-    /// durable; a `Cancel` or `Shutdown` until the worker's waiting answer
-    /// has gone (the answer to a call precedes what follows from it; an
-    /// unrelated `Assign` may overtake it).
+    /// durable; a `Shutdown` until the run's end is (a worker told how
+    /// the run ended must never see the master fail to record it); a
+    /// `Cancel` until the worker's waiting answer has gone (the answer to a
+    /// call precedes what follows from it; an unrelated `Assign` may
+    /// overtake it).
     fn send_call(&mut self, worker: WorkerId, call: HubCall) {
         let needs = match &call {
             HubCall::Assign(assignment) => {
                 self.ready_after.remove(&assignment.module_id).unwrap_or(0)
             }
+            HubCall::Shutdown { .. } => self.appended,
             _ => self
                 .answer_after
                 .get(&worker)
@@ -470,6 +473,19 @@ impl Scheduler {
             .and_then(JournalWriter::failed)
             .map_or_else(|| "the journal stopped".to_owned(), |e| e.to_string());
         tracing::error!("the run's journal failed: {why}");
+        let reason = self.close_workers(&why);
+        self.journal_lost = Some(reason);
+        self.events = None;
+        self.journal = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Err(why));
+        }
+    }
+
+    /// Closes every worker's connection saying the journal failed with
+    /// `why`, and drops what waited for it to be durable: nothing the
+    /// journal does not hold is acknowledged or sent. Returns the reason.
+    fn close_workers(&mut self, why: &str) -> String {
         let reason = format!("the master's journal failed: {why}");
         for (_, outbox) in self.outboxes.values() {
             outbox.send(Outbound::Close(Some(reason.clone())));
@@ -481,12 +497,7 @@ impl Scheduler {
         // Decisions the journal does not hold are not accepted: dropping
         // the reply tells the approver so.
         self.waiting_decisions.clear();
-        self.journal_lost = Some(reason);
-        self.events = None;
-        self.journal = None;
-        if let Some(done) = self.done.take() {
-            let _ = done.send(Err(why));
-        }
+        reason
     }
 
     /// Carries out an input's effects in order; the answer to a call
@@ -658,6 +669,22 @@ impl Scheduler {
         if let Some(summary) = self.summary.take() {
             // The owner's event stream ends with the run.
             self.events = None;
+            let closed = match self.journal.take() {
+                Some(journal) => journal.close().await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            match &closed {
+                // Everything is durable now: what waited for it goes (the
+                // workers' Shutdown among it).
+                Ok(()) => {
+                    self.durable = self.appended;
+                    self.release();
+                }
+                Err(why) => {
+                    tracing::error!("the run's journal failed: {why}");
+                    self.close_workers(why);
+                }
+            }
             self.stores.close();
             if tokio::time::timeout(STORE_LIMIT, self.stores.wait())
                 .await
@@ -667,15 +694,6 @@ impl Scheduler {
                     "results still being stored in the cache after {}s are not kept",
                     STORE_LIMIT.as_secs()
                 );
-            }
-            let closed = match self.journal.take() {
-                Some(journal) => journal.close().await.map_err(|e| e.to_string()),
-                None => Ok(()),
-            };
-            if closed.is_ok() {
-                // Everything is durable now: what waited for it goes.
-                self.durable = self.appended;
-                self.release();
             }
             if let Some(done) = self.done.take() {
                 let _ = done.send(closed.map(|()| summary));
