@@ -414,5 +414,11 @@ async fn an_unreachable_redis_fails_within_the_bound_naming_the_url_without_its_
     );
     let error = writer.failed().unwrap().to_string();
     assert!(error.contains(&redis.url()), "{error}");
+    // It says what it gave up on, and for how long, whatever the last try
+    // failed at (connecting, here).
+    assert!(
+        error.contains("cannot append to the journal stream muster:journal:away (tried for 3s): "),
+        "{error}"
+    );
     assert_eq!(*writer.durable().borrow(), 0);
 }

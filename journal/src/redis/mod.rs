@@ -274,6 +274,31 @@ impl RedisJournal {
     }
 }
 
+impl RedisJournal {
+    /// The last of a batch's failed tries, said as the append it was part
+    /// of (the last try may have failed to connect, not to append) and how
+    /// long it was tried.
+    fn gave_up(&self, error: StoreError) -> StoreError {
+        let StoreError::Redis { url, doing, reason } = error else {
+            return error;
+        };
+        let append = format!("append to the journal stream {}", stream_key(&self.run_id));
+        let reason = if doing == append {
+            reason
+        } else {
+            format!("{doing}: {reason}")
+        };
+        StoreError::Redis {
+            url,
+            doing: format!(
+                "{append} (tried for {})",
+                humantime::format_duration(self.append_limit)
+            ),
+            reason,
+        }
+    }
+}
+
 impl Backend for RedisJournal {
     fn append<'a>(&'a mut self, batch: &'a Batch) -> AppendFuture<'a> {
         Box::pin(async move {
@@ -289,8 +314,11 @@ impl Backend for RedisJournal {
                     Ok(()) => return Ok(()),
                     Err(failed) => failed,
                 };
-                if !failed.transient || Instant::now() + pause >= deadline {
+                if !failed.transient {
                     return Err(failed.error);
+                }
+                if Instant::now() + pause >= deadline {
+                    return Err(self.gave_up(failed.error));
                 }
                 tracing::warn!("{}; trying again", failed.error);
                 tokio::time::sleep(pause).await;
