@@ -272,9 +272,7 @@ impl RedisJournal {
             reason,
         }))
     }
-}
 
-impl RedisJournal {
     /// The last of a batch's failed tries, said as the append it was part
     /// of (the last try may have failed to connect, not to append) and how
     /// long it was tried.
