@@ -334,7 +334,79 @@ where
             writer.send(message).await?;
             Ok::<_, WsError>(writer)
         });
-    (Box::pin(sink), Box::pin(stream))
+    (Failing::new(Box::pin(sink)), Box::pin(stream))
+}
+
+/// A sink that, once it failed, fails every later call. futures' `unfold`
+/// sink loses its writer with the error and panics on the next send, and
+/// a caller (a viewer saying goodbye on a socket that just broke) may well
+/// send again.
+struct Failing<K> {
+    inner: K,
+    failed: bool,
+}
+
+impl<K> Failing<K> {
+    fn new(inner: K) -> Self {
+        Failing {
+            inner,
+            failed: false,
+        }
+    }
+
+    fn check(&mut self, result: Result<(), WsError>) -> Result<(), WsError> {
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn broken() -> WsError {
+        io::Error::from(io::ErrorKind::BrokenPipe).into()
+    }
+}
+
+impl<K: Sink<WsMessage, Error = WsError> + Unpin> Sink<WsMessage> for Failing<K> {
+    type Error = WsError;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        if self.failed {
+            return std::task::Poll::Ready(Err(Self::broken()));
+        }
+        let ready = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_ready(cx));
+        std::task::Poll::Ready(self.check(ready))
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
+        if self.failed {
+            return Err(Self::broken());
+        }
+        let sent = std::pin::Pin::new(&mut self.inner).start_send(item);
+        self.check(sent)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        if self.failed {
+            return std::task::Poll::Ready(Err(Self::broken()));
+        }
+        let flushed = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx));
+        std::task::Poll::Ready(self.check(flushed))
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), WsError>> {
+        if self.failed {
+            return std::task::Poll::Ready(Err(Self::broken()));
+        }
+        let closed = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_close(cx));
+        std::task::Poll::Ready(self.check(closed))
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +476,19 @@ mod tests {
         let mut old = good;
         old[2].1 = "8";
         assert_eq!(request(&old), None);
+    }
+
+    #[tokio::test]
+    async fn a_send_after_a_failed_one_fails_too() {
+        use futures_util::SinkExt;
+        let (ours, theirs) = tokio::io::duplex(64);
+        let (mut sink, _stream) = split(ours, 1 << 20);
+        drop(theirs);
+        let big = WsMessage::Text("x".repeat(1 << 16));
+        assert!(sink.send(big).await.is_err(), "the peer is gone");
+        // What a viewer does on its way out: no panic, an error.
+        assert!(sink.send(WsMessage::Close).await.is_err());
+        assert!(sink.send(WsMessage::Pong(Vec::new())).await.is_err());
     }
 
     #[tokio::test]
