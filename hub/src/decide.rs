@@ -91,7 +91,7 @@ async fn decide(
     State(state): State<Arc<DecideState>>,
     headers: HeaderMap,
     door: Option<Extension<Arc<Admission>>>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -107,7 +107,10 @@ async fn decide(
     if let Some(Extension(admission)) = door {
         admission.admit();
     }
-    submit(&state.commands, decider, &body).await
+    match crate::body::read(body, MAX_DECISION_BODY).await {
+        Ok(body) => submit(&state.commands, decider, &body).await,
+        Err(refused) => refused,
+    }
 }
 
 /// Reads a decision from `body` and hands it to the scheduler; answers

@@ -7,6 +7,7 @@
 //! on.
 
 mod artifacts;
+mod body;
 mod cache;
 mod connection;
 mod dashboard;

@@ -228,6 +228,9 @@ async fn upgrade(
         .expect("a 101 with static headers is a valid response"))
 }
 
+/// A cancel's body is a short reason.
+const MAX_CANCEL_BODY: usize = 64 * 1024;
+
 #[derive(Deserialize, Default)]
 struct CancelRequest {
     #[serde(default)]
@@ -242,9 +245,13 @@ async fn cancel(
     headers: HeaderMap,
     Query(query): Query<HubQuery>,
     door: Door,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, HttpError> {
     authorize(&state, &headers, &query, &door)?;
+    let body = match crate::body::read(body, MAX_CANCEL_BODY).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused),
+    };
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {

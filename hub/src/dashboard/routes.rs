@@ -229,7 +229,7 @@ async fn decide(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     door: Door,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let Some(role) = role(&state, &headers, &query, &door) else {
         return refused();
@@ -242,7 +242,10 @@ async fn decide(
         let text = "a decision from the dashboard carries the X-Muster-Dashboard header";
         return (StatusCode::FORBIDDEN, text).into_response();
     }
-    crate::decide::submit(&state.commands, decider, &body).await
+    match crate::body::read(body, crate::decide::MAX_DECISION_BODY).await {
+        Ok(body) => crate::decide::submit(&state.commands, decider, &body).await,
+        Err(refused) => refused,
+    }
 }
 
 /// `POST /dashboard/cancel`: the Cancel button, for the run token only.
