@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use muster_core::wire::limits::bounded_error_text;
 use muster_core::wire::signalr::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -86,11 +87,14 @@ impl Outbox {
         self.heard.since.elapsed().saturating_sub(at)
     }
 
-    /// A Completion answering `invocation_id`.
+    /// A Completion answering `invocation_id`. An error text may quote
+    /// what the peer sent, so it is cut to a bound: with the parser's
+    /// bound on invocation ids, every answer stays small, and a full queue
+    /// is a few MiB, not thousands of the peer's largest records.
     pub(crate) fn answer(&self, invocation_id: String, result: Result<Value, String>) {
         let (result, error) = match result {
             Ok(value) => (Some(value), None),
-            Err(error) => (None, Some(error)),
+            Err(error) => (None, Some(bounded_error_text(error))),
         };
         self.send(Outbound::Message(Message::Completion {
             invocation_id,

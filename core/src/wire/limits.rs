@@ -7,6 +7,30 @@
 /// connection.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
+/// The longest `invocationId` a hub accepts (`docs/protocol.md` §3): the
+/// hub echoes it in its answer, so a peer must not make that answer large.
+/// The official clients send short counters ("0", "1", ...).
+pub const MAX_INVOCATION_ID_BYTES: usize = 256;
+
+/// The longest error text the hub puts in a Completion: errors may quote
+/// what the peer sent (a method name, a value of the wrong type), and an
+/// answer must stay small whatever that was.
+pub const MAX_ERROR_TEXT_BYTES: usize = 1024;
+
+/// `text` cut to at most [`MAX_ERROR_TEXT_BYTES`] (on a character
+/// boundary), with "…" where it was cut.
+pub fn bounded_error_text(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let mut cut = MAX_ERROR_TEXT_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// How much of a `Complete` record the list of a module's artifacts may
 /// take: the hub closes the connection on a record over
 /// [`MAX_RECORD_BYTES`], and a worker would re-send that report on every
@@ -29,6 +53,17 @@ pub fn listed_bytes(path: &str) -> usize {
 mod tests {
     use super::*;
     use crate::wire::types::Artifact;
+
+    #[test]
+    fn an_error_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded_error_text("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT_BYTES);
+        let cut = bounded_error_text(long);
+        assert!(cut.len() <= MAX_ERROR_TEXT_BYTES, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        let exact = "x".repeat(MAX_ERROR_TEXT_BYTES);
+        assert_eq!(bounded_error_text(exact.clone()), exact);
+    }
 
     #[test]
     fn the_artifact_list_takes_three_quarters_of_a_record() {

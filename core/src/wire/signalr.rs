@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::limits::MAX_INVOCATION_ID_BYTES;
+
 /// Ends every SignalR JSON record.
 pub const RECORD_SEPARATOR: char = '\u{1e}';
 
@@ -114,6 +116,8 @@ pub enum MessageError {
     UnknownType(u64),
     #[error("message type {kind} is missing the \"{field}\" field")]
     Missing { kind: u8, field: &'static str },
+    #[error("message type {kind}: \"invocationId\" is longer than {max} bytes")]
+    LongInvocationId { kind: u8, max: usize },
 }
 
 /// One hub-protocol message, by its `type` number.
@@ -301,6 +305,12 @@ fn text(
     kind: u8,
 ) -> Result<String, MessageError> {
     match object.remove(field) {
+        Some(Value::String(s)) if field == "invocationId" && s.len() > MAX_INVOCATION_ID_BYTES => {
+            Err(MessageError::LongInvocationId {
+                kind,
+                max: MAX_INVOCATION_ID_BYTES,
+            })
+        }
         Some(Value::String(s)) => Ok(s),
         _ => Err(MessageError::Missing { kind, field }),
     }
@@ -456,5 +466,19 @@ mod tests {
                 field: "invocationId",
             }),
         );
+        // The hub echoes an invocationId: a long one is refused.
+        let long = "9".repeat(MAX_INVOCATION_ID_BYTES + 1);
+        check(
+            &format!(r#"{{"type":1,"invocationId":"{long}","target":"x","arguments":[]}}"#),
+            Err(MessageError::LongInvocationId {
+                kind: 1,
+                max: MAX_INVOCATION_ID_BYTES,
+            }),
+        );
+        let longest = "9".repeat(MAX_INVOCATION_ID_BYTES);
+        assert!(Message::parse(&format!(
+            r#"{{"type":1,"invocationId":"{longest}","target":"x","arguments":[]}}"#
+        ))
+        .is_ok());
     }
 }
