@@ -18,7 +18,9 @@ async fn a_long_invocation_id_closes_the_connection() {
     let long = "q".repeat(MAX_INVOCATION_ID_BYTES + 1);
     peer.invoke(Some(&long), "Started", json!(["a", 1])).await;
     match peer.next_non_ping().await {
-        Some(Message::Close { error: Some(error), .. }) => {
+        Some(Message::Close {
+            error: Some(error), ..
+        }) => {
             assert!(error.contains("invocationId"), "{error}");
             assert!(error.len() < 200, "{error}");
         }
