@@ -10,6 +10,8 @@
 //! read in progress, so a caller's timeout never cuts a frame in half.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::http::header::{CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use axum::http::{HeaderMap, HeaderValue};
@@ -346,7 +348,7 @@ struct Failing<K> {
     failed: bool,
 }
 
-impl<K> Failing<K> {
+impl<K: Sink<WsMessage, Error = WsError> + Unpin> Failing<K> {
     fn new(inner: K) -> Self {
         Failing {
             inner,
@@ -354,58 +356,48 @@ impl<K> Failing<K> {
         }
     }
 
-    fn check(&mut self, result: Result<(), WsError>) -> Result<(), WsError> {
+    /// `step` on the inner sink, unless it failed before; a failure is
+    /// remembered.
+    fn guard(&mut self, cx: &mut Context<'_>, step: PollStep<K>) -> Poll<Result<(), WsError>> {
+        if self.failed {
+            return Poll::Ready(Err(broken()));
+        }
+        let result = std::task::ready!(step(Pin::new(&mut self.inner), cx));
         self.failed |= result.is_err();
-        result
+        Poll::Ready(result)
     }
+}
 
-    fn broken() -> WsError {
-        io::Error::from(io::ErrorKind::BrokenPipe).into()
-    }
+/// One of a sink's `poll_*` methods.
+type PollStep<K> = fn(Pin<&mut K>, &mut Context<'_>) -> Poll<Result<(), WsError>>;
+
+fn broken() -> WsError {
+    io::Error::from(io::ErrorKind::BrokenPipe).into()
 }
 
 impl<K: Sink<WsMessage, Error = WsError> + Unpin> Sink<WsMessage> for Failing<K> {
     type Error = WsError;
 
-    fn poll_ready(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), WsError>> {
-        if self.failed {
-            return std::task::Poll::Ready(Err(Self::broken()));
-        }
-        let ready = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_ready(cx));
-        std::task::Poll::Ready(self.check(ready))
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.get_mut().guard(cx, K::poll_ready)
     }
 
-    fn start_send(mut self: std::pin::Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
-        if self.failed {
-            return Err(Self::broken());
+    fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
+        let this = self.get_mut();
+        if this.failed {
+            return Err(broken());
         }
-        let sent = std::pin::Pin::new(&mut self.inner).start_send(item);
-        self.check(sent)
+        let sent = Pin::new(&mut this.inner).start_send(item);
+        this.failed |= sent.is_err();
+        sent
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), WsError>> {
-        if self.failed {
-            return std::task::Poll::Ready(Err(Self::broken()));
-        }
-        let flushed = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx));
-        std::task::Poll::Ready(self.check(flushed))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.get_mut().guard(cx, K::poll_flush)
     }
 
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), WsError>> {
-        if self.failed {
-            return std::task::Poll::Ready(Err(Self::broken()));
-        }
-        let closed = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_close(cx));
-        std::task::Poll::Ready(self.check(closed))
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.get_mut().guard(cx, K::poll_close)
     }
 }
 

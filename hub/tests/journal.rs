@@ -120,6 +120,30 @@ async fn registering(hub: &Hub) -> Raw {
     worker
 }
 
+/// A worker `runner` that has started module `a`, and a worker `idle`
+/// with nothing to do.
+async fn runner_and_idle(hub: &Hub) -> (Raw, Raw) {
+    let mut runner = Raw::connect(hub).await;
+    runner.register("runner").await;
+    let (module, _) = runner.expect_assign().await;
+    assert_eq!(module, "a");
+    let mut idle = Raw::connect(hub).await;
+    idle.register("idle").await;
+    runner.invoke(None, "Started", json!(["a", 1])).await;
+    (runner, idle)
+}
+
+/// `worker` reports attempt 1 of `a` succeeded, asking for an answer ("c").
+async fn complete_a(worker: &mut Raw) {
+    worker
+        .invoke(
+            Some("c"),
+            "Complete",
+            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
+        )
+        .await;
+}
+
 /// Nothing but pings for `wait`.
 async fn silent_for(client: &mut Raw, wait: Duration) -> bool {
     tokio::time::timeout(wait, client.next_non_ping())
@@ -150,13 +174,7 @@ async fn a_complete_is_answered_and_dependents_assigned_only_once_journaled() {
         worker.next_non_ping().await,
         Some(Message::Completion { .. })
     ));
-    worker
-        .invoke(
-            Some("c"),
-            "Complete",
-            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
-        )
-        .await;
+    complete_a(&mut worker).await;
     assert!(
         silent_for(&mut worker, Duration::from_millis(500)).await,
         "the Complete was answered, or b assigned, before a's result was durable"
@@ -260,22 +278,10 @@ async fn a_failing_journal_ends_the_run_with_its_error_and_tells_workers() {
 async fn the_runs_end_reaches_no_worker_before_it_is_journaled() {
     let permits = Arc::new(Semaphore::new(0));
     let hub = journaled_hub_of("[modules.a]\nrun = \"true\"\n", Gated::new(permits.clone())).await;
-    let mut runner = Raw::connect(&hub).await;
-    runner.register("runner").await;
-    let (module, _) = runner.expect_assign().await;
-    assert_eq!(module, "a");
-    // A second worker with nothing to do: it has no answer waiting, so
-    // only the run's end being durable can hold its Shutdown back.
-    let mut idle = Raw::connect(&hub).await;
-    idle.register("idle").await;
-    runner.invoke(None, "Started", json!(["a", 1])).await;
-    runner
-        .invoke(
-            Some("c"),
-            "Complete",
-            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
-        )
-        .await;
+    // The idle worker has no answer waiting, so only the run's end being
+    // durable can hold its Shutdown back.
+    let (mut runner, mut idle) = runner_and_idle(&hub).await;
+    complete_a(&mut runner).await;
     assert!(
         silent_for(&mut idle, Duration::from_millis(500)).await,
         "a worker was told the run ended before the journal held its end"
@@ -307,24 +313,12 @@ async fn a_run_whose_end_cannot_be_journaled_tells_no_worker_it_ended() {
         },
     )
     .await;
-    let mut runner = Raw::connect(&hub).await;
-    runner.register("runner").await;
-    let (module, _) = runner.expect_assign().await;
-    assert_eq!(module, "a");
-    let mut idle = Raw::connect(&hub).await;
-    idle.register("idle").await;
-    runner.invoke(None, "Started", json!(["a", 1])).await;
+    let (mut runner, mut idle) = runner_and_idle(&hub).await;
     // What happened so far is durable; the result and the run's end will
     // not be.
     tokio::time::sleep(Duration::from_millis(300)).await;
     failing.store(true, Ordering::SeqCst);
-    runner
-        .invoke(
-            Some("c"),
-            "Complete",
-            json!([{"moduleId": "a", "attempt": 1, "status": "succeeded", "exitCode": 0}]),
-        )
-        .await;
+    complete_a(&mut runner).await;
     for worker in [&mut runner, &mut idle] {
         match worker.next_non_ping().await {
             Some(Message::Close { error, .. }) => {
