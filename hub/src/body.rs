@@ -7,29 +7,33 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 /// How long a caller with the token has to send a small body.
 pub(crate) const BODY_TIME: Duration = Duration::from_secs(30);
 
+/// Why a body was not taken: the status to answer with, and why.
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub why: String,
+}
+
 /// The whole body, at most `limit` bytes within [`BODY_TIME`]; otherwise
-/// the answer to give (413, 408 or 400).
-pub(crate) async fn read(body: Body, limit: usize) -> Result<Bytes, Response> {
-    let too_large = || {
-        let text = format!("the body is larger than {} KiB", limit / 1024);
-        (StatusCode::PAYLOAD_TOO_LARGE, text).into_response()
-    };
+/// why not (413, 408 or 400), for the route to answer in its own format.
+pub(crate) async fn read(body: Body, limit: usize) -> Result<Bytes, Refused> {
     let reading = async {
         let mut chunks = body.into_data_stream();
         let mut bytes = Vec::new();
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                let text = format!("the body could not be read: {e}");
-                (StatusCode::BAD_REQUEST, text).into_response()
+            let chunk = chunk.map_err(|e| Refused {
+                status: StatusCode::BAD_REQUEST,
+                why: format!("the body could not be read: {e}"),
             })?;
             if bytes.len() + chunk.len() > limit {
-                return Err(too_large());
+                return Err(Refused {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    why: format!("the body is larger than {} KiB", limit / 1024),
+                });
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -37,12 +41,12 @@ pub(crate) async fn read(body: Body, limit: usize) -> Result<Bytes, Response> {
     };
     match tokio::time::timeout(BODY_TIME, reading).await {
         Ok(read) => read,
-        Err(_) => {
-            let text = format!(
+        Err(_) => Err(Refused {
+            status: StatusCode::REQUEST_TIMEOUT,
+            why: format!(
                 "the body did not arrive within {}",
                 humantime::format_duration(BODY_TIME)
-            );
-            Err((StatusCode::REQUEST_TIMEOUT, text).into_response())
-        }
+            ),
+        }),
     }
 }

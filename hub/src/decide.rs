@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -23,7 +23,7 @@ use crate::scheduler::Command;
 use crate::token;
 
 /// The largest body a decision may have.
-pub(crate) const MAX_DECISION_BODY: usize = 64 * 1024;
+const MAX_DECISION_BODY: usize = 64 * 1024;
 
 /// The approvers a master knows: name → SHA-256 of their token.
 #[derive(Debug, Clone, Default)]
@@ -77,13 +77,10 @@ pub(crate) struct DecideState {
     pub approvers: Approvers,
 }
 
-/// `POST /hub/decide`, with its own state and body limit.
+/// `POST /hub/decide`, with its own state.
 pub(crate) fn routes(state: Arc<DecideState>) -> Router {
     Router::new()
-        .route(
-            http::DECIDE,
-            post(decide).layer(DefaultBodyLimit::max(MAX_DECISION_BODY)),
-        )
+        .route(http::DECIDE, post(decide))
         .with_state(state)
 }
 
@@ -107,27 +104,23 @@ async fn decide(
     if let Some(Extension(admission)) = door {
         admission.admit();
     }
-    match crate::body::read(body, MAX_DECISION_BODY).await {
-        Ok(body) => submit(&state.commands, decider, &body).await,
-        Err(refused) => refused,
-    }
+    submit(&state.commands, decider, body).await
 }
 
-/// Reads a decision from `body` and hands it to the scheduler; answers
-/// once it is journaled, or with why it was refused. The dashboard's
-/// buttons come here too.
+/// Reads a decision from `body` (once the caller's token named the
+/// `decider`) and hands it to the scheduler; answers once it is
+/// journaled, or with why it was refused. The dashboard's buttons come
+/// here too.
 pub(crate) async fn submit(
     commands: &mpsc::Sender<Command>,
     decider: Decider,
-    body: &[u8],
+    body: axum::body::Body,
 ) -> Response {
-    if body.len() > MAX_DECISION_BODY {
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the decision is larger than 64 KiB",
-        );
-    }
-    let request: DecideRequest = match serde_json::from_slice(body) {
+    let body = match crate::body::read(body, MAX_DECISION_BODY).await {
+        Ok(body) => body,
+        Err(refused) => return answer(refused.status, refused.why),
+    };
+    let request: DecideRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
             return answer(

@@ -250,7 +250,7 @@ async fn cancel(
     authorize(&state, &headers, &query, &door)?;
     let body = match crate::body::read(body, MAX_CANCEL_BODY).await {
         Ok(body) => body,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok((refused.status, refused.why).into_response()),
     };
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()

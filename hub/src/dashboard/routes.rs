@@ -64,12 +64,7 @@ pub(crate) fn routes(state: Arc<DashboardState>) -> Router {
         .route(http::DASHBOARD, get(page))
         .route(http::DASHBOARD_FEED, get(feed))
         .route(http::DASHBOARD_CANCEL, post(cancel))
-        .route(
-            http::DASHBOARD_DECIDE,
-            post(decide).layer(axum::extract::DefaultBodyLimit::max(
-                crate::decide::MAX_DECISION_BODY,
-            )),
-        )
+        .route(http::DASHBOARD_DECIDE, post(decide))
         .with_state(state)
 }
 
@@ -242,10 +237,7 @@ async fn decide(
         let text = "a decision from the dashboard carries the X-Muster-Dashboard header";
         return (StatusCode::FORBIDDEN, text).into_response();
     }
-    match crate::body::read(body, crate::decide::MAX_DECISION_BODY).await {
-        Ok(body) => crate::decide::submit(&state.commands, decider, &body).await,
-        Err(refused) => refused,
-    }
+    crate::decide::submit(&state.commands, decider, body).await
 }
 
 /// `POST /dashboard/cancel`: the Cancel button, for the run token only.
