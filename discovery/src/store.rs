@@ -46,9 +46,14 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// a Redis that answers is always asked once.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
-/// Replaces the record unless the stored one has a higher epoch; publishes
-/// every write on the channel.
+/// Replaces the record unless the stored one has a higher epoch, or the
+/// run's epoch counter (raised by each master that takes the lease) is past
+/// the writer's; publishes every write on the channel.
 const WRITE_SCRIPT: &str = r"
+local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
+if fence and fence > tonumber(ARGV[2]) then
+  return 0
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, stored = pcall(cjson.decode, current)
@@ -87,7 +92,8 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Yes,
-    /// A record with a higher epoch is there: a newer master owns the run id.
+    /// A record with a higher epoch is there, or a newer master took the
+    /// lease: a newer master owns the run id.
     Superseded,
 }
 
@@ -190,7 +196,7 @@ impl DiscoveryStore {
         }
     }
 
-    fn silent(&self) -> StoreError {
+    pub(crate) fn silent(&self) -> StoreError {
         self.unreachable(format!(
             "no answer within {}",
             humantime::format_duration(REDIS_TIMEOUT)
@@ -200,7 +206,7 @@ impl DiscoveryStore {
     /// A Redis error as a [`StoreError`]: no connection, a dropped one, and
     /// a server still loading or failing over are worth waiting for;
     /// anything else Redis answered (a wrong password, say) is not.
-    fn redis_error(&self, error: redis::RedisError) -> StoreError {
+    pub(crate) fn redis_error(&self, error: redis::RedisError) -> StoreError {
         use redis::ErrorKind;
         if error.is_connection_refusal() {
             return self.unreachable("connection refused");
@@ -223,7 +229,7 @@ impl DiscoveryStore {
         }
     }
 
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+    pub(crate) async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
         match timeout(
             REDIS_TIMEOUT,
             self.client.get_multiplexed_async_connection(),
@@ -296,6 +302,7 @@ impl DiscoveryStore {
         let mut invocation = script.key(record_key(&record.run_id));
         invocation
             .key(notify_channel(&record.run_id))
+            .key(muster_core::journal::epoch_key(&record.run_id))
             .arg(json)
             .arg(record.epoch)
             .arg(ttl.as_secs().max(1));

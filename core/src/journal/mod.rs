@@ -19,3 +19,12 @@ pub use record::{
     FORMAT_VERSION,
 };
 pub use resume::{decide, Rerun, Resumption, Why};
+
+/// The Redis key holding a CI run's epoch: the counter the master's lease
+/// increments each time a master takes the run over, and the fence the
+/// journal's append script and the discovery record's write script check
+/// (a writer with a lower epoch is refused). One key, so taking the lease
+/// fences the old master's writes at once.
+pub fn epoch_key(run_id: &str) -> String {
+    format!("muster:journal:{run_id}:epoch")
+}

@@ -107,10 +107,9 @@ pub fn stream_key(run_id: &str) -> String {
     format!("muster:journal:{run_id}")
 }
 
-/// The highest epoch that wrote the run's journal.
-pub fn epoch_key(run_id: &str) -> String {
-    format!("muster:journal:{run_id}:epoch")
-}
+/// The run's epoch: the highest that wrote its journal, raised by each
+/// master that takes the lease.
+pub use muster_core::journal::epoch_key;
 
 /// The last log lines of a module that failed.
 pub fn log_tail_key(run_id: &str, module: &str) -> String {
