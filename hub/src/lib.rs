@@ -119,6 +119,11 @@ pub struct HubConfig {
     /// When the run fails, run the `compensate` commands of the modules
     /// that succeeded, last completed first.
     pub compensate: bool,
+    /// This master takes a live run over from another (CI failover): the
+    /// attempts its journal says workers were running are held for them
+    /// for `client_timeout`, and a worker that comes back with one keeps
+    /// it, instead of it running again at once.
+    pub adopt_in_flight: bool,
 }
 
 impl Default for HubConfig {
@@ -144,6 +149,7 @@ impl Default for HubConfig {
             max_viewers: 32,
             approvers: Approvers::default(),
             compensate: true,
+            adopt_in_flight: false,
         }
     }
 }
@@ -158,13 +164,16 @@ pub enum HubError {
     /// durable record was acknowledged.
     #[error("the run's journal failed: {0}")]
     Journal(String),
+    /// The owner gave the run up ([`Canceller::abandon`]).
+    #[error("{0}")]
+    Abandoned(String),
 }
 
 /// A running hub.
 pub struct Hub {
     url: String,
     events: Option<mpsc::Receiver<RunEvent>>,
-    done: oneshot::Receiver<Result<Summary, String>>,
+    done: oneshot::Receiver<Result<Summary, HubError>>,
     commands: mpsc::Sender<Command>,
     connected: watch::Receiver<usize>,
     shutdown: CancellationToken,
@@ -187,6 +196,14 @@ impl Canceller {
         };
         self.0.send(command).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Gives the run up where it stands, because another master took it
+    /// over: nothing more is journaled, every worker's connection is closed
+    /// with `reason`, and [`Hub::wait`] ends with [`HubError::Abandoned`].
+    pub async fn abandon(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let _ = self.0.send(Command::Abandon { reason }).await;
     }
 }
 
@@ -274,6 +291,7 @@ impl Hub {
             },
             journal: None,
             resume: None,
+            adopt_within: config.adopt_in_flight.then_some(config.client_timeout),
             cache: cache.is_some(),
             gate_env: gate_env(&plan),
             compensate: config.compensate,
@@ -404,12 +422,12 @@ impl Hub {
         let summary = self.done.await.map_err(|_| HubError::SchedulerGone)?;
         let summary = match summary {
             Ok(summary) => summary,
-            Err(why) => {
+            Err(error) => {
                 self.shutdown.cancel();
                 self.tracker.close();
                 let _ = tokio::time::timeout(linger, self.tracker.wait()).await;
                 self.server.abort();
-                return Err(HubError::Journal(why));
+                return Err(error);
             }
         };
         let mut connected = self.connected;

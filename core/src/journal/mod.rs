@@ -18,7 +18,7 @@ pub use record::{
     CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName,
     FORMAT_VERSION,
 };
-pub use resume::{decide, Rerun, Resumption, Why};
+pub use resume::{decide, InFlight, Rerun, Resumption, Why};
 
 /// The Redis key holding a CI run's epoch: the counter the master's lease
 /// increments each time a master takes the run over, and the fence the

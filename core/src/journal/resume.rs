@@ -32,6 +32,19 @@ pub struct Resumption {
     /// the same question again (same definition, same needs' outputs)
     /// takes it instead of asking twice.
     pub approvals: BTreeMap<String, GateRecord>,
+    /// Reruns that were in flight on a named worker and whose needs are all
+    /// kept: a master taking a live run over may adopt them from a worker
+    /// that comes back holding that attempt, instead of running them again.
+    pub in_flight: Vec<InFlight>,
+}
+
+/// An attempt a worker was running when the earlier master stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub module: ModuleIndex,
+    pub attempt: u32,
+    /// The worker's name as the journal has it.
+    pub worker: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +116,31 @@ pub fn decide(
             _ => {}
         }
     }
+    let kept_set: Vec<bool> = {
+        let mut set = vec![false; plan.len()];
+        for (module, _) in &kept {
+            set[*module] = true;
+        }
+        set
+    };
+    let in_flight = rerun
+        .iter()
+        .filter_map(|r| match r.why {
+            Why::InFlight { attempt } => Some((r.module, attempt)),
+            _ => None,
+        })
+        .filter(|&(module, _)| plan.modules[module].needs.iter().all(|&n| kept_set[n]))
+        .filter_map(|(module, attempt)| {
+            let worker = statuses[module]?.worker.clone()?;
+            Some(InFlight {
+                module,
+                attempt,
+                worker,
+            })
+        })
+        .collect();
     Resumption {
+        in_flight,
         from_run: history.run_id.clone(),
         kept,
         first_attempt: statuses
@@ -572,6 +609,15 @@ run = "lint"
             ]
         );
         assert_eq!(resumption.first_attempt, [3, 4, 1, 1, 2]);
+        // Build needs nothing, so a worker that still runs it may keep it.
+        assert_eq!(
+            resumption.in_flight,
+            [InFlight {
+                module: BUILD,
+                attempt: 2,
+                worker: "w1".to_owned()
+            }]
+        );
         assert_eq!(
             resumption.summary(&plan),
             "kept nothing from run r1; re-running build (it was running (attempt 2)), \

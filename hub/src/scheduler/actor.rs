@@ -39,6 +39,7 @@ use super::{CancelAnswer, Command, Registered, SchedulerSettings};
 use crate::cache::{Looked, ResultCache};
 use crate::events::{RunEvent, Summary};
 use crate::outbox::{Outbound, Outbox};
+use crate::HubError;
 use muster_core::gate::Refused;
 
 /// Who is waiting for the answer to the input being handled.
@@ -128,7 +129,7 @@ pub(crate) struct Scheduler {
     events: Option<mpsc::Sender<RunEvent>>,
     /// Events of the command being handled, sent before the next one.
     queued: VecDeque<RunEvent>,
-    done: Option<oneshot::Sender<Result<Summary, String>>>,
+    done: Option<oneshot::Sender<Result<Summary, HubError>>>,
     /// The run's summary, once it finished, until the events before it
     /// are sent.
     summary: Option<Summary>,
@@ -149,7 +150,7 @@ impl Scheduler {
         journal: Option<JournalWriter>,
         cache: Option<Arc<dyn ResultCache>>,
         events: mpsc::Sender<RunEvent>,
-        done: oneshot::Sender<Result<Summary, String>>,
+        done: oneshot::Sender<Result<Summary, HubError>>,
         connected: watch::Sender<usize>,
     ) -> Scheduler {
         let (machine, effects) = Machine::new(plan, settings, std::time::Instant::now());
@@ -304,6 +305,7 @@ impl Scheduler {
             Command::Cancel { reason, reply } => {
                 self.input(Input::Cancel { reason }, Requester::Cancel(reply))
             }
+            Command::Abandon { reason } => self.abandon(reason),
             Command::Decide {
                 module,
                 decider,
@@ -473,20 +475,41 @@ impl Scheduler {
             .and_then(JournalWriter::failed)
             .map_or_else(|| "the journal stopped".to_owned(), |e| e.to_string());
         tracing::error!("the run's journal failed: {why}");
-        let reason = self.close_workers(&why);
+        self.stop_here(
+            format!("the master's journal failed: {why}"),
+            HubError::Journal(why),
+        );
+    }
+
+    /// The hub's owner gave the run up (a newer master took it over): like
+    /// a failed journal, nothing more is written, acknowledged or sent, and
+    /// every worker is told `reason`.
+    fn abandon(&mut self, reason: String) {
+        if self.done.is_none() {
+            return;
+        }
+        tracing::warn!("the master stops: {reason}");
+        self.stop_here(reason.clone(), HubError::Abandoned(reason));
+    }
+
+    /// Stops the run where it stands: every worker is closed with
+    /// `reason`, the events and the journal are dropped, and the owner gets
+    /// `error`.
+    fn stop_here(&mut self, reason: String, error: HubError) {
+        self.close_workers(&reason);
         self.journal_lost = Some(reason);
         self.events = None;
         self.journal = None;
         if let Some(done) = self.done.take() {
-            let _ = done.send(Err(why));
+            let _ = done.send(Err(error));
         }
     }
 
-    /// Closes every worker's connection saying the journal failed with
-    /// `why`, and drops what waited for it to be durable: nothing the
-    /// journal does not hold is acknowledged or sent. Returns the reason.
-    fn close_workers(&mut self, why: &str) -> String {
-        let reason = format!("the master's journal failed: {why}");
+    /// Closes every worker's connection with `reason`, and drops what
+    /// waited for the journal to be durable: nothing the journal does not
+    /// hold is acknowledged or sent.
+    fn close_workers(&mut self, reason: &str) {
+        let reason = reason.to_owned();
         for (_, outbox) in self.outboxes.values() {
             outbox.send(Outbound::Close(Some(reason.clone())));
         }
@@ -497,7 +520,6 @@ impl Scheduler {
         // Decisions the journal does not hold are not accepted: dropping
         // the reply tells the approver so.
         self.waiting_decisions.clear();
-        reason
     }
 
     /// Carries out an input's effects in order; the answer to a call
@@ -682,7 +704,7 @@ impl Scheduler {
                 }
                 Err(why) => {
                     tracing::error!("the run's journal failed: {why}");
-                    self.close_workers(why);
+                    self.close_workers(&format!("the master's journal failed: {why}"));
                 }
             }
             self.stores.close();
@@ -696,7 +718,7 @@ impl Scheduler {
                 );
             }
             if let Some(done) = self.done.take() {
-                let _ = done.send(closed.map(|()| summary));
+                let _ = done.send(closed.map(|()| summary).map_err(HubError::Journal));
             }
         }
     }

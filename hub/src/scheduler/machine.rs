@@ -179,14 +179,23 @@ impl Machine {
         } else {
             Vec::new()
         };
+        // An adopted attempt starts as the one its worker runs, not the next.
+        let adopting = match (&resume, settings.adopt_within) {
+            (Some(resume), Some(within)) => Some((resume.in_flight.clone(), within)),
+            _ => None,
+        };
         let (run, changes) = match &resume {
             Some(resume) => {
                 let note = format!("kept from run {}", resume.from_run);
+                let mut first_attempt = resume.first_attempt.clone();
+                for adopted in adopting.iter().flat_map(|(in_flight, _)| in_flight) {
+                    first_attempt[adopted.module] = adopted.attempt;
+                }
                 Run::resumed(
                     plan,
                     settings.limits,
                     resume.kept.clone(),
-                    resume.first_attempt.clone(),
+                    first_attempt,
                     &note,
                 )
             }
@@ -220,6 +229,9 @@ impl Machine {
         machine.journal_start();
         machine.record(changes);
         machine.keeping_from = None;
+        if let Some((in_flight, within)) = &adopting {
+            machine.adopt(in_flight, *within);
+        }
         if let Some(resume) = &resume_reruns {
             machine.journal_waiting_reruns(resume);
         }

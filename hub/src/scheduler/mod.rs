@@ -76,6 +76,10 @@ pub(crate) enum Command {
         reason: String,
         reply: Option<oneshot::Sender<CancelAnswer>>,
     },
+    /// Give the run up where it stands (a newer master took it over):
+    /// nothing more is journaled or sent, every worker is closed with the
+    /// reason, and the hub ends with [`crate::HubError::Abandoned`].
+    Abandon { reason: String },
     /// A decision on a module's approval gate; answered once journaled.
     Decide {
         module: String,
@@ -141,6 +145,10 @@ pub(crate) struct SchedulerSettings {
     pub journal: Option<JournalSettings>,
     /// Start from what an earlier run kept.
     pub resume: Option<Resumption>,
+    /// Taking a live run over from another master: the resume's in-flight
+    /// attempts are held this long for their workers to come back with
+    /// them, instead of running again at once.
+    pub adopt_within: Option<Duration>,
     /// Look cacheable modules up before dispatching them.
     pub cache: bool,
     /// Run the compensations a failed run owes (`--no-compensate` turns

@@ -22,6 +22,10 @@ pub(crate) struct Worker {
     pub connected: bool,
     /// Calls refused so far, to keep their logging bounded.
     pub refusals: u32,
+    /// Known only from an earlier master's journal (this master took the
+    /// run over): it holds attempts there and may come back for them by
+    /// name, not knowing this hub's resume key.
+    pub adopted: bool,
 }
 
 impl Worker {

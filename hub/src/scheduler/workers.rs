@@ -2,9 +2,11 @@
 //! both sides agree is held, re-send a lost Assign, hand back what the
 //! worker no longer has), being away, and leaving.
 
-use std::collections::BTreeSet;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
+use muster_core::journal::InFlight;
+use muster_core::state::Event;
 use muster_core::wire::calls::HubCall;
 use muster_core::wire::types::{Held, Registration, Resume, Welcome, PROTOCOL_VERSION};
 use muster_core::{ModuleIndex, ModuleState, WorkerId};
@@ -58,16 +60,100 @@ impl Machine {
     }
 
     /// The worker a `Resume` claims, if the hub still holds it and the key
-    /// matches (compared in constant time).
+    /// matches (compared in constant time); else an away worker of the
+    /// same name this master adopted from an earlier master's journal (the
+    /// token is the proof there: that master's keys died with it).
     fn resumable(&self, name: &str, resume: &Resume) -> Option<WorkerId> {
-        let id = resume
+        let claimed = resume
             .worker_id
             .strip_prefix('w')
             .and_then(|n| n.parse().ok())
-            .map(WorkerId)?;
-        let worker = self.workers.get(&id)?;
-        let key_matches = bool::from(worker.resume_key.as_bytes().ct_eq(resume.key.as_bytes()));
-        (key_matches && worker.name == name).then_some(id)
+            .map(WorkerId)
+            .filter(|id| {
+                self.workers.get(id).is_some_and(|worker| {
+                    let key = worker.resume_key.as_bytes().ct_eq(resume.key.as_bytes());
+                    bool::from(key) && worker.name == name
+                })
+            });
+        claimed.or_else(|| {
+            self.workers
+                .iter()
+                .find(|(_, w)| w.adopted && !w.connected && w.name == name)
+                .map(|(&id, _)| id)
+        })
+    }
+
+    /// A master that took a live run over: each attempt the journal says a
+    /// named worker was running is held for that worker, away, until
+    /// `within` from now. A worker of that name that comes back holding
+    /// the attempt keeps it (its report is taken as any other); one that
+    /// does not come back in time is lost, and the attempt runs again.
+    pub(super) fn adopt(&mut self, in_flight: &[InFlight], within: Duration) {
+        let mut by_name: BTreeMap<&str, WorkerId> = BTreeMap::new();
+        let mut changes = Vec::new();
+        for adopted in in_flight {
+            let ready = ModuleState::Ready {
+                attempt: adopted.attempt,
+            };
+            if self.run.state(adopted.module) != &ready {
+                continue;
+            }
+            let worker = match by_name.get(adopted.worker.as_str()) {
+                Some(&id) => id,
+                None => {
+                    let id = self.adopted_worker(&adopted.worker, within);
+                    by_name.insert(&adopted.worker, id);
+                    id
+                }
+            };
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.slots += 1;
+            }
+            let assign = self.run.handle(adopted.module, Event::Assign { worker });
+            let start = Event::Start {
+                worker,
+                attempt: adopted.attempt,
+                at: self.now,
+            };
+            let started = self.run.handle(adopted.module, start);
+            for mut change in assign.into_iter().chain(started).flatten() {
+                change.note = Some(format!(
+                    "adopted from the earlier master: waiting for {} to come back with it",
+                    adopted.worker
+                ));
+                changes.push(change);
+            }
+        }
+        self.record(changes);
+    }
+
+    /// An away worker known only by the name an earlier master journaled.
+    fn adopted_worker(&mut self, name: &str, within: Duration) -> WorkerId {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.seen.insert(id, (name.to_owned(), Vec::new()));
+        self.workers.insert(
+            id,
+            Worker {
+                name: name.to_owned(),
+                capabilities: BTreeSet::new(),
+                slots: 0,
+                held: 0,
+                session: 0,
+                resume_key: crate::ids::random_id(),
+                connected: false,
+                refusals: 0,
+                adopted: true,
+            },
+        );
+        self.arm(
+            self.now + within,
+            Timer::Away {
+                worker: id,
+                session: 0,
+            },
+        );
+        id
     }
 
     /// A reconnect in time: keep what both sides agree the worker holds;
@@ -119,6 +205,14 @@ impl Machine {
         let worker = self.workers.get_mut(&id).expect("resumable workers exist");
         if !worker.connected {
             self.connected += 1;
+        }
+        if worker.adopted {
+            // It joined another master: what it offers is news to this one.
+            worker.adopted = false;
+            worker.capabilities = registration.capabilities.iter().cloned().collect();
+            worker.slots = registration.slots.clamp(1, MAX_SLOTS);
+            self.seen
+                .insert(id, (worker.name.clone(), registration.capabilities.clone()));
         }
         worker.connected = true;
         worker.session = session;
@@ -177,6 +271,7 @@ impl Machine {
             resume_key,
             connected: true,
             refusals: 0,
+            adopted: false,
         };
         self.workers.insert(id, worker);
         self.connected += 1;

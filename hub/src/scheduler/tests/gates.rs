@@ -227,6 +227,7 @@ fn a_journaled_approval_stands_only_for_the_same_question() {
         move |settings: &mut SchedulerSettings| {
             journaled(settings);
             settings.resume = Some(Resumption {
+                in_flight: Vec::new(),
                 from_run: "r0".into(),
                 kept: Vec::new(),
                 first_attempt: vec![2],

@@ -25,6 +25,7 @@ fn settings() -> SchedulerSettings {
         limits: Limits::default(),
         journal: None,
         resume: None,
+        adopt_within: None,
         cache: false,
         compensate: true,
         gate_env: [("GITHUB_ACTOR".to_owned(), "bob".to_owned())].into(),
@@ -724,6 +725,7 @@ fn a_resumed_run_journals_what_it_kept_and_what_waits_to_run_again() {
     let (mut hub, effects) = Hub::starting(pipeline, |settings| {
         journaled(settings);
         settings.resume = Some(Resumption {
+            in_flight: Vec::new(),
             from_run: "r0".into(),
             kept: vec![(
                 0,
@@ -767,6 +769,96 @@ fn a_resumed_run_journals_what_it_kept_and_what_waits_to_run_again() {
     assert_eq!(hub.attempt("b"), Some(3));
     let (_, effects) = hub.join("w", &[], 1);
     assert_eq!(assigned(&effects), [(WorkerId(1), "b".to_owned())]);
+}
+
+/// A master taking over a run in which `a` succeeded and `b` (attempt 2)
+/// was running on `instance-1`; adopted attempts wait 10 s.
+fn taken_over() -> Hub {
+    use muster_core::journal::{InFlight, Rerun, Resumption, Why};
+    let pipeline = "[modules.a]\nrun = \"a\"\n[modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n[modules.c]\nrun = \"c\"\nneeds = [\"b\"]\n";
+    Hub::with(pipeline, |settings| {
+        settings.adopt_within = Some(Duration::from_secs(10));
+        settings.resume = Some(Resumption {
+            from_run: "r".into(),
+            kept: vec![(
+                0,
+                muster_core::Ended {
+                    attempt: 1,
+                    ..Default::default()
+                },
+            )],
+            first_attempt: vec![2, 3, 1],
+            rerun: vec![Rerun {
+                module: 1,
+                why: Why::InFlight { attempt: 2 },
+            }],
+            approvals: Default::default(),
+            in_flight: vec![InFlight {
+                module: 1,
+                attempt: 2,
+                worker: "instance-1".into(),
+            }],
+        });
+    })
+}
+
+#[test]
+fn a_new_master_adopts_the_attempt_a_worker_comes_back_with() {
+    let mut hub = taken_over();
+    assert_eq!(hub.state("b"), "running");
+    // Another worker joining meanwhile is not given b.
+    let (_, effects) = hub.join("instance-2", &[], 1);
+    assert!(assigned(&effects).is_empty());
+    // instance-1 comes back from the old master: its ids and key mean
+    // nothing here, its name and the attempt it holds do.
+    let mut back = registration("instance-1", &[], 1);
+    back.resume = Some(Resume {
+        worker_id: "w9".into(),
+        key: "the old master's key".into(),
+        holding: vec![Held {
+            module_id: "b".into(),
+            attempt: 2,
+        }],
+    });
+    let (adopted, welcome, _) = hub.at(3.0).register(back);
+    assert!(welcome.resumed);
+    assert_eq!(
+        welcome.keep,
+        vec![Held {
+            module_id: "b".into(),
+            attempt: 2
+        }]
+    );
+    let (answer, effects) = hub.complete(adopted.worker, "b", 2, ReportStatus::Succeeded);
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(hub.state("b"), "succeeded");
+    assert_eq!(assigned(&effects).len(), 1, "c goes to a free worker");
+    // Its adoption window passing changes nothing.
+    hub.at(11.0).tick();
+    assert_eq!(hub.attempt("b"), Some(2));
+}
+
+#[test]
+fn an_adopted_attempt_whose_worker_never_comes_back_runs_again() {
+    let mut hub = taken_over();
+    let (w, effects) = hub.join("instance-2", &[], 1);
+    assert!(assigned(&effects).is_empty());
+    assert_eq!(hub.at(9.9).tick(), vec![]);
+    let effects = hub.at(10.0).tick();
+    assert_eq!(assigned(&effects), vec![(w.worker, "b".into())]);
+    assert_eq!(hub.attempt("b"), Some(3));
+    // The lost worker coming back late holds nothing the hub counts.
+    let mut late = registration("instance-1", &[], 1);
+    late.resume = Some(Resume {
+        worker_id: "w9".into(),
+        key: "k".into(),
+        holding: vec![Held {
+            module_id: "b".into(),
+            attempt: 2,
+        }],
+    });
+    let (_, welcome, _) = hub.register(late);
+    assert!(!welcome.resumed && welcome.keep.is_empty());
 }
 
 mod compensate;
