@@ -127,6 +127,46 @@ async fn first_answering(urls: &[String]) -> Result<String, String> {
     Err(tried.join("\n"))
 }
 
+/// Where a `muster ci` worker finds its run's hub after losing it: the
+/// discovery record's first URL that answers, while the run goes on (a
+/// new master publishes its own when it takes the run over).
+pub struct RecordLocator {
+    store: DiscoveryStore,
+    run_id: String,
+}
+
+impl RecordLocator {
+    pub fn new(store: DiscoveryStore, run_id: &str) -> RecordLocator {
+        RecordLocator {
+            store,
+            run_id: run_id.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordLocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLocator")
+            .field("redis", &self.store.shown_url())
+            .field("run_id", &self.run_id)
+            .finish()
+    }
+}
+
+impl muster_worker::HubLocator for RecordLocator {
+    fn locate(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>> {
+        Box::pin(async move {
+            let record = self.store.read(&self.run_id).await.ok()??;
+            if record.finished().is_some() {
+                return None;
+            }
+            first_answering(&record.urls).await.ok()
+        })
+    }
+}
+
 /// How a run ended, in a word.
 pub fn outcome_word(outcome: RunOutcome) -> &'static str {
     match outcome {

@@ -265,6 +265,7 @@ pub fn run_start(
         stint,
         epoch: unix_ms(),
         resumed_from,
+        took_over: None,
         plan_digest: plan_digest(&modules),
         modules,
         settings: inputs.settings.clone(),
@@ -296,6 +297,8 @@ pub struct CiJournalPlace<'a> {
     pub no_resume: bool,
     pub epoch: u64,
     pub ttl: std::time::Duration,
+    /// Set when this master takes a live run over (CI failover).
+    pub took_over: Option<muster_core::journal::TookOver>,
 }
 
 /// Opens run `place.run_id`'s journal in Redis. When Redis already holds a
@@ -379,6 +382,7 @@ pub async fn open_redis(
     writer.feed().seed(&earlier_records);
     let mut start = run_start(place.run_id, inputs, stint, resumed_from);
     start.epoch = place.epoch;
+    start.took_over = place.took_over.clone();
     Ok(CiJournal {
         folder,
         journaling: Journaling {

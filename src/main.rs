@@ -6,6 +6,7 @@ mod cache_policy;
 mod cmd;
 mod dashboard_link;
 mod discover;
+mod failover;
 mod failure;
 mod flags;
 mod interrupt;

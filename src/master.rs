@@ -391,6 +391,11 @@ impl Master {
         self
     }
 
+    /// Cancels or abandons the run from elsewhere.
+    pub fn canceller(&self) -> muster_hub::Canceller {
+        self.hub.canceller()
+    }
+
     /// The URL workers join.
     pub fn url(&self) -> &str {
         self.hub.url()
@@ -488,6 +493,7 @@ impl LocalWorkers {
                     token: token.to_owned(),
                     name: format!("{}-{i}", self.name),
                     workdir: self.workdir.clone(),
+                    locator: None,
                 };
                 let config = worker_config(seat, &self.flags, self.transfer_stall_timeout);
                 let stop = stop.child_token();

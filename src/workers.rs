@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use muster_worker::WorkerConfig;
+use std::sync::Arc;
+
+use muster_worker::{HubLocator, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::flags::WorkerFlags;
@@ -31,6 +33,9 @@ pub struct Seat {
     pub name: String,
     /// Module `cwd`s are relative to this folder.
     pub workdir: PathBuf,
+    /// Where the hub is now, when the run may move to another master (a
+    /// `muster ci` worker instance follows the discovery record).
+    pub locator: Option<Arc<dyn HubLocator>>,
 }
 
 /// The settings of a worker taking `seat` with `flags`. Connect timeout
@@ -52,6 +57,7 @@ pub fn worker_config(
         transfer_stall_timeout,
         noop: false,
         observer: crate::worker_view::WorkerView::shared(),
+        locator: seat.locator,
     }
 }
 

@@ -208,6 +208,7 @@ async fn journaling(
         stint: 1,
         epoch,
         resumed_from: None,
+        took_over: None,
         plan_digest: plan_digest(&modules),
         modules,
         settings: Settings {

@@ -64,6 +64,7 @@ pub fn swarm(hub: &str, token: &str, count: u32) -> Result<()> {
                     transfer_stall_timeout: Duration::from_secs(60),
                     noop: true,
                     observer: std::sync::Arc::new(SwarmView),
+                    locator: None,
                 };
                 tokio::spawn(muster_worker::run(config, stop.child_token()))
             })

@@ -44,6 +44,7 @@ async fn dashboard(max_viewers: usize) -> Dashboard {
         stint: 1,
         epoch: 1,
         resumed_from: None,
+        took_over: None,
         plan_digest: plan_digest(&modules),
         modules,
         settings: Settings::default(),

@@ -88,6 +88,7 @@ async fn journaled_hub_of(pipeline: &str, backend: Gated) -> Hub {
         stint: 1,
         epoch: 1,
         resumed_from: None,
+        took_over: None,
         plan_digest: plan_digest(&modules),
         modules,
         settings: Settings::default(),

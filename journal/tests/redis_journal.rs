@@ -29,6 +29,7 @@ fn started(run_id: &str, epoch: u64) -> Entry {
         stint: 1,
         epoch,
         resumed_from: None,
+        took_over: None,
         plan_digest: "abc".into(),
         modules: Vec::new(),
         settings: Settings::default(),

@@ -1,11 +1,16 @@
 //! `muster ci`: one identical command on every runner of a CI matrix.
-//! Instance 0 becomes the master (hub, tunnel, discovery record in Redis, a
-//! local worker of its own); every other instance waits for the record,
-//! picks the first of its hub URLs that answers, and joins as a worker.
-//! Every instance exits with the run's status.
+//! Instance 0 takes the run's lease and becomes the master (hub, tunnel,
+//! discovery record in Redis, a local worker of its own); every other
+//! instance waits for the record, picks the first of its hub URLs that
+//! answers, and joins as a worker. Every worker instance also watches the
+//! lease: when the master stops renewing it (its runner died), one of them
+//! takes the run over from the journal, and the other workers follow the
+//! record to it. Every instance exits with the run's status; a master that
+//! was taken over exits 3, saying by whom.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +18,7 @@ use clap::Args;
 use muster_core::url::redact_url;
 use muster_core::wire::types::RunOutcome;
 use muster_discovery::identity::{self, Instance, Role, RunIdentity};
+use muster_discovery::lease::{Holder, Taken};
 use muster_discovery::record::{record_key, RunState};
 use muster_discovery::store::DiscoveryStore;
 use muster_hub::HubConfig;
@@ -20,10 +26,11 @@ use muster_worker::{ClientError, Exit, WorkerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::discover::{find_hub, finished_soon, outcome_word, Found};
+use crate::discover::{find_hub, finished_soon, outcome_word, Found, RecordLocator};
+use crate::failover::{contend, superseded, LeaseTerms, Renewing};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{FileArg, MasterFlags, WorkerFlags};
-use crate::journaling::{unix_ms, CiJournalPlace};
+use crate::journaling::CiJournalPlace;
 use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
@@ -83,6 +90,12 @@ pub struct CiArgs {
     /// Local workers the master runs beside its hub.
     #[arg(long, default_value_t = 1)]
     workers: u32,
+    /// The master's lease in Redis: it renews it every third of this, and
+    /// when it has not for this long (plus half again) another instance
+    /// takes the run over. Shorter notices a dead master sooner; too short
+    /// for a slow network or Redis risks a needless takeover.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
     #[command(flatten)]
     worker: WorkerFlags,
     /// Folder that module cwds are relative to [default: the pipeline
@@ -120,38 +133,143 @@ pub async fn ci(args: CiArgs) -> Result<(), Failure> {
         .when_not_answering(|n| crate::report::say(&format!("{n}")));
     crate::report::say(&format!("run {} (from {})", run.run_id, run.source));
     crate::report::say(&instance.explain().to_string());
-    match identity::role(&instance) {
-        Role::Master => master(args, run, instance, store).await,
-        Role::Worker => worker(args, run, instance, store).await,
+    let args = Arc::new(args);
+    let me = format!("instance {}", instance.index);
+    if identity::role(&instance) == Role::Master {
+        match first_lease(&args, &store, &run, &me).await? {
+            Taken::Won(held) => {
+                let leading = Leading {
+                    held,
+                    took_over: None,
+                    token: None,
+                    local_workers: args.workers,
+                };
+                return master(args, run, instance, store, leading).await;
+            }
+            Taken::Held(holder) => crate::report::say(&format!(
+                "{holder} leads this run (it took over from an earlier instance 0): joining it as a worker"
+            )),
+            Taken::NoRunYet => {}
+        }
+    }
+    follower(args, run, instance, store, me).await
+}
+
+/// Instance 0 takes the run's lease at the start, once Redis answers.
+async fn first_lease(
+    args: &CiArgs,
+    store: &DiscoveryStore,
+    run: &RunIdentity,
+    me: &str,
+) -> Result<Taken, Failure> {
+    store
+        .answering_within(args.discover_timeout)
+        .await
+        .map_err(|e| Failure::infrastructure(format!("cannot take the master's lease: {e}")))?;
+    let terms = lease_terms(args);
+    store
+        .take_lease(&run.run_id, me, terms.ttl, true, terms.keep, REDIS_CALL)
+        .await
+        .map_err(|e| Failure::infrastructure(format!("cannot take the master's lease: {e}")))
+}
+
+/// Bound on one Redis call made once (not the lease's own calls).
+const REDIS_CALL: Duration = Duration::from_secs(10);
+
+/// How long an instance that took the run over waits, after its run
+/// ended, for its own worker to hear so and leave.
+const OWN_WORKER_LINGER: Duration = Duration::from_secs(15);
+
+fn lease_terms(args: &CiArgs) -> LeaseTerms {
+    LeaseTerms {
+        ttl: args.lease_ttl,
+        keep: args.journal_ttl,
     }
 }
 
-async fn master(
-    args: CiArgs,
+/// A worker instance: works for the run's master and watches its lease;
+/// when the master stops renewing it and this instance wins the lease, it
+/// becomes the master, while its worker follows the record to it.
+async fn follower(
+    args: Arc<CiArgs>,
     run: RunIdentity,
     instance: Instance,
     store: DiscoveryStore,
+    me: String,
+) -> Result<(), Failure> {
+    let mut working = tokio::spawn(worker(
+        args.clone(),
+        run.clone(),
+        instance.clone(),
+        store.clone(),
+    ));
+    let terms = lease_terms(&args);
+    let takeover = tokio::select! {
+        done = &mut working => return done.unwrap_or_else(|e| Err(Failure::infrastructure(e))),
+        takeover = contend(&store, &run.run_id, &me, terms) => takeover,
+    };
+    // With --token-in-record the workers know the earlier master's token.
+    let token = match args.token.clone() {
+        Some(token) => Some(token),
+        None => store
+            .read(&run.run_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|record| record.token),
+    };
+    let leading = Leading {
+        held: takeover.held,
+        took_over: Some(takeover.took_over),
+        token,
+        // This instance's worker goes on, and joins this hub by the record.
+        local_workers: 0,
+    };
+    let led = master(args, run, instance, store, leading).await;
+    let _ = tokio::time::timeout(OWN_WORKER_LINGER, working).await;
+    led
+}
+
+/// How an instance leads the run.
+struct Leading {
+    /// The lease it holds.
+    held: Holder,
+    /// Set when it took a live run over from another master.
+    took_over: Option<muster_core::journal::TookOver>,
+    /// The token workers know, when it is not MUSTER_TOKEN.
+    token: Option<String>,
+    local_workers: u32,
+}
+
+async fn master(
+    args: Arc<CiArgs>,
+    run: RunIdentity,
+    instance: Instance,
+    store: DiscoveryStore,
+    leading: Leading,
 ) -> Result<(), Failure> {
     let plan = load(&args.file.file)?;
     let kind = tunnel_kind(&args.tunnel, args.bore_secret.as_deref())?;
-    let config = master_settings(&args)?;
-    let epoch = unix_ms();
+    let mut config = master_settings(&args, leading.token.clone())?;
+    config.adopt_in_flight = leading.took_over.is_some();
+    let epoch = leading.held.epoch;
+    crate::report::say(&format!("{} is the master", leading.held));
+    // Renewed from now: opening the journal and the tunnel takes time.
+    let renewing = Renewing::start(
+        store.clone(),
+        run.run_id.clone(),
+        leading.held.clone(),
+        lease_terms(&args),
+    );
     let place = CiJournalPlace {
         redis_url: &args.redis_url,
         run_id: &run.run_id,
         previous: args.resume_from.as_deref().or(run.previous.as_deref()),
-        no_resume: args.no_resume,
+        no_resume: args.no_resume && leading.took_over.is_none(),
         epoch,
         ttl: args.journal_ttl,
+        took_over: leading.took_over.clone(),
     };
-    // Redis is often a service container still starting: the journal
-    // waits for it as the discovery record does.
-    if !args.master.no_journal {
-        store
-            .answering_within(args.discover_timeout)
-            .await
-            .map_err(|e| Failure::infrastructure(format!("cannot open the run's journal: {e}")))?;
-    }
     let mut keeping = Keeping::ci(&args.file.file, &plan, &args.master, &config, &place).await?;
     keeping.say();
     let listener = TcpListener::bind(args.listen)
@@ -173,6 +291,7 @@ async fn master(
             // On GitHub, the run's summary goes to the job's page.
             step_summary: true,
         });
+    renewing.abandon_on_loss(master.canceller());
     let tunnel = open_tunnel(&kind, port, args.tunnel_timeout).await?;
     let urls = hub_urls(
         args.listen,
@@ -206,15 +325,32 @@ async fn master(
         stop_refresh.clone(),
     ));
     let local = LocalWorkers::new(
-        args.workers,
+        leading.local_workers,
         format!("instance-{}", instance.index),
         args.worker.capabilities.clone(),
         workdir(&args),
         &args.master,
     );
-    let ran = master.run(&local).await?;
+    let ran = master.run(&local).await;
     stop_refresh.cancel();
     let _ = refresh.await;
+    let superseded = match renewing.stop().await {
+        Some(line) => Some(line),
+        // A journal append refused for a newer epoch can come first.
+        None if ran.is_err() => newer_master(&store, &run.run_id, epoch).await,
+        None => None,
+    };
+    if let Some(line) = superseded {
+        return Err(Failure::infrastructure(format!(
+            "{line}; this master stopped and the run goes on there"
+        )));
+    }
+    let ran = ran?;
+    if leading.took_over.is_some() {
+        for line in crate::failover::failovers_in_journal(&args.redis_url, &run.run_id).await {
+            crate::report::say(&line);
+        }
+    }
     record.state = RunState::Finished;
     record.outcome = Some(ran.outcome);
     latest.send_replace(record.clone());
@@ -225,11 +361,23 @@ async fn master(
     ran.verdict()
 }
 
-/// The hub's settings for instance 0, which refuses to open a hub without
-/// a token shared by every instance unless told to publish its own.
-fn master_settings(args: &CiArgs) -> Result<HubConfig, Failure> {
+/// The superseded line, when the lease is another's at a higher epoch.
+async fn newer_master(store: &DiscoveryStore, run_id: &str, epoch: u64) -> Option<String> {
+    match store.lease(run_id, REDIS_CALL).await {
+        Ok(muster_discovery::lease::Seen::Held(holder)) if holder.epoch > epoch => {
+            Some(superseded(Some(&holder), holder.epoch))
+        }
+        _ => None,
+    }
+}
+
+/// The hub's settings for the master, which refuses to open a hub without
+/// a token shared by every instance unless told to publish its own;
+/// `token` is the one the run's workers know, when a master takes a run
+/// over whose earlier master published its own.
+fn master_settings(args: &CiArgs, token: Option<String>) -> Result<HubConfig, Failure> {
     let mut config = hub_settings(&args.master)?;
-    match (args.token.clone(), args.token_in_record) {
+    match (token.or_else(|| args.token.clone()), args.token_in_record) {
         (Some(token), _) => config.token = token,
         // HubConfig made a random one up; it reaches workers via the record.
         (None, true) => {}
@@ -246,7 +394,7 @@ fn master_settings(args: &CiArgs) -> Result<HubConfig, Failure> {
 }
 
 async fn worker(
-    args: CiArgs,
+    args: Arc<CiArgs>,
     run: RunIdentity,
     instance: Instance,
     store: DiscoveryStore,
@@ -280,6 +428,8 @@ async fn worker(
         token,
         name: format!("instance-{}", instance.index),
         workdir: workdir(&args),
+        // The run may move to another master: the record says where.
+        locator: Some(Arc::new(RecordLocator::new(store.clone(), &run.run_id))),
     };
     let transfer_stall_timeout = args.master.limits.transfer_stall_timeout;
     let config = worker_config(seat, &args.worker, transfer_stall_timeout);

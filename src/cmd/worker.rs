@@ -49,6 +49,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
             .name
             .unwrap_or_else(|| format!("{}-{}", muster_worker::host_name(), std::process::id())),
         workdir,
+        locator: None,
     };
     let mut config = worker_config(seat, &args.worker, args.transfer_stall_timeout);
     config.connect_timeout = args.connect_timeout;

@@ -29,7 +29,7 @@ pub(crate) type Joined = (client::Sender, client::Receiver, Welcome);
 /// back during the wait is not missed). Executions go on meanwhile: their
 /// calls are buffered. `Ok(None)` when `stop` fired.
 pub(crate) async fn join(
-    config: &WorkerConfig,
+    config: &mut WorkerConfig,
     stop: &CancellationToken,
     calls: &mut mpsc::Receiver<WorkerCall>,
     work: &mut Work,
@@ -40,6 +40,19 @@ pub(crate) async fn join(
     let mut backoff = Backoff::new();
     let mut last: Option<String> = None;
     loop {
+        // After a drop or a failed try, the run may have moved to another
+        // master: ask where its hub is now.
+        if earlier.is_some() || backoff.tries > 0 {
+            if let Some(locator) = config.locator.clone() {
+                let located = crate::locate(locator.as_ref(), calls, work, stop).await;
+                if stop.is_cancelled() {
+                    return Ok(None);
+                }
+                if let Some(url) = located.filter(|url| *url != config.hub) {
+                    crate::move_hub(config, work, url);
+                }
+            }
+        }
         let registration = work.registration(config, earlier);
         let bound = deadline.max(Instant::now() + LAST_LOOK);
         let attempt = timeout_at(bound, connect_and_register(config, registration));

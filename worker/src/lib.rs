@@ -24,7 +24,9 @@ mod serve;
 pub mod transfer;
 mod work;
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +73,16 @@ pub struct WorkerConfig {
     /// Told what the worker has to say (a lost hub, transfer progress);
     /// [`Silent`] shows nothing.
     pub observer: Arc<dyn WorkerObserver>,
+    /// Where the hub is now, for a worker whose run may move to another
+    /// master (CI failover); asked before each reconnect, and when the hub
+    /// closes the connection. `None`: the hub stays at `hub`.
+    pub locator: Option<Arc<dyn HubLocator>>,
+}
+
+/// Finds a run's current hub (in `muster ci`, from the discovery record):
+/// `None` when it cannot tell, or the run has no hub any more.
+pub trait HubLocator: std::fmt::Debug + Send + Sync {
+    fn locate(&self) -> Pin<Box<dyn Future<Output = Option<String>> + Send + '_>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,14 +132,14 @@ pub fn host_name() -> String {
 
 /// Joins the hub and works until it says Shutdown or `stop` fires. A
 /// dropped connection is retried with backoff for `reconnect_timeout`.
-pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, WorkerError> {
+pub async fn run(mut config: WorkerConfig, stop: CancellationToken) -> Result<Exit, WorkerError> {
     let (out, mut calls) = mpsc::channel::<WorkerCall>(256);
     let mut work = Work::new(&config, &stop, out)?;
     let mut session: Option<Welcome> = None;
     let mut sender: Option<client::Sender> = None;
-    let shown_hub = redact_url(&config.hub);
     let exit = loop {
-        let joined = match join(&config, &stop, &mut calls, &mut work, session.as_ref()).await {
+        let shown_hub = redact_url(&config.hub);
+        let joined = match join(&mut config, &stop, &mut calls, &mut work, session.as_ref()).await {
             Ok(Some(joined)) => joined,
             Ok(None) => break Ok(Exit::Stopped),
             Err(e) => break Err(e),
@@ -158,8 +170,21 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
                 break Ok(Exit::Stopped);
             }
             Served::Closed(error) => {
-                sender = Some(tx);
-                break Err(WorkerError::HubClosed(error));
+                // A master that was superseded closes its workers: the run
+                // goes on at the new one, if the locator knows of it.
+                let moved = match &config.locator {
+                    Some(locator) => locate(locator.as_ref(), &mut calls, &mut work, &stop)
+                        .await
+                        .filter(|url| *url != config.hub),
+                    None => None,
+                };
+                let Some(url) = moved else {
+                    sender = Some(tx);
+                    break Err(WorkerError::HubClosed(error));
+                };
+                let why = error.unwrap_or_else(|| "the hub closed the connection".into());
+                tracing::warn!(hub = %shown_hub, "the hub closed the connection: {why}; following the run to {}", redact_url(&url));
+                move_hub(&mut config, &work, url);
             }
             Served::Dropped(why) => {
                 tracing::warn!(hub = %shown_hub, "lost the hub: {why}; reconnecting");
@@ -178,4 +203,41 @@ pub async fn run(config: WorkerConfig, stop: CancellationToken) -> Result<Exit, 
         let _ = tokio::time::timeout(Duration::from_secs(5), sender.close()).await;
     }
     exit
+}
+
+/// How long one [`HubLocator::locate`] may take.
+const LOCATE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Asks `locator` where the hub is now, within [`LOCATE_LIMIT`], buffering
+/// the executions' calls meanwhile; `None` when it cannot tell or `stop`
+/// fired.
+pub(crate) async fn locate(
+    locator: &dyn HubLocator,
+    calls: &mut mpsc::Receiver<WorkerCall>,
+    work: &mut Work,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let located = tokio::time::timeout(LOCATE_LIMIT, locator.locate());
+    tokio::pin!(located);
+    loop {
+        tokio::select! {
+            located = &mut located => return located.ok().flatten(),
+            Some(call) = calls.recv() => work.buffer(call),
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// Points the worker, and its transfers under way, at the hub at `url`.
+pub(crate) fn move_hub(config: &mut WorkerConfig, work: &Work, url: String) {
+    match work.move_to(&url) {
+        Ok(()) => {
+            config.observer.event(WorkerEvent::HubMoved {
+                worker: config.name.clone(),
+                to: redact_url(&url),
+            });
+            config.hub = url;
+        }
+        Err(e) => tracing::warn!("the run's hub moved to a URL this worker cannot use: {e}"),
+    }
 }

@@ -49,6 +49,9 @@ pub enum WorkerEvent {
     },
     /// The connection to the hub broke; the worker reconnects.
     HubLost { worker: String, why: String },
+    /// The run moved to another master's hub (`to`, redacted); the worker
+    /// follows it with what it holds.
+    HubMoved { worker: String, to: String },
 }
 
 impl fmt::Display for WorkerEvent {
@@ -66,6 +69,10 @@ impl fmt::Display for WorkerEvent {
             WorkerEvent::HubLost { worker, why } => {
                 write!(f, "worker {worker}: lost the hub ({why}); reconnecting")
             }
+            WorkerEvent::HubMoved { worker, to } => write!(
+                f,
+                "worker {worker}: the run moved to a new master at {to}; following it with what it holds"
+            ),
         }
     }
 }

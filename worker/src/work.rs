@@ -61,6 +61,12 @@ pub(crate) struct Work {
 }
 
 impl Work {
+    /// Sends artifact transfers, including those under way, to the hub at
+    /// `url` from now on.
+    pub(crate) fn move_to(&self, url: &str) -> Result<(), TransferError> {
+        self.transfer.move_to(url)
+    }
+
     pub(crate) fn new(
         config: &WorkerConfig,
         stop: &CancellationToken,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::digest::ModuleDigest;
 use super::record::{
-    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, StateName,
+    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, TookOver, StateName,
 };
 use crate::wire::types::{Artifact, RunOutcome};
 
@@ -46,6 +46,10 @@ pub struct History {
     /// How each compensated module's compensation last stood, by id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub compensations: BTreeMap<String, CompensationRecord>,
+    /// CI failovers, in order: each master that took the live run over,
+    /// with when (unix ms) its stint began.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub takeovers: Vec<(TookOver, u64)>,
 }
 
 /// One module as the journal last told it.
@@ -207,6 +211,9 @@ impl History {
         self.run_id = start.run_id.clone();
         self.stints += 1;
         self.epoch = start.epoch;
+        if let Some(took_over) = &start.took_over {
+            self.takeovers.push((took_over.clone(), record.at));
+        }
         self.resumed_from = start.resumed_from.clone();
         self.finished = None;
         self.cancelled = None;
@@ -300,6 +307,7 @@ mod tests {
             stint,
             epoch: u64::from(stint) * 10,
             resumed_from: (stint > 1).then(|| run_id.to_owned()),
+            took_over: None,
             plan_digest: "plan".to_owned(),
             modules: modules
                 .iter()

@@ -93,10 +93,28 @@ pub struct RunStart {
     /// same id when a local run is continued).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from: Option<String>,
+    /// Set when this master took a live CI run over from another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over: Option<TookOver>,
     pub plan_digest: String,
     /// Every module of the plan, in plan order, with its definition digest.
     pub modules: Vec<ModuleDigest>,
     pub settings: Settings,
+}
+
+/// A CI failover: which master was lost, and who took the run over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TookOver {
+    /// The master that stopped renewing its lease (`instance 0 at epoch
+    /// 1`), if it was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Unix ms when its lease was first seen lapsed.
+    pub lost_at: u64,
+    /// The instance that took over (`instance 2`) and its epoch.
+    pub by: String,
+    pub epoch: u64,
 }
 
 /// The run settings that shape what happens, as the master had them.

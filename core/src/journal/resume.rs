@@ -63,8 +63,9 @@ pub enum Why {
     Changed(Vec<String>),
     /// A need runs again: the first of its needs that does.
     Downstream { of: String },
-    /// A module that runs again consumes its artifacts, and they are gone.
-    ArtifactsGone { consumer: String },
+    /// A module that runs again consumes its artifacts, and one of them
+    /// (`artifact`, its path) is gone: the store that held it is not here.
+    ArtifactsGone { consumer: String, artifact: String },
     /// Its outputs held a secret, which the journal does not keep.
     OutputsMasked,
 }
@@ -96,11 +97,12 @@ pub fn decide(
         if gone.is_empty() {
             break;
         }
-        for (producer, consumer) in gone {
+        for (producer, consumer, artifact) in gone {
             if !runs[producer] {
                 runs[producer] = true;
                 forced[producer] = Some(Why::ArtifactsGone {
                     consumer: plan.modules[consumer].id.clone(),
+                    artifact,
                 });
             }
         }
@@ -228,9 +230,10 @@ impl fmt::Display for Why {
             Why::Changed(parts) if parts.is_empty() => f.write_str("its definition changed"),
             Why::Changed(parts) => write!(f, "its {} changed", join_and(parts)),
             Why::Downstream { of } => write!(f, "it needs {of}, which runs again"),
-            Why::ArtifactsGone { consumer } => {
-                write!(f, "its artifacts are gone and {consumer} needs them")
-            }
+            Why::ArtifactsGone { consumer, artifact } => write!(
+                f,
+                "its artifact {artifact} is gone (no copy is in this master's store) and {consumer} needs it"
+            ),
             Why::OutputsMasked => f.write_str("its outputs held a secret"),
         }
     }
@@ -307,13 +310,14 @@ fn run_downstream(plan: &Plan, runs: &mut [bool], forced: &mut [Option<Why>]) {
 }
 
 /// Kept modules that a running module consumes from and whose matching
-/// artifacts are not all available, as (producer, consumer).
+/// artifacts are not all available, as (producer, consumer, the first
+/// missing artifact's path).
 fn artifacts_gone(
     plan: &Plan,
     own: &[Fate],
     runs: &[bool],
     available: &dyn Fn(&Artifact) -> bool,
-) -> Vec<(ModuleIndex, ModuleIndex)> {
+) -> Vec<(ModuleIndex, ModuleIndex, String)> {
     let mut gone = Vec::new();
     for (consumer, planned) in plan.modules.iter().enumerate() {
         if !runs[consumer] {
@@ -330,9 +334,9 @@ fn artifacts_gone(
                 .artifacts
                 .iter()
                 .filter(|a| consume.glob.as_ref().is_none_or(|g| g.is_match(&a.path)))
-                .any(|a| !available(a));
-            if missing {
-                gone.push((consume.from, consumer));
+                .find(|a| !available(a));
+            if let Some(missing) = missing {
+                gone.push((consume.from, consumer, missing.path.clone()));
             }
         }
     }
@@ -458,6 +462,7 @@ run = "lint"
             stint: 1,
             epoch: 1,
             resumed_from: None,
+            took_over: None,
             plan_digest: "p".to_owned(),
             modules: digests,
             settings: Settings::default(),
@@ -704,7 +709,8 @@ run = "lint"
                 (
                     BUILD,
                     Why::ArtifactsGone {
-                        consumer: "test".to_owned()
+                        consumer: "test".to_owned(),
+                        artifact: "bin/app".to_owned()
                     }
                 ),
                 (TEST, Why::NotSucceeded(StateName::Failed)),
@@ -713,7 +719,7 @@ run = "lint"
         );
         assert_eq!(
             resumption.lines(&plan)[0],
-            "re-running build: its artifacts are gone and test needs them"
+            "re-running build: its artifact bin/app is gone (no copy is in this master's store) and test needs it"
         );
 
         // notes.txt does not match bin/*: build is kept without it.
@@ -728,7 +734,8 @@ run = "lint"
             Rerun {
                 module: DOCS,
                 why: Why::ArtifactsGone {
-                    consumer: "package".to_owned()
+                    consumer: "package".to_owned(),
+                    artifact: "site/index.html".to_owned()
                 }
             }
         );
@@ -769,7 +776,8 @@ consumes = ["a"]
                 (
                     0,
                     Why::ArtifactsGone {
-                        consumer: "d".to_owned()
+                        consumer: "d".to_owned(),
+                        artifact: "out.tar".to_owned()
                     }
                 ),
                 (1, downstream("a")),
@@ -780,7 +788,8 @@ consumes = ["a"]
         assert_eq!(resumption.first_attempt, [2, 2, 2, 3]);
         assert_eq!(
             resumption.summary(&plan),
-            "kept nothing from run r1; re-running a (its artifacts are gone and d needs them), \
+            "kept nothing from run r1; re-running a (its artifact out.tar is gone (no copy is in \
+             this master's store) and d needs it), \
              d (it failed) and 2 modules downstream"
         );
     }

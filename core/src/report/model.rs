@@ -340,6 +340,7 @@ pub(crate) mod tests {
             stint: 1,
             epoch: 1,
             resumed_from: None,
+            took_over: None,
             plan_digest: "p".to_owned(),
             modules: ids
                 .iter()

@@ -68,12 +68,12 @@ impl Transfer {
     /// it; one slash between the parts whether or not the hub URL ended
     /// with one.
     pub(super) fn url(&self, sha256: &str) -> String {
-        artifact_url(&self.hub, sha256)
+        artifact_url(&self.address().url, sha256)
     }
 
     /// [`Transfer::url`] as logs and errors show it.
     pub(super) fn shown_url(&self, sha256: &str) -> String {
-        artifact_url(&self.shown_hub, sha256)
+        artifact_url(&self.address().shown, sha256)
     }
 
     /// Turns a request's failure, with the tries it took, into the error

@@ -84,11 +84,10 @@ impl Default for TransferSettings {
 #[derive(Clone)]
 pub struct Transfer {
     client: reqwest::Client,
-    /// The hub's URL, http(s), without a trailing slash on its path (see
-    /// [`Transfer::url`]).
-    hub: String,
-    /// `hub` as logs and errors show it ([`redact_url`]).
-    shown_hub: String,
+    /// The hub's URL and how logs show it, shared by every clone: when the
+    /// worker follows its run to a new master ([`Transfer::move_to`]),
+    /// transfers under way go on against the new hub.
+    hub: Arc<std::sync::RwLock<HubAddress>>,
     token: String,
     cache: PathBuf,
     settings: TransferSettings,
@@ -169,17 +168,14 @@ impl Transfer {
         cache_dir: impl Into<PathBuf>,
         settings: TransferSettings,
     ) -> Result<Transfer, TransferError> {
-        let hub = http_url(hub_url).map_err(|BadHubUrl(shown)| TransferError::BadHubUrl(shown))?;
-        reqwest::Url::parse(&hub).map_err(|_| TransferError::BadHubUrl(redact_url(hub_url)))?;
-        let shown_hub = redact_url(&hub);
+        let hub = HubAddress::parse(hub_url)?;
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(TransferError::Client)?;
         Ok(Transfer {
             client,
-            hub,
-            shown_hub,
+            hub: Arc::new(std::sync::RwLock::new(hub)),
             token: token.into(),
             cache: cache_dir.into(),
             settings,
@@ -193,12 +189,42 @@ impl Transfer {
         self.observer = observer;
         self
     }
+
+    /// Moves every clone to the hub at `hub_url` (the run's new master).
+    pub fn move_to(&self, hub_url: &str) -> Result<(), TransferError> {
+        let hub = HubAddress::parse(hub_url)?;
+        *self.hub.write().unwrap_or_else(|e| e.into_inner()) = hub;
+        Ok(())
+    }
+
+    fn address(&self) -> std::sync::RwLockReadGuard<'_, HubAddress> {
+        self.hub.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A hub's URL for transfers.
+#[derive(Debug, Clone)]
+struct HubAddress {
+    /// http(s), without a trailing slash on its path (see
+    /// [`Transfer::url`]).
+    url: String,
+    /// `url` as logs and errors show it ([`redact_url`]).
+    shown: String,
+}
+
+impl HubAddress {
+    fn parse(hub_url: &str) -> Result<HubAddress, TransferError> {
+        let url = http_url(hub_url).map_err(|BadHubUrl(shown)| TransferError::BadHubUrl(shown))?;
+        reqwest::Url::parse(&url).map_err(|_| TransferError::BadHubUrl(redact_url(hub_url)))?;
+        let shown = redact_url(&url);
+        Ok(HubAddress { url, shown })
+    }
 }
 
 impl fmt::Debug for Transfer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transfer")
-            .field("hub", &self.shown_hub)
+            .field("hub", &self.address().shown)
             .field("token", &"***")
             .field("cache", &self.cache)
             .field("settings", &self.settings)

@@ -615,6 +615,7 @@ fn journaled(settings: &mut SchedulerSettings) {
             stint: 1,
             epoch: 1,
             resumed_from: None,
+            took_over: None,
             plan_digest: String::new(),
             modules: Vec::new(),
             settings: Settings::default(),
