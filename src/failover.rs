@@ -53,7 +53,12 @@ pub struct Renewing {
 impl Renewing {
     /// Renews `held` until stopped, saying so if another instance took the
     /// run over.
-    pub fn start(store: DiscoveryStore, run_id: String, held: Holder, terms: LeaseTerms) -> Renewing {
+    pub fn start(
+        store: DiscoveryStore,
+        run_id: String,
+        held: Holder,
+        terms: LeaseTerms,
+    ) -> Renewing {
         let stop = CancellationToken::new();
         let (tell, superseded) = watch::channel(None);
         let renewing = renew(store, run_id, held, terms, stop.clone());
@@ -108,11 +113,7 @@ async fn renew(
 ) -> Option<String> {
     let mut failing = false;
     loop {
-        let pause = if failing {
-            RENEW_RETRY
-        } else {
-            terms.every()
-        };
+        let pause = if failing { RENEW_RETRY } else { terms.every() };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => return None,
@@ -159,7 +160,12 @@ pub struct Takeover {
 /// Watches run `run_id`'s lease until this instance (`me`) takes it over:
 /// only once a master held it and it has stayed lapsed for half a TTL, and
 /// only while the run's record does not say it finished.
-pub async fn contend(store: &DiscoveryStore, run_id: &str, me: &str, terms: LeaseTerms) -> Takeover {
+pub async fn contend(
+    store: &DiscoveryStore,
+    run_id: &str,
+    me: &str,
+    terms: LeaseTerms,
+) -> Takeover {
     let mut watch = Watch::new(terms.ttl);
     let mut last: Option<Holder> = None;
     let mut lapsed_at: Option<u64> = None;
@@ -187,7 +193,8 @@ pub async fn contend(store: &DiscoveryStore, run_id: &str, me: &str, terms: Leas
         if !watch.saw(&seen, Instant::now()) {
             continue;
         }
-        let finished = matches!(store.read(run_id).await, Ok(Some(record)) if record.finished().is_some());
+        let finished =
+            matches!(store.read(run_id).await, Ok(Some(record)) if record.finished().is_some());
         if finished {
             continue;
         }

@@ -180,7 +180,9 @@ fn kept_modules_whose_artifacts_are_gone_run_again_and_no_resume_starts_afresh()
     let master = &outs[0];
     assert_eq!(master.code(), 0, "{master}");
     assert!(
-        master.stdout.contains("is gone (no copy is in this master's store)"),
+        master
+            .stdout
+            .contains("is gone (no copy is in this master's store)"),
         "the log says which ran again and why: {master}"
     );
     // A third attempt after a success starts afresh; --no-resume too.

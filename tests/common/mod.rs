@@ -419,6 +419,19 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server (SIGSTOP) for `pause`, then lets it go on: an
+    /// outage in which connections hang rather than fail.
+    pub fn pause(&self, pause: Duration) {
+        let pid = self.child.id().to_string();
+        let signal = |name: &str| {
+            let status = Command::new("kill").args([name, &pid]).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {name} {pid}");
+        };
+        signal("-STOP");
+        thread::sleep(pause);
+        signal("-CONT");
+    }
 }
 
 impl Drop for RedisServer {

@@ -26,8 +26,8 @@ mod work;
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -78,6 +78,12 @@ impl Work {
             .map_err(WorkerError::CacheFolder)?;
         let settings = TransferSettings {
             stall_timeout: config.transfer_stall_timeout,
+            // A worker that follows its run to a new master waits for it.
+            hub_away_patience: if config.locator.is_some() {
+                config.reconnect_timeout
+            } else {
+                Duration::ZERO
+            },
             ..TransferSettings::default()
         };
         let transfer = Transfer::new(&config.hub, config.token.clone(), cache.path(), settings)

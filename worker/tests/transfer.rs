@@ -180,6 +180,7 @@ fn quick() -> TransferSettings {
         stall_timeout: Duration::from_millis(500),
         attempts: 3,
         first_backoff: Duration::from_millis(20),
+        hub_away_patience: Duration::ZERO,
     }
 }
 
@@ -425,6 +426,45 @@ async fn round_trip_keeps_bytes_and_modes() {
     }
     assert_eq!(files_below(consumer.path()), ["bin/app", "bin/readme.txt"]);
     assert_eq!(store.gets(), 2);
+}
+
+#[tokio::test]
+async fn an_upload_whose_hub_went_away_waits_and_goes_to_the_new_one() {
+    // A port nothing listens on: the old master died.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hub", listener.local_addr().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "out/app", b"built", 0o644);
+    let found = find_produced(dir.path(), &patterns(&["out/app"])).unwrap();
+    let artifact = describe_artifact(&found[0]).await.unwrap();
+
+    // Without patience it fails after its attempts.
+    let impatient = transfer(&gone, &dir, quick());
+    assert!(impatient
+        .upload("build", dir.path(), &artifact)
+        .await
+        .is_err());
+
+    // With it, the upload waits while the run moves to a new master.
+    let settings = TransferSettings {
+        hub_away_patience: Duration::from_secs(20),
+        ..quick()
+    };
+    let client = transfer(&gone, &dir, settings);
+    let mover = client.clone();
+    let (hub, store) = stand_in().await;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        mover.move_to(&hub).unwrap();
+    });
+    let sent = client.upload("build", dir.path(), &artifact).await.unwrap();
+    assert!(
+        matches!(sent, Uploaded::Sent(m) if m.bytes == 5),
+        "{sent:?}"
+    );
+    assert_eq!(store.puts.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::digest::ModuleDigest;
 use super::record::{
-    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, TookOver, StateName,
+    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, StateName, TookOver,
 };
 use crate::wire::types::{Artifact, RunOutcome};
 

@@ -15,8 +15,8 @@ pub use codec::{decode, encode, encode_into, Decoded, JournalError, TornTail};
 pub use digest::{module_digests, plan_digest, ModuleDigest};
 pub use history::{History, HistoryError, ModuleStatus};
 pub use record::{
-    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName, TookOver,
-    FORMAT_VERSION,
+    CompensationRecord, Entry, GateRecord, ModuleRecord, Record, RunStart, Settings, StateName,
+    TookOver, FORMAT_VERSION,
 };
 pub use resume::{decide, InFlight, Rerun, Resumption, Why};
 

@@ -23,6 +23,9 @@ pub enum Failure {
     },
     #[error("could not reach the hub: {0}")]
     Network(String),
+    /// Nothing accepted a connection at the hub's address.
+    #[error("could not reach the hub: {0}")]
+    Unreachable(String),
     #[error("stalled: no byte moved for {}", humantime::format_duration(*.0))]
     Stalled(Duration),
     #[error("truncated: the body ended after {got} of {expected} bytes{}", cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
@@ -45,7 +48,15 @@ pub enum Failure {
     },
 }
 
+/// Between tries while the hub cannot be connected to.
+const HUB_AWAY_PAUSE: Duration = Duration::from_millis(500);
+
 impl Failure {
+    /// Whether the hub's address could not be connected to at all.
+    pub fn is_hub_away(&self) -> bool {
+        matches!(self, Failure::Unreachable(_))
+    }
+
     /// Whether trying again may help.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -54,7 +65,10 @@ impl Failure {
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            Failure::Network(_) | Failure::Stalled(_) | Failure::Truncated { .. } => true,
+            Failure::Network(_)
+            | Failure::Unreachable(_)
+            | Failure::Stalled(_)
+            | Failure::Truncated { .. } => true,
             Failure::DigestMismatch { .. }
             | Failure::SizeMismatch { .. }
             | Failure::Changed { .. }
@@ -105,9 +119,24 @@ impl Transfer {
     {
         let mut wait = self.settings.first_backoff;
         let mut attempt = 1;
+        let mut away_since: Option<tokio::time::Instant> = None;
         loop {
             match op().await {
                 Ok(value) => return Ok(value),
+                // Nobody listens at the hub's address: the run may be
+                // moving to a new master, which the worker follows.
+                Err(failure)
+                    if failure.is_hub_away()
+                        && away_since
+                            .get_or_insert_with(tokio::time::Instant::now)
+                            .elapsed()
+                            < self.settings.hub_away_patience =>
+                {
+                    tracing::info!(
+                        "artifact transfer: the hub is away ({failure}); waiting for it"
+                    );
+                    tokio::time::sleep(HUB_AWAY_PAUSE).await;
+                }
                 Err(failure) if failure.is_transient() && attempt < self.settings.attempts => {
                     tracing::warn!(
                         attempt,
@@ -149,7 +178,11 @@ pub(super) fn status_failure(status: StatusCode) -> Failure {
 }
 
 pub(super) fn network(error: reqwest::Error) -> Failure {
-    Failure::Network(describe_reqwest(error))
+    if error.is_connect() {
+        Failure::Unreachable(describe_reqwest(error))
+    } else {
+        Failure::Network(describe_reqwest(error))
+    }
 }
 
 /// A reqwest error with its causes, without the URL (the caller names it,

@@ -66,6 +66,11 @@ pub struct TransferSettings {
     pub attempts: u32,
     /// The wait before the first retry, doubled before each next one.
     pub first_backoff: Duration,
+    /// How long a request keeps trying while the hub cannot be connected
+    /// to at all, beyond `attempts`: a worker whose run moves to a new
+    /// master (CI failover) waits for it rather than failing the module.
+    /// Zero: connection failures count as any other.
+    pub hub_away_patience: Duration,
 }
 
 impl Default for TransferSettings {
@@ -75,6 +80,7 @@ impl Default for TransferSettings {
             stall_timeout: Duration::from_secs(60),
             attempts: 3,
             first_backoff: Duration::from_millis(500),
+            hub_away_patience: Duration::ZERO,
         }
     }
 }
