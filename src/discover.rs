@@ -142,6 +142,11 @@ impl RecordLocator {
             run_id: run_id.to_owned(),
         }
     }
+
+    /// The token the record carries (`--token-in-record`), if any.
+    pub async fn token(&self) -> Option<String> {
+        self.store.read(&self.run_id).await.ok()??.token
+    }
 }
 
 impl std::fmt::Debug for RecordLocator {

@@ -13,6 +13,7 @@ mod interrupt;
 mod journal_source;
 mod journaling;
 mod master;
+mod mirror;
 mod pipeline;
 mod publish;
 mod report;

@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::discover::{find_hub, finished_soon, outcome_word, Found, RecordLocator};
 use crate::failover::{contend, superseded, LeaseTerms, Renewing};
 use crate::failure::{outcome_result, Failure};
-use crate::flags::{FileArg, MasterFlags, WorkerFlags};
+use crate::flags::{state_root, FileArg, MasterFlags, WorkerFlags};
 use crate::journaling::CiJournalPlace;
 use crate::master::{hub_settings, result_cache, EndReports, Keeping, LocalWorkers, Master};
+use crate::mirror::{Mirror, MirrorPlace};
 use crate::pipeline::{load, pipeline_dir};
 use crate::publish::{hub_urls, open_tunnel, publish, running_record, shown_urls, tunnel_kind};
 use crate::run_report::{announce_dashboard, Outputs};
@@ -90,6 +91,13 @@ pub struct CiArgs {
     /// Local workers the master runs beside its hub.
     #[arg(long, default_value_t = 1)]
     workers: u32,
+    /// Worker instances keep no copy of the run's artifacts. By default
+    /// each fetches every artifact the run stores into its own state
+    /// folder, so that if it takes the run over from a master that died
+    /// the modules that made them need not run again; that costs each
+    /// instance the artifacts' bytes, in download and on disk.
+    #[arg(long)]
+    no_artifact_mirror: bool,
     /// The master's lease in Redis: it renews it every third of this, and
     /// when it has not for this long (plus half again) another instance
     /// takes the run over. Shorter notices a dead master sooner; too short
@@ -203,11 +211,24 @@ async fn follower(
         instance.clone(),
         store.clone(),
     ));
+    let mirror = match args.no_artifact_mirror {
+        true => None,
+        false => Some(start_mirror(&args, &run, &store)?),
+    };
     let terms = lease_terms(&args);
     let takeover = tokio::select! {
-        done = &mut working => return done.unwrap_or_else(|e| Err(Failure::infrastructure(e))),
+        done = &mut working => {
+            if let Some(mirror) = mirror {
+                mirror.stop().await;
+            }
+            return done.unwrap_or_else(|e| Err(Failure::infrastructure(e)));
+        }
         takeover = contend(&store, &run.run_id, &me, terms) => takeover,
     };
+    // The run folder is the new master's store from now on.
+    if let Some(mirror) = mirror {
+        mirror.stop().await;
+    }
     // With --token-in-record the workers know the earlier master's token.
     let token = match args.token.clone() {
         Some(token) => Some(token),
@@ -228,6 +249,26 @@ async fn follower(
     let led = master(args, run, instance, store, leading).await;
     let _ = tokio::time::timeout(OWN_WORKER_LINGER, working).await;
     led
+}
+
+/// Starts keeping a copy of the run's artifacts in this instance's run
+/// folder, where a takeover's resume looks for them.
+fn start_mirror(
+    args: &CiArgs,
+    run: &RunIdentity,
+    store: &DiscoveryStore,
+) -> Result<Mirror, Failure> {
+    let root = state_root(args.master.state_dir.as_deref(), &args.file.file);
+    let folder = muster_journal::RunFolder::at(&root, &run.run_id)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let place = MirrorPlace {
+        redis_url: args.redis_url.clone(),
+        run_id: run.run_id.clone(),
+        store: folder.artifacts(),
+        token: args.token.clone(),
+    };
+    let locator = Arc::new(RecordLocator::new(store.clone(), &run.run_id));
+    Ok(Mirror::start(place, locator))
 }
 
 /// How an instance leads the run.

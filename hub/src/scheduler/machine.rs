@@ -188,6 +188,11 @@ impl Machine {
             Some(resume) => {
                 let note = format!("kept from run {}", resume.from_run);
                 let mut first_attempt = resume.first_attempt.clone();
+                if adopting.is_some() {
+                    for &module in &resume.maybe_sent {
+                        first_attempt[module] += 1;
+                    }
+                }
                 for adopted in adopting.iter().flat_map(|(in_flight, _)| in_flight) {
                     first_attempt[adopted.module] = adopted.attempt;
                 }

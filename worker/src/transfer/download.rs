@@ -73,6 +73,36 @@ impl Transfer {
         }
     }
 
+    /// Keeps a copy of a blob of the hub's store at `file` (a mirror of the
+    /// run's store, kept by a CI instance that may take the run over):
+    /// fetched straight there, written whole or not at all, and skipped
+    /// when `file` already holds the right size. Returns whether it fetched.
+    pub async fn copy_to(
+        &self,
+        file: &Path,
+        from: &str,
+        artifact: &Artifact,
+    ) -> Result<bool, TransferError> {
+        if cache_holds(file, artifact.size).await {
+            return Ok(false);
+        }
+        if let Some(folder) = file.parent() {
+            tokio::fs::create_dir_all(folder)
+                .await
+                .map_err(|error| TransferError::Io {
+                    doing: "cannot create the folder".into(),
+                    file: folder.to_owned(),
+                    error,
+                })?;
+        }
+        let consumed = Consumed {
+            from: from.to_owned(),
+            artifact: artifact.clone(),
+        };
+        self.fetch(file, &consumed).await?;
+        Ok(true)
+    }
+
     /// GETs the content into the cache, retrying transient failures.
     async fn fetch(&self, cached: &Path, consumed: &Consumed) -> Result<(), TransferError> {
         let artifact = &consumed.artifact;

@@ -727,6 +727,7 @@ fn a_resumed_run_journals_what_it_kept_and_what_waits_to_run_again() {
         journaled(settings);
         settings.resume = Some(Resumption {
             in_flight: Vec::new(),
+            maybe_sent: Vec::new(),
             from_run: "r0".into(),
             kept: vec![(
                 0,
@@ -799,6 +800,7 @@ fn taken_over() -> Hub {
                 attempt: 2,
                 worker: "instance-1".into(),
             }],
+            maybe_sent: Vec::new(),
         });
     })
 }
@@ -860,6 +862,41 @@ fn an_adopted_attempt_whose_worker_never_comes_back_runs_again() {
     });
     let (_, welcome, _) = hub.register(late);
     assert!(!welcome.resumed && welcome.keep.is_empty());
+}
+
+#[test]
+fn a_master_taking_over_fences_off_an_assign_it_cannot_know_was_sent() {
+    use muster_core::journal::Resumption;
+    // The journal last saw `a` ready as attempt 1: the old master may have
+    // sent that Assign before it journaled it.
+    let mut hub = Hub::with("[modules.a]\nrun = \"a\"\n", |settings| {
+        settings.adopt_within = Some(Duration::from_secs(10));
+        settings.resume = Some(Resumption {
+            from_run: "r".into(),
+            kept: Vec::new(),
+            first_attempt: vec![1],
+            rerun: Vec::new(),
+            approvals: Default::default(),
+            in_flight: Vec::new(),
+            maybe_sent: vec![0],
+        });
+    });
+    assert_eq!(hub.attempt("a"), Some(2));
+    let mut back = registration("w", &[], 1);
+    back.resume = Some(Resume {
+        worker_id: "w1".into(),
+        key: "old".into(),
+        holding: vec![Held {
+            module_id: "a".into(),
+            attempt: 1,
+        }],
+    });
+    let (w, welcome, effects) = hub.register(back);
+    assert!(welcome.keep.is_empty());
+    assert_eq!(calls(&effects), vec![(w.worker, "assign", "a".into(), 2)]);
+    let (answer, _) = hub.complete(w.worker, "a", 1, ReportStatus::Cancelled);
+    assert!(answer.is_err(), "a report for the fenced attempt is stale");
+    assert_eq!(hub.state("a"), "assigned");
 }
 
 mod compensate;
