@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_core::journal::{codec, Record};
+use muster_discovery::lease::Seen;
 use muster_discovery::record::record_key;
 use muster_discovery::store::DiscoveryStore;
 use muster_journal::{list_runs, FileJournal, LogFiles, RunFolder};
@@ -51,6 +52,8 @@ impl RunChoice {
 
 /// How often a local journal is looked at while following it.
 const FILE_POLL: Duration = Duration::from_millis(200);
+/// Bound on one look at Redis.
+const LOOK: Duration = Duration::from_secs(5);
 
 pub enum Source {
     Local { folder: RunFolder },
@@ -221,18 +224,43 @@ impl Source {
     }
 
     /// Whether a master is working on the run now (`None`: cannot tell).
+    /// In CI, the master's lease says so within its TTL; a run without one
+    /// (no master ever took it) goes by its discovery record.
     pub async fn master_running(&self) -> Option<bool> {
         match self {
             Source::Local { folder } => Some(run_lock::is_running(folder.path())),
             Source::Redis { url, run_id } => {
                 let store = DiscoveryStore::open(url).ok()?;
-                let record = tokio::time::timeout(Duration::from_secs(5), store.read(run_id))
+                let record = tokio::time::timeout(LOOK, store.read(run_id))
                     .await
                     .ok()?
                     .ok()?;
-                Some(record.is_some_and(|r| r.finished().is_none()))
+                if record.as_ref().is_some_and(|r| r.finished().is_some()) {
+                    return Some(false);
+                }
+                match store.lease(run_id, LOOK).await.ok()? {
+                    Seen::Held(_) => Some(true),
+                    Seen::Lapsed { .. } => Some(false),
+                    Seen::Never => Some(record.is_some()),
+                }
             }
         }
+    }
+
+    /// After the master was seen gone: whether one is back within `limit`
+    /// (in CI, another instance taking the run over).
+    pub async fn master_back_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.master_running().await == Some(true) {
+                return true;
+            }
+            if matches!(self, Source::Local { .. }) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        false
     }
 
     /// Where the run is, for messages.

@@ -155,7 +155,8 @@ pub async fn ci(args: CiArgs) -> Result<(), Failure> {
                 return master(args, run, instance, store, leading).await;
             }
             Taken::Held(holder) => crate::report::say(&format!(
-                "{holder} leads this run (it took over from an earlier instance 0): joining it as a worker"
+                "{holder} holds this run's lease: joining as a worker (if that master is gone, \
+                 an instance takes the run over once its lease lapses)"
             )),
             Taken::NoRunYet => {}
         }

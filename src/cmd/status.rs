@@ -3,6 +3,8 @@
 //! reach the Redis of a CI run. `--follow` prints each change as it is
 //! journaled and exits with the run's exit code.
 
+use std::time::Duration;
+
 use clap::Args;
 use muster_core::journal::{Entry, History};
 use muster_core::wire::types::RunOutcome;
@@ -28,6 +30,10 @@ pub struct StatusArgs {
     #[arg(long)]
     all: bool,
 }
+
+/// How long `--follow` waits for a CI run whose master is gone to get a
+/// new one (another instance taking it over) before it gives up on it.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn status(args: StatusArgs) -> Result<(), Failure> {
     let source = args.run.source()?;
@@ -89,7 +95,10 @@ async fn follow(source: &Source, history: &mut History) -> Result<(), Failure> {
         if records.is_empty() {
             // Every few quiet polls, make sure a master is still there.
             quiet_checks += 1;
-            if quiet_checks.is_multiple_of(10) && source.master_running().await == Some(false) {
+            if quiet_checks.is_multiple_of(10)
+                && source.master_running().await == Some(false)
+                && !source.master_back_within(TAKEOVER_WAIT).await
+            {
                 // One last look: it may have finished just now.
                 let last = source.read().await?;
                 let seen = history.last_seq;
