@@ -296,6 +296,17 @@ fn chaos_run(redis: &str, number: u64) -> (Vec<Duration>, usize) {
     }
     let done = status(redis, &id);
     assert_eq!(done["finished"][0], "succeeded", "{done}\n{all}");
+    // The last master lists every failover the run had.
+    if !takeovers.is_empty() {
+        let lines = all
+            .lines()
+            .filter(|l| l.contains("muster: failover: "))
+            .count();
+        assert!(
+            lines >= takeovers.len(),
+            "{id}: failovers not listed\n{all}"
+        );
+    }
     let outputs: BTreeMap<String, String> = done["modules"]
         .as_array()
         .unwrap()

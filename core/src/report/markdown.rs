@@ -63,6 +63,18 @@ fn headline(out: &mut String, report: &Report) {
     if let Some(reason) = &report.cancelled {
         let _ = writeln!(out, "Cancelled: {}\n", cell(reason));
     }
+    for failover in &report.failovers {
+        let time = |at: Option<u64>| at.map_or_else(|| "?".to_owned(), super::model::rfc3339_text);
+        let _ = writeln!(
+            out,
+            "Failover: {} lost at {}; {} took over at {}, epoch {}\n",
+            cell(failover.lost.as_deref().unwrap_or("the master")),
+            time(failover.lost_at),
+            cell(&failover.by),
+            time(failover.took_over_at),
+            failover.epoch
+        );
+    }
 }
 
 /// Modules that did not succeed first, then the rest, in plan order.

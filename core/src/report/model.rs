@@ -45,6 +45,25 @@ pub struct Report {
     pub modules: Vec<ModuleReport>,
     /// In the order they first joined.
     pub workers: Vec<WorkerReport>,
+    /// CI failovers: masters that took the live run over, in order.
+    pub failovers: Vec<FailoverReport>,
+}
+
+/// One CI failover.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverReport {
+    /// The master that stopped renewing its lease (`instance 0 at epoch
+    /// 1`), if known.
+    pub lost: Option<String>,
+    /// When its lease was first seen lapsed.
+    #[serde(serialize_with = "rfc3339")]
+    pub lost_at: Option<u64>,
+    /// The instance that took over (`instance 2`), when, and its epoch.
+    pub by: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub took_over_at: Option<u64>,
+    pub epoch: u64,
 }
 
 /// How the run ended, or that it has not.
@@ -173,6 +192,17 @@ impl Report {
             counts: history.counts(),
             modules,
             workers,
+            failovers: history
+                .takeovers
+                .iter()
+                .map(|(took, at)| FailoverReport {
+                    lost: took.from.clone(),
+                    lost_at: Some(took.lost_at),
+                    by: took.by.clone(),
+                    took_over_at: Some(*at),
+                    epoch: took.epoch,
+                })
+                .collect(),
         })
     }
 
@@ -442,6 +472,57 @@ pub(crate) mod tests {
             module.log_tail = vec!["compiling".to_owned(), "error: boom".to_owned()];
         }
         report
+    }
+
+    #[test]
+    fn a_failover_is_reported_with_who_lost_and_who_took_over() {
+        let mut records = sample_records();
+        let Entry::RunStarted(first) = records[0].entry.clone() else {
+            panic!("the sample starts with its run");
+        };
+        let took_over = crate::journal::TookOver {
+            from: Some("instance 0 at epoch 1".to_owned()),
+            lost_at: 1_700_000_003_500,
+            by: "instance 2".to_owned(),
+            epoch: 2,
+        };
+        let second = RunStart {
+            stint: 2,
+            epoch: 2,
+            resumed_from: Some("r1".to_owned()),
+            took_over: Some(took_over),
+            ..first
+        };
+        let end = records.pop().unwrap();
+        records.push(Record {
+            v: FORMAT_VERSION,
+            seq: end.seq,
+            at: 1_700_000_009_000,
+            entry: Entry::RunStarted(second),
+        });
+        records.push(Record {
+            seq: end.seq + 1,
+            ..end
+        });
+        let report = Report::build(&records).unwrap();
+        assert_eq!(report.failovers.len(), 1);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["failovers"][0]["lost"], "instance 0 at epoch 1");
+        assert_eq!(json["failovers"][0]["lostAt"], "2023-11-14T22:13:23.500Z");
+        assert_eq!(
+            json["failovers"][0]["tookOverAt"],
+            "2023-11-14T22:13:29.000Z"
+        );
+        assert_eq!(json["failovers"][0]["epoch"], 2);
+        let md = crate::report::markdown::markdown(&report);
+        assert!(
+            md.contains("Failover: instance 0 at epoch 1 lost at 2023-11-14T22:13:23.500Z; instance 2 took over at 2023-11-14T22:13:29.000Z, epoch 2"),
+            "{md}"
+        );
+        assert!(Report::build(&sample_records())
+            .unwrap()
+            .failovers
+            .is_empty());
     }
 
     #[test]
