@@ -44,10 +44,18 @@ impl LeaseTerms {
 
 /// The master's renewals, from the moment it took the lease to the end of
 /// its run.
+/// Dropping it (a master that failed to start) stops the renewals, so the
+/// lease lapses and another instance can take the run over.
 pub struct Renewing {
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     superseded: watch::Receiver<Option<String>>,
+}
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Renewing {
@@ -70,7 +78,7 @@ impl Renewing {
         });
         Renewing {
             stop,
-            task,
+            task: Some(task),
             superseded,
         }
     }
@@ -95,9 +103,11 @@ impl Renewing {
 
     /// Stops renewing (the run ended); the lease lapses within its TTL.
     /// Returns the superseded line if another master took the run over.
-    pub async fn stop(self) -> Option<String> {
+    pub async fn stop(mut self) -> Option<String> {
         self.stop.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
         self.superseded.borrow().clone()
     }
 }

@@ -212,6 +212,13 @@ async fn follower(
         instance.clone(),
         store.clone(),
     ));
+    // Without a journal a new master would start the run afresh: such a
+    // run ends with its master.
+    if args.master.no_journal {
+        return working
+            .await
+            .unwrap_or_else(|e| Err(Failure::infrastructure(e)));
+    }
     let mirror = match args.no_artifact_mirror {
         true => None,
         false => Some(start_mirror(&args, &run, &store)?),
