@@ -20,10 +20,10 @@ use muster_core::wire::types::Artifact;
 use muster_journal::Follower;
 use muster_worker::transfer::{Transfer, TransferSettings};
 use muster_worker::HubLocator;
-
-use crate::discover::RecordLocator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::discover::RecordLocator;
 
 /// Between tries while there is no hub or no journal to follow.
 const PAUSE: Duration = Duration::from_secs(1);
