@@ -18,7 +18,7 @@ use std::time::Duration;
 use muster_core::journal::{Entry, StateName};
 use muster_core::wire::types::Artifact;
 use muster_journal::Follower;
-use muster_worker::transfer::{Transfer, TransferSettings};
+use muster_worker::transfer::{Transfer, TransferError, TransferSettings};
 use muster_worker::HubLocator;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +102,7 @@ async fn follow(place: MirrorPlace, locator: Arc<RecordLocator>) {
         }
         tokio::time::sleep(PAUSE).await;
     };
+    let mut warned = false;
     loop {
         let records = match follower.next().await {
             Ok(records) => records,
@@ -119,14 +120,28 @@ async fn follow(place: MirrorPlace, locator: Arc<RecordLocator>) {
                 continue;
             }
             for artifact in &module.artifacts {
-                keep(
+                let kept = keep(
                     &transfer,
                     locator.as_ref(),
                     &place,
                     &module.module,
                     artifact,
-                )
-                .await;
+                );
+                let Err(e) = kept.await else {
+                    continue;
+                };
+                // Once: a hub that lost its store (a takeover without a
+                // copy) answers 404 for every blob.
+                let line = format!(
+                    "the artifact mirror skipped {} of {}: {e}",
+                    artifact.path, module.module
+                );
+                if warned {
+                    tracing::debug!("{line}");
+                } else {
+                    tracing::warn!("{line} (later skips are logged at debug level)");
+                    warned = true;
+                }
             }
         }
     }
@@ -140,18 +155,13 @@ async fn keep(
     place: &MirrorPlace,
     module: &str,
     artifact: &Artifact,
-) {
+) -> Result<(), TransferError> {
     let file = muster_hub::stored_artifact(&place.store, &artifact.sha256);
     if transfer.copy_to(&file, module, artifact).await.is_ok() {
-        return;
+        return Ok(());
     }
     if let Some(url) = locator.locate().await {
         let _ = transfer.move_to(&url);
     }
-    if let Err(e) = transfer.copy_to(&file, module, artifact).await {
-        tracing::warn!(
-            "the artifact mirror skipped {} of {module}: {e}",
-            artifact.path
-        );
-    }
+    transfer.copy_to(&file, module, artifact).await.map(|_| ())
 }

@@ -23,6 +23,10 @@ impl WorkerView {
 
 impl WorkerObserver for WorkerView {
     fn event(&self, event: WorkerEvent) {
+        // The worker's error, or the move that follows, says it.
+        if let WorkerEvent::HubClosed { .. } = event {
+            return;
+        }
         // Its text may quote the hub (a Close reason): escaped like every
         // text from the network before it reaches a terminal.
         eprintln!("muster: {}", muster_core::text::escape(&event.to_string()));

@@ -190,6 +190,15 @@ fn status(redis: &str, run_id: &str) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// The modules journaled as succeeded, none while there is no journal yet.
+fn journaled_so_far(redis: &str, run_id: &str) -> BTreeSet<String> {
+    let out = common::run(muster(&["status", run_id, "--redis-url", redis, "--json"]));
+    match serde_json::from_str(&out.stdout) {
+        Ok(json) if out.code() == 0 => succeeded(&json),
+        _ => BTreeSet::new(),
+    }
+}
+
 fn succeeded(status: &serde_json::Value) -> BTreeSet<String> {
     status["modules"]
         .as_array()
@@ -454,4 +463,53 @@ fn a_short_redis_outage_causes_no_takeover() {
     assert!(!all.contains("takes the run over"), "{all}");
     let done = status(&url, "outage");
     assert_eq!(done["epoch"].as_u64(), Some(1), "{done}");
+}
+
+#[test]
+fn a_long_redis_outage_fails_the_run_clearly_and_the_same_command_resumes_it() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (dir, file) = pipeline(&layered_pipeline(4, 6));
+    let run = Run::start(&url, "long-outage", &file, "4s");
+    let deadline = Instant::now() + RUN_LIMIT;
+    while journaled_so_far(&url, "long-outage").len() < 4 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Longer than a journal append is retried (30 s).
+    redis.pause(Duration::from_secs(40));
+    let ended = run.finish(RUN_LIMIT);
+    let all: String = ended
+        .iter()
+        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
+        .collect();
+    for (index, code, _) in &ended {
+        assert_eq!(*code, Some(3), "instance {index}:\n{all}");
+    }
+    assert!(all.contains("journal"), "the master says why:\n{all}");
+    assert!(!all.contains("takes the run over"), "{all}");
+    let journaled = succeeded(&status(&url, "long-outage"));
+    let offset = effects(dir.path()).len();
+
+    // The same command again goes on from the journal.
+    let again = Run::start(&url, "long-outage", &file, "4s");
+    let ended = again.finish(RUN_LIMIT);
+    let all: String = ended
+        .iter()
+        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
+        .collect();
+    for (index, code, _) in &ended {
+        assert_eq!(*code, Some(0), "instance {index}:\n{all}");
+    }
+    assert!(all.contains("going on from it"), "{all}");
+    let rerun: Vec<String> = effects(dir.path())[offset..]
+        .iter()
+        .filter(|m| journaled.contains(*m))
+        .cloned()
+        .collect();
+    assert!(
+        rerun.is_empty(),
+        "journaled modules ran again: {rerun:?}\n{all}"
+    );
+    assert_eq!(succeeded(&status(&url, "long-outage")).len(), 24);
 }

@@ -22,7 +22,9 @@ use muster_discovery::lease::{Holder, Taken};
 use muster_discovery::record::{record_key, RunState};
 use muster_discovery::store::DiscoveryStore;
 use muster_hub::HubConfig;
-use muster_worker::{ClientError, Exit, WorkerError};
+use muster_worker::{
+    ClientError, Exit, TransferProgress, TransferStarted, WorkerError, WorkerEvent, WorkerObserver,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -206,11 +208,15 @@ async fn follower(
     store: DiscoveryStore,
     me: String,
 ) -> Result<(), Failure> {
+    // A hub that closes the connection with a reason gave the run up (its
+    // journal failed): then this instance takes no part in a takeover.
+    let given_up = CancellationToken::new();
     let mut working = tokio::spawn(worker(
         args.clone(),
         run.clone(),
         instance.clone(),
         store.clone(),
+        Some(given_up.clone()),
     ));
     // Without a journal a new master would start the run afresh: such a
     // run ends with its master.
@@ -224,14 +230,26 @@ async fn follower(
         false => Some(start_mirror(&args, &run, &store)?),
     };
     let terms = lease_terms(&args);
+    // The first of: the worker ends (the run ended, or it gave up), its
+    // hub gives the run up, or this instance takes the run over.
     let takeover = tokio::select! {
-        done = &mut working => {
+        done = &mut working => Err(Some(done)),
+        () = given_up.cancelled() => Err(None),
+        takeover = contend(&store, &run.run_id, &me, terms) => Ok(takeover),
+    };
+    let takeover = match takeover {
+        Ok(takeover) => takeover,
+        Err(done) => {
             if let Some(mirror) = mirror {
                 mirror.stop().await;
             }
+            let done = match done {
+                Some(done) => done,
+                // Its worker says how it ends.
+                None => working.await,
+            };
             return done.unwrap_or_else(|e| Err(Failure::infrastructure(e)));
         }
-        takeover = contend(&store, &run.run_id, &me, terms) => takeover,
     };
     // The run folder is the new master's store from now on.
     if let Some(mirror) = mirror {
@@ -251,8 +269,9 @@ async fn follower(
         held: takeover.held,
         took_over: Some(takeover.took_over),
         token,
-        // This instance's worker goes on, and joins this hub by the record.
-        local_workers: 0,
+        // This instance's worker goes on, and joins this hub by the record;
+        // if it already gave up, a local worker takes its place.
+        local_workers: u32::from(working.is_finished()),
     };
     let led = master(args, run, instance, store, leading).await;
     let _ = tokio::time::timeout(OWN_WORKER_LINGER, working).await;
@@ -442,11 +461,13 @@ fn master_settings(args: &CiArgs, token: Option<String>) -> Result<HubConfig, Fa
     Ok(config)
 }
 
+/// `given_up` fires when the hub closes the connection with a reason.
 async fn worker(
     args: Arc<CiArgs>,
     run: RunIdentity,
     instance: Instance,
     store: DiscoveryStore,
+    given_up: Option<CancellationToken>,
 ) -> Result<(), Failure> {
     crate::report::say(&format!(
         "waiting up to {} for the master's record under {} in Redis at {}",
@@ -481,7 +502,13 @@ async fn worker(
         locator: Some(Arc::new(RecordLocator::new(store.clone(), &run.run_id))),
     };
     let transfer_stall_timeout = args.master.limits.transfer_stall_timeout;
-    let config = worker_config(seat, &args.worker, transfer_stall_timeout);
+    let mut config = worker_config(seat, &args.worker, transfer_stall_timeout);
+    if let Some(given_up) = given_up {
+        config.observer = Arc::new(ClosedByHub {
+            view: config.observer,
+            given_up,
+        });
+    }
     match muster_worker::run(config, stop_on_interrupt()).await {
         Ok(Exit::Shutdown { outcome, .. }) => {
             let outcome = outcome.unwrap_or(RunOutcome::Succeeded);
@@ -503,6 +530,27 @@ async fn worker(
             }
             Err(Failure::infrastructure(e))
         }
+    }
+}
+
+/// The worker's view, firing `given_up` when its hub closes the
+/// connection with a reason.
+#[derive(Debug)]
+struct ClosedByHub {
+    view: Arc<dyn WorkerObserver>,
+    given_up: CancellationToken,
+}
+
+impl WorkerObserver for ClosedByHub {
+    fn event(&self, event: WorkerEvent) {
+        if let WorkerEvent::HubClosed { .. } = event {
+            self.given_up.cancel();
+        }
+        self.view.event(event);
+    }
+
+    fn transfer_started(&self, transfer: TransferStarted<'_>) -> Arc<dyn TransferProgress> {
+        self.view.transfer_started(transfer)
     }
 }
 

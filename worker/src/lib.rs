@@ -170,6 +170,10 @@ pub async fn run(mut config: WorkerConfig, stop: CancellationToken) -> Result<Ex
                 break Ok(Exit::Stopped);
             }
             Served::Closed(error) => {
+                config.observer.event(WorkerEvent::HubClosed {
+                    worker: config.name.clone(),
+                    why: error.clone().unwrap_or_default(),
+                });
                 // A master that was superseded closes its workers: the run
                 // goes on at the new one, if the locator knows of it.
                 let moved = match &config.locator {

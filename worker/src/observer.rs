@@ -52,6 +52,9 @@ pub enum WorkerEvent {
     /// The run moved to another master's hub (`to`, redacted); the worker
     /// follows it with what it holds.
     HubMoved { worker: String, to: String },
+    /// The hub closed the connection, saying `why` (the master gave the run
+    /// up). What follows says the rest: a move, or the worker's error.
+    HubClosed { worker: String, why: String },
 }
 
 impl fmt::Display for WorkerEvent {
@@ -68,6 +71,9 @@ impl fmt::Display for WorkerEvent {
             ),
             WorkerEvent::HubLost { worker, why } => {
                 write!(f, "worker {worker}: lost the hub ({why}); reconnecting")
+            }
+            WorkerEvent::HubClosed { worker, why } => {
+                write!(f, "worker {worker}: the hub closed the connection: {why}")
             }
             WorkerEvent::HubMoved { worker, to } => write!(
                 f,
