@@ -165,6 +165,22 @@ pub fn superseded(holder: Option<&Holder>, epoch: u64) -> String {
 pub struct Takeover {
     pub held: Holder,
     pub took_over: TookOver,
+    /// The master that stopped renewing, if it was seen.
+    pub lost: Option<Holder>,
+}
+
+/// Whether a worker of this name ran on the runner of `lost`, a master
+/// that stopped renewing its lease: its local workers (`instance-N-1`, …)
+/// or, when it had taken the run over itself, its own (`instance-N`).
+pub fn ran_with(lost: &Holder, worker: &str) -> bool {
+    let Some(index) = lost.instance.strip_prefix("instance ") else {
+        return false;
+    };
+    let own = format!("instance-{index}");
+    worker == own
+        || worker
+            .strip_prefix(&own)
+            .is_some_and(|rest| rest.starts_with('-'))
 }
 
 /// Watches run `run_id`'s lease until this instance (`me`) takes it over:
@@ -228,6 +244,7 @@ pub async fn contend(
                         epoch: held.epoch,
                     },
                     held,
+                    lost: last,
                 };
             }
             Ok(Taken::Held(holder)) => {
@@ -284,6 +301,18 @@ pub fn failover_lines(takeovers: &[(TookOver, u64)]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lost_masters_own_workers_are_known_by_name() {
+        let lost = Holder {
+            epoch: 2,
+            instance: "instance 1".into(),
+        };
+        assert!(ran_with(&lost, "instance-1"));
+        assert!(ran_with(&lost, "instance-1-2"));
+        assert!(!ran_with(&lost, "instance-12"));
+        assert!(!ran_with(&lost, "instance-2"));
+    }
 
     #[test]
     fn a_failover_reads_as_one_line() {

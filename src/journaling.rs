@@ -299,6 +299,10 @@ pub struct CiJournalPlace<'a> {
     pub ttl: std::time::Duration,
     /// Set when this master takes a live run over (CI failover).
     pub took_over: Option<muster_core::journal::TookOver>,
+    /// The worker names that died with the lost master's runner (its own
+    /// local workers): their in-flight attempts run again at once rather
+    /// than wait for a worker that cannot come back.
+    pub gone_workers: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 /// Opens run `place.run_id`'s journal in Redis. When Redis already holds a
@@ -341,9 +345,22 @@ pub async fn open_redis(
                 place.run_id
             ));
             let artifacts = folder.artifacts();
-            resume = Some(resumption(&history, inputs.plan, &mut said, &|a| {
+            let mut kept = resumption(&history, inputs.plan, &mut said, &|a| {
                 muster_hub::stored_artifact(&artifacts, &a.sha256).is_file()
-            }));
+            });
+            if let Some(gone) = place.gone_workers {
+                kept.in_flight.retain(|attempt| {
+                    let waits = !gone(&attempt.worker);
+                    if !waits {
+                        said.push(format!(
+                            "  {} runs again at once: {} went with the lost master's runner",
+                            inputs.plan.modules[attempt.module].id, attempt.worker
+                        ));
+                    }
+                    waits
+                });
+            }
+            resume = Some(kept);
             stint = history.stints + 1;
             next_seq = history.last_seq + 1;
             resumed_from = Some(place.run_id.to_owned());

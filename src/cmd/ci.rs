@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::discover::{find_hub, finished_soon, outcome_word, Found, RecordLocator};
-use crate::failover::{contend, superseded, LeaseTerms, Renewing};
+use crate::failover::{contend, ran_with, superseded, LeaseTerms, Renewing};
 use crate::failure::{outcome_result, Failure};
 use crate::flags::{state_root, FileArg, MasterFlags, WorkerFlags};
 use crate::journaling::CiJournalPlace;
@@ -153,6 +153,7 @@ pub async fn ci(args: CiArgs) -> Result<(), Failure> {
                     took_over: None,
                     token: None,
                     local_workers: args.workers,
+                    lost: None,
                 };
                 return master(args, run, instance, store, leading).await;
             }
@@ -268,6 +269,7 @@ async fn follower(
     let leading = Leading {
         held: takeover.held,
         took_over: Some(takeover.took_over),
+        lost: takeover.lost,
         token,
         // This instance's worker goes on, and joins this hub by the record;
         // if it already gave up, a local worker takes its place.
@@ -307,6 +309,9 @@ struct Leading {
     /// The token workers know, when it is not MUSTER_TOKEN.
     token: Option<String>,
     local_workers: u32,
+    /// After a takeover: the master that was lost, whose own workers went
+    /// with its runner.
+    lost: Option<Holder>,
 }
 
 async fn master(
@@ -322,6 +327,12 @@ async fn master(
     config.adopt_in_flight = leading.took_over.is_some();
     let epoch = leading.held.epoch;
     crate::report::say(&format!("{} is the master", leading.held));
+    let went_with_lost = |worker: &str| {
+        leading
+            .lost
+            .as_ref()
+            .is_some_and(|lost| ran_with(lost, worker))
+    };
     // Renewed from now: opening the journal and the tunnel takes time.
     let renewing = Renewing::start(
         store.clone(),
@@ -337,6 +348,10 @@ async fn master(
         epoch,
         ttl: args.journal_ttl,
         took_over: leading.took_over.clone(),
+        gone_workers: match &leading.lost {
+            Some(_) => Some(&went_with_lost as &dyn Fn(&str) -> bool),
+            None => None,
+        },
     };
     let mut keeping = Keeping::ci(&args.file.file, &plan, &args.master, &config, &place).await?;
     keeping.say();
