@@ -44,6 +44,7 @@ impl LeaseTerms {
 
 /// The master's renewals, from the moment it took the lease to the end of
 /// its run.
+///
 /// Dropping it (a master that failed to start) stops the renewals, so the
 /// lease lapses and another instance can take the run over.
 pub struct Renewing {
@@ -192,7 +193,7 @@ pub async fn contend(
     me: &str,
     terms: LeaseTerms,
 ) -> Takeover {
-    let mut watch = Watch::new(terms.ttl);
+    let mut lapse = Watch::new(terms.ttl);
     let mut last: Option<Holder> = None;
     let mut lapsed_at: Option<u64> = None;
     loop {
@@ -201,7 +202,7 @@ pub async fn contend(
             Ok(seen) => seen,
             Err(e) => {
                 tracing::debug!("cannot look at the lease: {e}");
-                watch.lost_sight();
+                lapse.lost_sight();
                 lapsed_at = None;
                 continue;
             }
@@ -216,7 +217,7 @@ pub async fn contend(
             }
             Seen::Never => {}
         }
-        if !watch.saw(&seen, Instant::now()) {
+        if !lapse.saw(&seen, Instant::now()) {
             continue;
         }
         let finished =
