@@ -18,7 +18,7 @@
 //! worker whose slot freed gets its next, unrelated module without waiting
 //! for the disk, and the journal writes in groups (one fsync for all that
 //! queued meanwhile). When too many records wait, the actor stops taking
-//! commands.
+//! commands. What waits, and the rules for it, are `held.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use muster_core::journal::{Entry, StateName};
-use serde_json::Value;
 
+use super::held::{HeldBack, Release};
 use super::machine::{Effect, Input, Machine};
 use super::table::DecisionAnswer;
 use super::{CancelAnswer, Command, Registered, SchedulerSettings};
@@ -63,16 +63,6 @@ pub(crate) type DecideAnswer = Result<DecisionAnswer, Refused>;
 /// Records written but not yet durable beyond which no command is taken.
 const MAX_UNDURABLE: u64 = 16_384;
 
-/// The answer to a call: its invocation id, the caller's outbox, and what
-/// to answer.
-type Answer = (String, Outbox, Result<Value, String>);
-
-/// A message waiting for the journal to be durable up to `seq`.
-struct Waiting<T> {
-    seq: u64,
-    item: T,
-}
-
 impl Requester {
     /// Closes the requesting connection with `reason`, unanswered.
     fn close(&self, reason: &str) {
@@ -97,27 +87,8 @@ pub(crate) struct Scheduler {
     /// The log of each module that missed the cache and may be kept.
     cache_logs: HashMap<String, String>,
     journal: Option<JournalWriter>,
-    /// The journal's durable record, as last seen.
-    durable: u64,
-    /// Answers to `Complete`s waiting for their result's record: the
-    /// invocation, and where to send it.
-    waiting_answers: VecDeque<Waiting<Answer>>,
-    /// Accepted decisions waiting for their record: the approver is told
-    /// only what the journal holds.
-    waiting_decisions: VecDeque<Waiting<(oneshot::Sender<DecideAnswer>, DecideAnswer)>>,
-    /// Per worker, the record its last waiting answer waits for: a
-    /// `Cancel` or `Shutdown` to it goes after that answer.
-    answer_after: HashMap<WorkerId, u64>,
-    /// Per worker, the hub calls waiting (an `Assign` of a module whose
-    /// readiness is not durable yet, and whatever came after it).
-    waiting_calls: HashMap<WorkerId, VecDeque<Waiting<HubCall>>>,
-    /// The last record handed to the journal.
-    appended: u64,
-    /// The last record of a module's result handed to the journal.
-    last_result: u64,
-    /// For each module made ready by a result not yet durable at the
-    /// time: that result's record. Taken out when the module is assigned.
-    ready_after: HashMap<String, u64>,
+    /// What waits for the journal to be durable.
+    held: HeldBack,
     /// The journal was last asked to commit without gathering when it had
     /// this many records.
     expedited: u64,
@@ -154,7 +125,7 @@ impl Scheduler {
         connected: watch::Sender<usize>,
     ) -> Scheduler {
         let (machine, effects) = Machine::new(plan, settings, std::time::Instant::now());
-        let appended = journal.as_ref().map_or(0, |j| *j.durable().borrow());
+        let durable = journal.as_ref().map_or(0, |j| *j.durable().borrow());
         // Bounded by the modules looked up: one answer each.
         let (cached_tx, cached_rx) = mpsc::unbounded_channel();
         let mut scheduler = Scheduler {
@@ -163,16 +134,9 @@ impl Scheduler {
             cached_tx,
             cached_rx,
             cache_logs: HashMap::new(),
-            durable: appended,
-            appended,
+            held: HeldBack::from(durable),
             journal_lost: None,
             journal,
-            waiting_answers: VecDeque::new(),
-            waiting_decisions: VecDeque::new(),
-            answer_after: HashMap::new(),
-            waiting_calls: HashMap::new(),
-            last_result: 0,
-            ready_after: HashMap::new(),
             expedited: 0,
             outboxes: HashMap::new(),
             events: Some(events),
@@ -208,7 +172,7 @@ impl Scheduler {
                     _ => std::future::pending().await,
                 }
             };
-            let taking = self.appended - self.durable < MAX_UNDURABLE;
+            let taking = self.held.undurable() < MAX_UNDURABLE;
             tokio::select! {
                 command = commands.recv(), if taking => match command {
                     Some(command) => self.handle(command),
@@ -229,9 +193,9 @@ impl Scheduler {
                 }
             }
             if let (Some(durable), true) = (&durable, self.journal.is_some()) {
-                self.durable = *durable.borrow();
+                let durable = *durable.borrow();
+                self.held.release(durable, &self.outboxes);
             }
-            self.release();
             self.flush_events().await;
         }
     }
@@ -340,8 +304,7 @@ impl Scheduler {
         let mut result_in_input = 0;
         if let Some(journal) = &mut self.journal {
             let at = unix_ms();
-            let durable = self.durable;
-            let (last_result, ready_after) = (&mut self.last_result, &mut self.ready_after);
+            let held = &mut self.held;
             effects.retain_mut(|effect| match effect {
                 Effect::Journal(entry) => {
                     let entry = std::mem::replace(
@@ -362,15 +325,9 @@ impl Scheduler {
                     };
                     let seq = journal.append(at, entry);
                     if terminal {
-                        *last_result = seq;
                         result_in_input = seq;
                     }
-                    // A module made ready before any result not yet
-                    // durable needs no entry: its Assign goes at once.
-                    if let Some(id) = ready.filter(|_| *last_result > durable) {
-                        ready_after.insert(id, *last_result);
-                    }
-                    self.appended = seq;
+                    held.appended(seq, terminal, ready);
                     false
                 }
                 Effect::Event(RunEvent::Log { module, text, .. }) => {
@@ -383,75 +340,18 @@ impl Scheduler {
         self.carry_out(effects, requester, result_in_input);
     }
 
-    /// Sends what waited for records that are now durable.
-    fn release(&mut self) {
-        let durable = self.durable;
-        self.answer_after.retain(|_, seq| *seq > durable);
-        while self
-            .waiting_answers
-            .front()
-            .is_some_and(|w| w.seq <= durable)
-        {
-            let Waiting {
-                item: (invocation_id, outbox, result),
-                ..
-            } = self.waiting_answers.pop_front().expect("checked");
-            outbox.answer(invocation_id, result);
-        }
-        while self
-            .waiting_decisions
-            .front()
-            .is_some_and(|w| w.seq <= durable)
-        {
-            let (reply, answer) = self.waiting_decisions.pop_front().expect("checked").item;
-            let _ = reply.send(answer);
-        }
-        let outboxes = &self.outboxes;
-        self.waiting_calls.retain(|worker, calls| {
-            while calls.front().is_some_and(|w| w.seq <= durable) {
-                let call = calls.pop_front().expect("checked").item;
-                if let Some((_, outbox)) = outboxes.get(worker) {
+    /// Sends a hub call to a worker now, or holds it back (see
+    /// [`HeldBack::call`]).
+    fn send_call(&mut self, worker: WorkerId, call: HubCall) {
+        match self.held.call(worker, call) {
+            (Some(call), _) => {
+                if let Some((_, outbox)) = self.outboxes.get(&worker) {
                     outbox.send(Outbound::Message(call.to_message()));
                 }
             }
-            !calls.is_empty()
-        });
-    }
-
-    /// Sends a hub call to a worker, or queues it behind what waits for
-    /// that worker: an `Assign` waits until the module's readiness is
-    /// durable; a `Shutdown` until the run's end is (a worker told how
-    /// the run ended must never see the master fail to record it); a
-    /// `Cancel` until the worker's waiting answer has gone (the answer to a
-    /// call precedes what follows from it; an unrelated `Assign` may
-    /// overtake it).
-    fn send_call(&mut self, worker: WorkerId, call: HubCall) {
-        let needs = match &call {
-            HubCall::Assign(assignment) => {
-                self.ready_after.remove(&assignment.module_id).unwrap_or(0)
-            }
-            HubCall::Shutdown { .. } => self.appended,
-            _ => self
-                .answer_after
-                .get(&worker)
-                .copied()
-                .filter(|&seq| seq > self.durable)
-                .unwrap_or(0),
-        };
-        let queue = self.waiting_calls.get(&worker);
-        let behind = queue.and_then(|q| q.back()).map_or(0, |w| w.seq);
-        let seq = needs.max(behind);
-        if seq <= self.durable {
-            if let Some((_, outbox)) = self.outboxes.get(&worker) {
-                outbox.send(Outbound::Message(call.to_message()));
-            }
-        } else {
-            self.waiting_calls
-                .entry(worker)
-                .or_default()
-                .push_back(Waiting { seq, item: call });
             // A worker waits for this call: the journal must not gather.
-            self.expedite(seq);
+            (None, Release::After(seq)) => self.expedite(seq),
+            (None, Release::Now) => {}
         }
     }
 
@@ -461,7 +361,7 @@ impl Scheduler {
         if let Some(journal) = &mut self.journal {
             if self.expedited < seq {
                 journal.expedite();
-                self.expedited = self.appended;
+                self.expedited = self.held.appended;
             }
         }
     }
@@ -513,13 +413,7 @@ impl Scheduler {
         for (_, outbox) in self.outboxes.values() {
             outbox.send(Outbound::Close(Some(reason.clone())));
         }
-        for waiting in self.waiting_answers.drain(..) {
-            waiting.item.1.send(Outbound::Close(Some(reason.clone())));
-        }
-        self.waiting_calls.clear();
-        // Decisions the journal does not hold are not accepted: dropping
-        // the reply tells the approver so.
-        self.waiting_decisions.clear();
+        self.held.drop_all(&reason);
     }
 
     /// Carries out an input's effects in order; the answer to a call
@@ -542,14 +436,11 @@ impl Scheduler {
                 Effect::Answer(result) => {
                     if let Requester::Call(worker, Some((invocation_id, outbox))) = &requester {
                         let result = result.map_err(|refusal| refusal.to_string());
-                        if result_seq <= self.durable {
-                            outbox.answer(invocation_id.clone(), result);
-                        } else {
-                            self.answer_after.insert(*worker, result_seq);
-                            self.waiting_answers.push_back(Waiting {
-                                seq: result_seq,
-                                item: (invocation_id.clone(), outbox.clone(), result),
-                            });
+                        let answer = (invocation_id.clone(), outbox.clone(), result);
+                        if let Some((id, outbox, result)) =
+                            self.held.answer(*worker, answer, result_seq)
+                        {
+                            outbox.answer(id, result);
                         }
                     }
                 }
@@ -559,15 +450,12 @@ impl Scheduler {
                     else {
                         continue;
                     };
-                    if answer.is_ok() && self.appended > self.durable {
-                        let seq = self.appended;
-                        self.waiting_decisions.push_back(Waiting {
-                            seq,
-                            item: (reply, answer),
-                        });
-                        self.expedite(seq);
-                    } else {
-                        let _ = reply.send(answer);
+                    match self.held.decision((reply, answer)) {
+                        (Some((reply, answer)), _) => {
+                            let _ = reply.send(answer);
+                        }
+                        (None, Release::After(seq)) => self.expedite(seq),
+                        (None, Release::Now) => {}
                     }
                 }
                 Effect::Cancelled(answer) => {
@@ -699,8 +587,8 @@ impl Scheduler {
                 // Everything is durable now: what waited for it goes (the
                 // workers' Shutdown among it).
                 Ok(()) => {
-                    self.durable = self.appended;
-                    self.release();
+                    let everything = self.held.appended;
+                    self.held.release(everything, &self.outboxes);
                 }
                 Err(why) => {
                     tracing::error!("the run's journal failed: {why}");

@@ -17,6 +17,7 @@ mod calls;
 mod compensate;
 mod dispatch;
 mod gates;
+mod held;
 mod journal;
 mod machine;
 mod placement;
