@@ -10,23 +10,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::RedisServer;
-use muster_discovery::record::{DiscoveryRecord, RunState};
+use common::{discovery_record as record, RedisServer};
+use muster_discovery::record::RunState;
 use muster_discovery::store::{DiscoveryStore, StoreError, Written};
 use tokio_util::sync::CancellationToken;
-
-fn record(run_id: &str, epoch: u64) -> DiscoveryRecord {
-    DiscoveryRecord {
-        run_id: run_id.into(),
-        urls: vec![format!("http://10.0.0.{epoch}:7400/hub")],
-        protocol_version: 1,
-        state: RunState::Running,
-        outcome: None,
-        started_at: epoch,
-        epoch,
-        token: None,
-    }
-}
 
 #[tokio::test]
 async fn a_waiting_worker_wakes_when_the_master_writes() {

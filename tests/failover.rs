@@ -41,8 +41,8 @@ struct Run {
     dir: PathBuf,
     lease: String,
     running: Vec<Instance>,
-    /// Output of every process that ended (killed, or done).
-    ended: Vec<(u32, Option<i32>, String)>,
+    /// Every process that ended (killed, or done).
+    ended: Ended,
     starts: u32,
 }
 
@@ -55,7 +55,7 @@ impl Run {
             dir: file.parent().unwrap().to_owned(),
             lease: lease.to_owned(),
             running: Vec::new(),
-            ended: Vec::new(),
+            ended: Ended::default(),
             starts: 0,
         };
         for index in 0..INSTANCES {
@@ -143,11 +143,11 @@ impl Run {
         let _ = instance.child.kill();
         let _ = instance.child.wait();
         let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
-        self.ended.push((index, None, log));
+        self.ended.0.push((index, None, log));
     }
 
     /// Waits for every running instance to exit.
-    fn finish(mut self, limit: Duration) -> Vec<(u32, Option<i32>, String)> {
+    fn finish(mut self, limit: Duration) -> Ended {
         let deadline = Instant::now() + limit;
         while let Some(mut instance) = self.running.pop() {
             let code = loop {
@@ -162,9 +162,34 @@ impl Run {
                 std::thread::sleep(Duration::from_millis(50));
             };
             let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
-            self.ended.push((instance.index, code, log));
+            self.ended.0.push((instance.index, code, log));
         }
         std::mem::take(&mut self.ended)
+    }
+}
+
+/// The processes of a run that ended: instance, exit code (`None`: killed
+/// by the test) and output.
+#[derive(Default)]
+struct Ended(Vec<(u32, Option<i32>, String)>);
+
+impl Ended {
+    /// Every process's output, headed by its instance and exit code.
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
+            .collect()
+    }
+
+    /// Every process the test did not kill exited with `code`.
+    fn assert_exited(&self, code: i32, run: &str) {
+        let all = self.text();
+        for (index, exit, _) in &self.0 {
+            if let Some(exit) = exit {
+                assert_eq!(*exit, code, "instance {index} of {run}:\n{all}");
+            }
+        }
     }
 }
 
@@ -214,8 +239,9 @@ fn succeeded(status: &serde_json::Value) -> BTreeSet<String> {
 
 /// Modules a master's log says it re-ran although they had succeeded
 /// (their artifacts were lost with a master, or a need of theirs re-ran).
-fn rerun_in(logs: &[(u32, Option<i32>, String)]) -> BTreeSet<String> {
-    logs.iter()
+fn rerun_in(logs: &Ended) -> BTreeSet<String> {
+    logs.0
+        .iter()
         .flat_map(|(_, _, log)| log.lines())
         .filter_map(|line| line.split("re-running ").nth(1))
         .filter(|rest| rest.contains("is gone") || rest.contains("which runs again"))
@@ -294,15 +320,8 @@ fn chaos_run(redis: &str, number: u64) -> (Vec<Duration>, usize) {
         }
     }
     let ended = run.finish(RUN_LIMIT);
-    let all: String = ended
-        .iter()
-        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
-        .collect();
-    for (index, code, _) in &ended {
-        if let Some(code) = code {
-            assert_eq!(*code, 0, "instance {index} of {id}:\n{all}");
-        }
-    }
+    let all = ended.text();
+    ended.assert_exited(0, &id);
     let done = status(redis, &id);
     assert_eq!(done["finished"][0], "succeeded", "{done}\n{all}");
     // The last master lists every failover the run had.
@@ -427,7 +446,7 @@ fn a_stopped_master_that_comes_back_changes_nothing_and_exits_superseded() {
     assert_eq!(record_after["epoch"], before["epoch"]);
     assert_eq!(record_after["urls"], before["urls"]);
     let ended = run.finish(RUN_LIMIT);
-    for (index, code, log) in &ended {
+    for (index, code, log) in &ended.0 {
         assert_eq!(*code, Some(0), "instance {index}:\n{log}");
     }
     let done = status(&url, "zombie");
@@ -453,13 +472,8 @@ fn a_short_redis_outage_causes_no_takeover() {
     // Longer than the lease itself: it lapses in Redis meanwhile.
     redis.pause(Duration::from_secs(5));
     let ended = run.finish(RUN_LIMIT);
-    let all: String = ended
-        .iter()
-        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
-        .collect();
-    for (index, code, _) in &ended {
-        assert_eq!(*code, Some(0), "instance {index}:\n{all}");
-    }
+    let all = ended.text();
+    ended.assert_exited(0, "outage");
     assert!(!all.contains("takes the run over"), "{all}");
     let done = status(&url, "outage");
     assert_eq!(done["epoch"].as_u64(), Some(1), "{done}");
@@ -479,13 +493,8 @@ fn a_long_redis_outage_fails_the_run_clearly_and_the_same_command_resumes_it() {
     // Longer than a journal append is retried (30 s).
     redis.pause(Duration::from_secs(40));
     let ended = run.finish(RUN_LIMIT);
-    let all: String = ended
-        .iter()
-        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
-        .collect();
-    for (index, code, _) in &ended {
-        assert_eq!(*code, Some(3), "instance {index}:\n{all}");
-    }
+    let all = ended.text();
+    ended.assert_exited(3, "long-outage");
     assert!(all.contains("journal"), "the master says why:\n{all}");
     assert!(!all.contains("takes the run over"), "{all}");
     let journaled = succeeded(&status(&url, "long-outage"));
@@ -494,13 +503,8 @@ fn a_long_redis_outage_fails_the_run_clearly_and_the_same_command_resumes_it() {
     // The same command again goes on from the journal.
     let again = Run::start(&url, "long-outage", &file, "4s");
     let ended = again.finish(RUN_LIMIT);
-    let all: String = ended
-        .iter()
-        .map(|(i, code, log)| format!("--- instance {i} (exit {code:?})\n{log}"))
-        .collect();
-    for (index, code, _) in &ended {
-        assert_eq!(*code, Some(0), "instance {index}:\n{all}");
-    }
+    let all = ended.text();
+    ended.assert_exited(0, "long-outage");
     assert!(all.contains("going on from it"), "{all}");
     let rerun: Vec<String> = effects(dir.path())[offset..]
         .iter()

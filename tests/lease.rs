@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::RedisServer;
 use muster_core::journal::epoch_key;
 use muster_discovery::lease::{Holder, Renewal, Seen, Taken};
-use muster_discovery::record::{DiscoveryRecord, RunState};
+use muster_discovery::record::DiscoveryRecord;
 use muster_discovery::store::{DiscoveryStore, Written};
 
 const TTL: Duration = Duration::from_millis(600);
@@ -19,16 +19,7 @@ const KEEP: Duration = Duration::from_secs(600);
 const BOUND: Duration = Duration::from_secs(5);
 
 fn record(epoch: u64) -> DiscoveryRecord {
-    DiscoveryRecord {
-        run_id: "r".into(),
-        urls: vec![format!("http://10.0.0.{epoch}:7400/hub")],
-        protocol_version: 1,
-        state: RunState::Running,
-        outcome: None,
-        started_at: epoch,
-        epoch,
-        token: None,
-    }
+    common::discovery_record("r", epoch)
 }
 
 async fn take(store: &DiscoveryStore, instance: &str, may_start: bool) -> Taken {

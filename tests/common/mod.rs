@@ -506,3 +506,19 @@ pub fn effects(dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A running master's discovery record of run `run_id` at `epoch`, with
+/// one made-up hub URL per epoch.
+pub fn discovery_record(run_id: &str, epoch: u64) -> muster_discovery::record::DiscoveryRecord {
+    use muster_discovery::record::{DiscoveryRecord, RunState};
+    DiscoveryRecord {
+        run_id: run_id.into(),
+        urls: vec![format!("http://10.0.0.{epoch}:7400/hub")],
+        protocol_version: 1,
+        state: RunState::Running,
+        outcome: None,
+        started_at: epoch,
+        epoch,
+        token: None,
+    }
+}
