@@ -36,12 +36,6 @@ pub struct Resumption {
     /// kept: a master taking a live run over may adopt them from a worker
     /// that comes back holding that attempt, instead of running them again.
     pub in_flight: Vec<InFlight>,
-    /// Modules the journal last saw ready: an earlier master still alive
-    /// at the time may have sent their Assign before journaling it (an
-    /// Assign waits only for the ready record), so a master taking a live
-    /// run over starts them one attempt later, and a worker still running
-    /// that attempt is fenced off.
-    pub maybe_sent: Vec<ModuleIndex>,
 }
 
 /// An attempt a worker was running when the earlier master stopped.
@@ -147,15 +141,8 @@ pub fn decide(
             })
         })
         .collect();
-    let maybe_sent = statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, status)| status.is_some_and(|s| s.state == StateName::Ready))
-        .map(|(module, _)| module)
-        .collect();
     Resumption {
         in_flight,
-        maybe_sent,
         from_run: history.run_id.clone(),
         kept,
         first_attempt: statuses

@@ -188,9 +188,15 @@ impl Machine {
             Some(resume) => {
                 let note = format!("kept from run {}", resume.from_run);
                 let mut first_attempt = resume.first_attempt.clone();
+                // An earlier master still alive at the time may have sent
+                // an Assign before the journal held anything of it (an
+                // Assign waits for the result that made its module ready,
+                // not for its own records): every module starts one attempt
+                // past what the journal shows, so a worker still running
+                // such an attempt is fenced off.
                 if adopting.is_some() {
-                    for &module in &resume.maybe_sent {
-                        first_attempt[module] += 1;
+                    for attempt in &mut first_attempt {
+                        *attempt += 1;
                     }
                 }
                 for adopted in adopting.iter().flat_map(|(in_flight, _)| in_flight) {

@@ -228,7 +228,6 @@ fn a_journaled_approval_stands_only_for_the_same_question() {
             journaled(settings);
             settings.resume = Some(Resumption {
                 in_flight: Vec::new(),
-                maybe_sent: Vec::new(),
                 from_run: "r0".into(),
                 kept: Vec::new(),
                 first_attempt: vec![2],

@@ -727,7 +727,6 @@ fn a_resumed_run_journals_what_it_kept_and_what_waits_to_run_again() {
         journaled(settings);
         settings.resume = Some(Resumption {
             in_flight: Vec::new(),
-            maybe_sent: Vec::new(),
             from_run: "r0".into(),
             kept: vec![(
                 0,
@@ -800,7 +799,6 @@ fn taken_over() -> Hub {
                 attempt: 2,
                 worker: "instance-1".into(),
             }],
-            maybe_sent: Vec::new(),
         });
     })
 }
@@ -867,18 +865,19 @@ fn an_adopted_attempt_whose_worker_never_comes_back_runs_again() {
 #[test]
 fn a_master_taking_over_fences_off_an_assign_it_cannot_know_was_sent() {
     use muster_core::journal::Resumption;
-    // The journal last saw `a` ready as attempt 1: the old master may have
-    // sent that Assign before it journaled it.
-    let mut hub = Hub::with("[modules.a]\nrun = \"a\"\n", |settings| {
+    // The journal last saw `a` ready as attempt 1, and `b` (needing `a`)
+    // not even that: the old master may have sent either's Assign before
+    // the journal held it.
+    let pipeline = "[modules.a]\nrun = \"a\"\n[modules.b]\nrun = \"b\"\nneeds = [\"a\"]\n";
+    let mut hub = Hub::with(pipeline, |settings| {
         settings.adopt_within = Some(Duration::from_secs(10));
         settings.resume = Some(Resumption {
             from_run: "r".into(),
             kept: Vec::new(),
-            first_attempt: vec![1],
+            first_attempt: vec![1, 1],
             rerun: Vec::new(),
             approvals: Default::default(),
             in_flight: Vec::new(),
-            maybe_sent: vec![0],
         });
     });
     assert_eq!(hub.attempt("a"), Some(2));
@@ -897,6 +896,12 @@ fn a_master_taking_over_fences_off_an_assign_it_cannot_know_was_sent() {
     let (answer, _) = hub.complete(w.worker, "a", 1, ReportStatus::Cancelled);
     assert!(answer.is_err(), "a report for the fenced attempt is stale");
     assert_eq!(hub.state("a"), "assigned");
+    hub.started(w.worker, "a", 2);
+    let (_, effects) = hub.complete(w.worker, "a", 2, ReportStatus::Succeeded);
+    assert_eq!(calls(&effects), vec![(w.worker, "assign", "b".into(), 2)]);
+    let (answer, _) = hub.complete(w.worker, "b", 1, ReportStatus::Cancelled);
+    assert!(answer.is_err(), "b's first attempt is fenced off too");
+    assert_eq!(hub.state("b"), "assigned");
 }
 
 mod compensate;
