@@ -42,31 +42,35 @@ pub(crate) async fn join(
     loop {
         // After a drop or a failed try, the run may have moved to another
         // master: ask where its hub is now.
-        if earlier.is_some() || backoff.tries > 0 {
-            if let Some(locator) = config.locator.clone() {
-                let located = crate::locate(locator.as_ref(), calls, work, stop).await;
-                if stop.is_cancelled() {
-                    return Ok(None);
-                }
-                if let Some(url) = located.filter(|url| *url != config.hub) {
-                    crate::move_hub(config, work, url);
-                }
-            }
+        if (earlier.is_some() || backoff.tries > 0)
+            && crate::follow_run(config, calls, work, stop).await.is_none()
+        {
+            return Ok(None);
         }
         let registration = work.registration(config, earlier);
         let bound = deadline.max(Instant::now() + LAST_LOOK);
-        let attempt = timeout_at(bound, connect_and_register(config, registration));
-        tokio::pin!(attempt);
-        let result = loop {
-            tokio::select! {
-                result = &mut attempt => break result,
-                Some(call) = calls.recv() => work.buffer(call),
-                () = stop.cancelled() => return Ok(None),
+        let result = {
+            let attempt = timeout_at(bound, connect_and_register(config, registration));
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    Some(call) = calls.recv() => work.buffer(call),
+                    () = stop.cancelled() => return Ok(None),
+                }
             }
         };
         let error = match result {
             Ok(Ok(joined)) => return Ok(Some(joined)),
-            Ok(Err(WorkerError::Client(e))) if !e.is_transient() => return Err(e.into()),
+            Ok(Err(WorkerError::Client(e))) if !e.is_transient() => {
+                // A master that gave the run up refuses newcomers; the run
+                // may have moved on to a new one.
+                match crate::follow_run(config, calls, work, stop).await {
+                    None => return Ok(None),
+                    Some(false) => return Err(e.into()),
+                    Some(true) => e.to_string(),
+                }
+            }
             Ok(Err(e)) => e.to_string(),
             // Cut off at the deadline: the error before it says more.
             Err(_) => last.take().unwrap_or_else(|| {

@@ -176,19 +176,13 @@ pub async fn run(mut config: WorkerConfig, stop: CancellationToken) -> Result<Ex
                 });
                 // A master that was superseded closes its workers: the run
                 // goes on at the new one, if the locator knows of it.
-                let moved = match &config.locator {
-                    Some(locator) => locate(locator.as_ref(), &mut calls, &mut work, &stop)
-                        .await
-                        .filter(|url| *url != config.hub),
-                    None => None,
-                };
-                let Some(url) = moved else {
+                let moved = follow_run(&mut config, &mut calls, &mut work, &stop).await;
+                if moved != Some(true) {
                     sender = Some(tx);
                     break Err(WorkerError::HubClosed(error));
-                };
+                }
                 let why = error.unwrap_or_else(|| "the hub closed the connection".into());
-                tracing::warn!(hub = %shown_hub, "the hub closed the connection: {why}; following the run to {}", redact_url(&url));
-                move_hub(&mut config, &work, url);
+                tracing::warn!(hub = %shown_hub, "the hub closed the connection: {why}; following the run to {}", redact_url(&config.hub));
             }
             Served::Dropped(why) => {
                 tracing::warn!(hub = %shown_hub, "lost the hub: {why}; reconnecting");
@@ -215,7 +209,7 @@ const LOCATE_LIMIT: Duration = Duration::from_secs(10);
 /// Asks `locator` where the hub is now, within [`LOCATE_LIMIT`], buffering
 /// the executions' calls meanwhile; `None` when it cannot tell or `stop`
 /// fired.
-pub(crate) async fn locate(
+async fn locate(
     locator: &dyn HubLocator,
     calls: &mut mpsc::Receiver<WorkerCall>,
     work: &mut Work,
@@ -232,8 +226,33 @@ pub(crate) async fn locate(
     }
 }
 
+/// Asks the locator, if the worker has one, where the run's hub is now,
+/// and moves there (see [`move_hub`]): whether it moved; `None` when `stop`
+/// fired meanwhile.
+pub(crate) async fn follow_run(
+    config: &mut WorkerConfig,
+    calls: &mut mpsc::Receiver<WorkerCall>,
+    work: &mut Work,
+    stop: &CancellationToken,
+) -> Option<bool> {
+    let Some(locator) = config.locator.clone() else {
+        return Some(false);
+    };
+    let located = locate(locator.as_ref(), calls, work, stop).await;
+    if stop.is_cancelled() {
+        return None;
+    }
+    match located.filter(|url| *url != config.hub) {
+        Some(url) => {
+            move_hub(config, work, url);
+            Some(true)
+        }
+        None => Some(false),
+    }
+}
+
 /// Points the worker, and its transfers under way, at the hub at `url`.
-pub(crate) fn move_hub(config: &mut WorkerConfig, work: &Work, url: String) {
+fn move_hub(config: &mut WorkerConfig, work: &Work, url: String) {
     match work.move_to(&url) {
         Ok(()) => {
             config.observer.event(WorkerEvent::HubMoved {
