@@ -43,6 +43,10 @@ pub(super) struct ProcessGuard {
     _child: Child,
 }
 
+/// Tries of a spawn whose program is busy, and the pause between them.
+const BUSY_TRIES: u32 = 5;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl TunnelProcess {
     pub(super) fn spawn(launch: Launch) -> Result<TunnelProcess, TunnelError> {
         let mut command = Command::new(&launch.program);
@@ -59,17 +63,28 @@ impl TunnelProcess {
         #[cfg(unix)]
         command.process_group(0);
         let program = launch.program.to_string_lossy().into_owned();
-        let mut child = command
-            .spawn()
-            .map_err(|source| match launch.alternatives {
-                Some(alternatives) if source.kind() == io::ErrorKind::NotFound => {
-                    TunnelError::NotInstalled {
-                        program,
-                        alternatives,
-                    }
+        // A program written a moment ago (an installer's, a test's) is
+        // busy while another process forked meanwhile still holds it open
+        // for writing: tried again a few times, briefly.
+        let mut busy = 0;
+        let spawned = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && busy < BUSY_TRIES => {
+                    busy += 1;
+                    std::thread::sleep(BUSY_PAUSE);
                 }
-                _ => TunnelError::Spawn { program, source },
-            })?;
+                spawned => break spawned,
+            }
+        };
+        let mut child = spawned.map_err(|source| match launch.alternatives {
+            Some(alternatives) if source.kind() == io::ErrorKind::NotFound => {
+                TunnelError::NotInstalled {
+                    program,
+                    alternatives,
+                }
+            }
+            _ => TunnelError::Spawn { program, source },
+        })?;
         // Right after spawning: the group leader is our child, which is
         // never reaped before the guard drops, so the id stays ours.
         let group = ProcessGroup::of(&child);
